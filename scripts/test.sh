@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs everything the test suite needs on a fresh Debian machine and runs it.
+# System packages (chromium for Playwright, postgresql for the study tests) need root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v chromium >/dev/null || need_apt+=(chromium)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q --upgrade pip
+.venv/bin/pip install -q -r requirements-dev.txt
+
+# A throwaway PostgreSQL server for the study tests (tests/conftest.py reads TEST_POSTGRES_URL).
+eval "$(bash scripts/start_postgres.sh)"
+
+export GRADIO_ANALYTICS_ENABLED=False HF_HUB_OFFLINE=1 PYTHONHASHSEED=0
+.venv/bin/python -m pytest "$@"

@@ -1,0 +1,560 @@
+"""Pairwise-preference statistics: pure functions over a tidy table of votes.
+
+One row per vote: ``rater``, ``condition_a``, ``condition_b``, ``winner`` in {"a", "b", "tie"};
+optional ``bpp_a``/``bpp_b``, ``method_a``/``method_b``, ``timestamp`` and the quality-control
+columns used by ``study.quality``. Nothing here touches a database, a file or global state.
+
+Models (formulas and citations in docs/statistics.md):
+- online Elo (FastChat), bootstrap over resampled and reshuffled vote orders;
+- Bradley-Terry maximum likelihood, ties as half wins (FastChat ``fit_bt``);
+- Thurstone Case V in JOD units (pwcmp: 1 JOD = 75 % preference) with a weak Gaussian prior;
+- Bradley-Terry per method with the log2 bitrate ratio as a covariate;
+- win-rate / count matrices, exact binomial tests with Holm correction, Rank (UB).
+
+Bootstraps resample votes (multinomial over identical votes) or raters (cluster bootstrap) and
+refit all replicates at once: every model is fitted on counts aggregated per distinct design
+row, and a chunk of replicates is one L-BFGS problem with an analytic gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import sparse, stats
+from scipy.optimize import minimize
+from scipy.special import expit, log_ndtr
+
+WINNERS = ("a", "b", "tie")
+REQUIRED = ("rater", "condition_a", "condition_b", "winner")
+JOD_SIGMA = 1.4826  # Phi(1 / JOD_SIGMA) = 0.75: one JOD is a 75 % preference (pwcmp)
+_CHUNK = 250  # bootstrap replicates fitted together; bounds memory at (chunk x design rows)
+
+
+class VoteTableError(ValueError):
+    """The vote table cannot be analysed; the message says why in one line."""
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def validate_votes(votes: pd.DataFrame) -> pd.DataFrame:
+    """Check the vote-table contract and return a normalised copy (str ids, lower-case winner)."""
+    missing = [c for c in REQUIRED if c not in votes.columns]
+    if missing:
+        raise VoteTableError(f"missing column(s): {', '.join(missing)}")
+    if len(votes) == 0:
+        raise VoteTableError("the vote table has no rows")
+    out = votes.copy()
+    for col in REQUIRED:
+        blank = out[col].isna() | (out[col].astype(str).str.strip() == "")
+        if blank.any():
+            raise VoteTableError(f"column {col!r} is empty in {int(blank.sum())} row(s), first at row {_first(blank)}")
+        out[col] = out[col].astype(str).str.strip()
+    out["winner"] = out["winner"].str.lower()
+    bad = ~out["winner"].isin(WINNERS)
+    if bad.any():
+        shown = ", ".join(repr(v) for v in out.loc[bad, "winner"].unique()[:3])
+        raise VoteTableError(f"column 'winner' must be a, b or tie; found {shown} in {int(bad.sum())} row(s)")
+    same = out["condition_a"] == out["condition_b"]
+    if same.any():
+        raise VoteTableError(f"condition_a equals condition_b in {int(same.sum())} row(s), first at row {_first(same)}")
+    for col in ("bpp_a", "bpp_b"):
+        if col in out.columns:
+            out[col] = pd.to_numeric(out[col], errors="coerce")
+            if (out[col] <= 0).any():
+                raise VoteTableError(f"column {col!r} must be positive where given")
+    return out
+
+
+def _first(mask: pd.Series) -> int:
+    return int(np.flatnonzero(mask.to_numpy())[0])
+
+
+def scoring_votes(votes: pd.DataFrame, drop_excluded: bool = True) -> pd.DataFrame:
+    """The votes that enter the scores: no catch trials, and no excluded raters if asked."""
+    keep = np.ones(len(votes), dtype=bool)
+    if "is_catch" in votes.columns:
+        keep &= ~votes["is_catch"].fillna(False).astype(bool).to_numpy()
+    if drop_excluded and "excluded" in votes.columns:
+        keep &= ~votes["excluded"].fillna(False).astype(bool).to_numpy()
+    return votes.loc[keep]
+
+
+def conditions(votes: pd.DataFrame) -> list[str]:
+    """All conditions that appear on either side, sorted (the index order of every matrix)."""
+    return sorted(set(votes["condition_a"]) | set(votes["condition_b"]))
+
+
+def _outcome(votes: pd.DataFrame) -> np.ndarray:
+    """1 if side a won, 0 if side b won, 0.5 for a tie."""
+    return votes["winner"].map({"a": 1.0, "b": 0.0, "tie": 0.5}).to_numpy(dtype=float)
+
+
+# ----------------------------------------------------------------------------- counts and tallies
+
+
+@dataclass(frozen=True)
+class _Tally:
+    """Votes aggregated for fitting and resampling.
+
+    rows: distinct design rows (oriented pairs, plus a covariate value for the bitrate model);
+    cells: distinct (row, outcome); a bootstrap replicate is a vector of cell counts, which
+    ``n_map``/``w_map`` turn into per-row totals ``n`` and a-wins ``w`` (ties count 0.5).
+    """
+
+    rows: np.ndarray  # (rows, key columns) the distinct design-row keys, sorted
+    X: sparse.csr_matrix  # (rows, params) design, z = X @ theta
+    n_map: sparse.csr_matrix  # (cells, rows) 1 where the cell belongs to the row
+    w_map: sparse.csr_matrix  # (cells, rows) the cell's outcome y in {0, .5, 1}
+    cell_counts: np.ndarray  # (cells,) observed counts
+    rater_cells: sparse.csr_matrix  # (raters, cells) observed counts per rater
+
+    def totals(self, cell_counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(n, w) per design row for a (B, cells) array of cell counts."""
+        return np.asarray(cell_counts @ self.n_map), np.asarray(cell_counts @ self.w_map)
+
+
+def _tally(row_keys: np.ndarray, y: np.ndarray, raters: np.ndarray, design) -> _Tally:
+    """Aggregate votes by design row. ``design(unique_row_keys)`` builds the sparse X."""
+    rows, row_of_vote = np.unique(row_keys, axis=0, return_inverse=True)
+    row_of_vote = row_of_vote.ravel()
+    cells, cell_of_vote = np.unique(np.column_stack([row_of_vote, y]), axis=0, return_inverse=True)
+    cell_of_vote = cell_of_vote.ravel()
+    n_cells, n_rows = len(cells), len(rows)
+    cell_row = cells[:, 0].astype(int)
+    idx = np.arange(n_cells)
+    n_map = sparse.csr_matrix((np.ones(n_cells), (idx, cell_row)), shape=(n_cells, n_rows))
+    w_map = sparse.csr_matrix((cells[:, 1], (idx, cell_row)), shape=(n_cells, n_rows))
+    rater_codes, _ = pd.factorize(pd.Series(raters), sort=True)
+    rater_cells = sparse.csr_matrix(
+        (np.ones(len(y)), (rater_codes, cell_of_vote)), shape=(rater_codes.max() + 1, n_cells)
+    )
+    return _Tally(
+        rows=rows,
+        X=design(rows),
+        n_map=n_map,
+        w_map=w_map,
+        cell_counts=np.bincount(cell_of_vote, minlength=n_cells).astype(float),
+        rater_cells=rater_cells,
+    )
+
+
+def _pair_tally(votes: pd.DataFrame, conds: list[str]) -> _Tally:
+    """Rows are unordered condition pairs (i < j); y is 'i won'."""
+    index = {c: k for k, c in enumerate(conds)}
+    ia = votes["condition_a"].map(index).to_numpy()
+    ib = votes["condition_b"].map(index).to_numpy()
+    y = _outcome(votes)
+    swap = ia > ib
+    i, j = np.where(swap, ib, ia), np.where(swap, ia, ib)
+    y = np.where(swap, 1.0 - y, y)
+
+    return _tally(np.column_stack([i, j]), y, votes["rater"].to_numpy(), lambda rows: _difference_design(rows, len(conds)))
+
+
+def _difference_design(rows: np.ndarray, n_items: int, extra: np.ndarray | None = None) -> sparse.csr_matrix:
+    """X[r] = e_i - e_j for rows (i, j, ...), plus optional covariate columns ``extra``."""
+    r = np.arange(len(rows))
+    i, j = rows[:, 0].astype(int), rows[:, 1].astype(int)
+    X = sparse.csr_matrix((np.r_[np.ones(len(r)), -np.ones(len(r))], (np.r_[r, r], np.r_[i, j])),
+                          shape=(len(r), n_items))
+    return X if extra is None else sparse.hstack([X, sparse.csr_matrix(extra)]).tocsr()
+
+
+def _replicates(tally: _Tally, rounds: int, by: str, rng: np.random.Generator):
+    """Yield chunks of bootstrap cell counts, shape (chunk, cells)."""
+    if by not in ("vote", "rater"):
+        raise ValueError("by must be 'vote' or 'rater'")
+    total = tally.cell_counts.sum()
+    n_raters = tally.rater_cells.shape[0]
+    for start in range(0, rounds, _CHUNK):
+        size = min(_CHUNK, rounds - start)
+        if by == "vote":
+            yield rng.multinomial(int(total), tally.cell_counts / total, size=size).astype(float)
+        else:
+            weights = rng.multinomial(n_raters, np.full(n_raters, 1.0 / n_raters), size=size).astype(float)
+            yield np.asarray((tally.rater_cells.T @ weights.T).T)
+
+
+def count_matrix(votes: pd.DataFrame) -> pd.DataFrame:
+    """Number of comparisons between each pair of conditions (symmetric, ties included)."""
+    conds = conditions(votes)
+    n = pd.crosstab(votes["condition_a"], votes["condition_b"]).reindex(index=conds, columns=conds, fill_value=0)
+    return (n + n.T).rename_axis(index=None, columns=None)
+
+
+def wins_matrix(votes: pd.DataFrame, ties: str = "half") -> pd.DataFrame:
+    """wins[i, j]: how often row i was preferred over column j; ties count 0.5 or are dropped."""
+    if ties not in ("half", "exclude"):
+        raise ValueError("ties must be 'half' or 'exclude'")
+    conds = conditions(votes)
+    y = _outcome(votes)
+    tie_value = 0.5 if ties == "half" else 0.0
+    frame = pd.DataFrame({
+        "i": np.r_[votes["condition_a"], votes["condition_b"]],
+        "j": np.r_[votes["condition_b"], votes["condition_a"]],
+        "w": np.where(np.r_[y, y] == 0.5, tie_value, np.r_[y, 1.0 - y]),
+    })
+    wins = frame.pivot_table(index="i", columns="j", values="w", aggfunc="sum", fill_value=0.0)
+    return wins.reindex(index=conds, columns=conds, fill_value=0.0).rename_axis(index=None, columns=None)
+
+
+def win_rate_matrix(votes: pd.DataFrame, ties: str = "half") -> pd.DataFrame:
+    """P(row preferred over column) as observed; NaN where the pair was never compared."""
+    wins = wins_matrix(votes, ties)
+    decided = wins + wins.T
+    return wins / decided.where(decided > 0)
+
+
+# ----------------------------------------------------------------------------- solvers
+
+
+def _lbfgs(fun, x0: np.ndarray, gtol: float) -> np.ndarray:
+    res = minimize(
+        fun, x0.ravel(), jac=True, method="L-BFGS-B",
+        options={"maxiter": 5000, "gtol": gtol, "ftol": 1e-15, "maxcor": 20},
+    )
+    return res.x.reshape(x0.shape)
+
+
+def _fit_logistic(X, n: np.ndarray, w: np.ndarray, theta0: np.ndarray, l2: float, gtol: float = 1e-9) -> np.ndarray:
+    """Batched weighted logistic regression without intercept.
+
+    Replicate b minimises  sum_r n_br softplus(z_br) - w_br z_br + l2/2 |theta_b|^2,  z_b = X theta_b,
+    i.e. the Bradley-Terry log-likelihood with ties as half wins. Each replicate's loss is
+    divided by its vote count so one tolerance fits any study size.
+    """
+    B, P = theta0.shape
+    scale = n.sum(axis=1, keepdims=True)
+    XT = X.T.tocsr()
+
+    def fun(flat):
+        theta = flat.reshape(B, P)
+        z = np.asarray(X @ theta.T).T
+        loss = (n * np.logaddexp(0.0, z) - w * z).sum() + 0.5 * l2 * np.einsum("bp,bp->b", theta, theta)
+        grad = np.asarray(XT @ (n * expit(z) - w).T).T + l2 * theta
+        return float((loss / scale.ravel()).sum()), (grad / scale).ravel()
+
+    return _lbfgs(fun, theta0, gtol)
+
+
+def _fit_thurstone(pairs: np.ndarray, n: np.ndarray, w: np.ndarray, K: int, q0: np.ndarray, prior_sd: float | None,
+                   gtol: float = 1e-9) -> np.ndarray:
+    """Batched Thurstone Case V MLE in JOD units with a Gaussian prior on compared distances.
+
+    Row r compares i = pairs[r, 0] and j = pairs[r, 1]: P(i over j) = Phi((q_i - q_j) / 1.4826);
+    w counts i's wins, n - w j's wins. The prior adds (q_i - q_j)^2 / (2 prior_sd^2) per compared
+    pair, which keeps unanimous pairs finite (pwcmp's reason for its prior).
+    """
+    B = q0.shape[0]
+    D = _difference_design(pairs, K)  # d = D @ q gives q_i - q_j per row
+    DT = D.T.tocsr()
+    tau2 = np.inf if not prior_sd else prior_sd**2
+    scale = n.sum(axis=1, keepdims=True)
+
+    def fun(flat):
+        q = flat.reshape(B, K)
+        d = np.asarray(D @ q.T).T / JOD_SIGMA
+        lp, lq = log_ndtr(d), log_ndtr(-d)
+        loss = -(w * lp + (n - w) * lq).sum(axis=1) + 0.5 * ((d * JOD_SIGMA) ** 2).sum(axis=1) / tau2
+        # d/dd log Phi(d) = phi(d) / Phi(d) = exp(log phi - log Phi)
+        log_phi = -0.5 * d**2 - 0.5 * np.log(2 * np.pi)
+        g_d = -(w * np.exp(log_phi - lp) - (n - w) * np.exp(log_phi - lq)) / JOD_SIGMA + d * JOD_SIGMA / tau2
+        grad = np.asarray(DT @ g_d.T).T
+        return float((loss / scale.ravel()).sum()), (grad / scale).ravel()
+
+    return _lbfgs(fun, q0, gtol)
+
+
+def _percentiles(samples: np.ndarray, ci: float) -> tuple[np.ndarray, np.ndarray]:
+    lo, hi = np.percentile(samples, [50 * (1 - ci), 50 * (1 + ci)], axis=0)
+    return lo, hi
+
+
+# ----------------------------------------------------------------------------- Elo
+
+
+def _elo_run(ia: np.ndarray, ib: np.ndarray, y: np.ndarray, order: np.ndarray, K: int, *, k: float, base: float,
+             scale: float, init: float) -> np.ndarray:
+    """Online Elo over ``order`` (B, N) vote indices, all replicates at once; returns (B, K)."""
+    B = order.shape[0]
+    rating = np.full((B, K), float(init))
+    rows = np.arange(B)
+    for t in range(order.shape[1]):
+        v = order[:, t]
+        a, b = ia[v], ib[v]
+        expected = 1.0 / (1.0 + base ** ((rating[rows, b] - rating[rows, a]) / scale))
+        delta = k * (y[v] - expected)
+        rating[rows, a] += delta
+        rating[rows, b] -= delta
+    return rating
+
+
+def elo(votes: pd.DataFrame, *, bootstrap: int = 1000, seed: int = 0, ci: float = 0.95, k: float = 4.0,
+        base: float = 10.0, scale: float = 400.0, init: float = 1000.0) -> pd.DataFrame:
+    """Online Elo (ties 0.5). With ``bootstrap`` > 0: median and percentile CI over resampled,
+    reshuffled vote sequences drawn from the canonically sorted votes, so the result does not
+    depend on the input row order. With ``bootstrap`` = 0: one pass in time order (``timestamp``
+    if present, else row order), a provisional live standing without CI."""
+    conds = conditions(votes)
+    index = {c: n for n, c in enumerate(conds)}
+    ia = votes["condition_a"].map(index).to_numpy()
+    ib = votes["condition_b"].map(index).to_numpy()
+    y = _outcome(votes)
+    params = dict(k=k, base=base, scale=scale, init=init)
+    if bootstrap <= 0:
+        order = np.argsort(pd.to_numeric(votes["timestamp"], errors="coerce").to_numpy(), kind="stable") \
+            if "timestamp" in votes.columns else np.arange(len(votes))
+        point = _elo_run(ia, ib, y, order[None, :], len(conds), **params)[0]
+        return pd.DataFrame({"condition": conds, "elo": point, "elo_lo": np.nan, "elo_hi": np.nan})
+    canonical = np.lexsort((y, ib, ia))  # only (a, b, outcome) matter to Elo
+    ia, ib, y = ia[canonical], ib[canonical], y[canonical]
+    rng = np.random.default_rng(seed)
+    samples = []
+    for start in range(0, bootstrap, _CHUNK):
+        size = min(_CHUNK, bootstrap - start)
+        samples.append(_elo_run(ia, ib, y, rng.integers(0, len(y), size=(size, len(y))), len(conds), **params))
+    samples = np.vstack(samples)
+    lo, hi = _percentiles(samples, ci)
+    return pd.DataFrame({"condition": conds, "elo": np.median(samples, axis=0), "elo_lo": lo, "elo_hi": hi})
+
+
+# ----------------------------------------------------------------------------- Bradley-Terry
+
+
+def _to_scale(theta: np.ndarray, anchor_idx: int | None, *, scale: float, base: float, offset: float) -> np.ndarray:
+    """Natural-log strengths -> display scale, centred on the mean or on the anchor."""
+    ref = theta[..., [anchor_idx]] if anchor_idx is not None else theta.mean(axis=-1, keepdims=True)
+    return offset + scale * (theta - ref) / np.log(base)
+
+
+def bradley_terry(votes: pd.DataFrame, *, bootstrap: int = 1000, by: str = "vote", seed: int = 0, ci: float = 0.95,
+                  anchor: str | None = None, scale: float = 400.0, base: float = 10.0, offset: float = 1000.0,
+                  l2: float = 0.0) -> pd.DataFrame:
+    """Bradley-Terry maximum likelihood, ties as half wins, on the Elo scale by default:
+    score = offset + scale * log_base(strength), centred so the mean (or ``anchor``) is ``offset``.
+    ``scale=1, base=e, offset=0`` gives natural-log strengths with mean 0 (choix's convention).
+    CIs are bootstrap percentiles, resampling votes or whole raters (``by``)."""
+    conds = conditions(votes)
+    if anchor is not None and anchor not in conds:
+        raise VoteTableError(f"anchor condition {anchor!r} does not appear in the votes")
+    anchor_idx = None if anchor is None else conds.index(anchor)
+    tally = _pair_tally(votes, conds)
+    n, w = tally.totals(tally.cell_counts[None, :])
+    theta = _fit_logistic(tally.X, n, w, np.zeros((1, len(conds))), l2)
+    show = dict(scale=scale, base=base, offset=offset)
+    out = pd.DataFrame({"condition": conds, "bt": _to_scale(theta[0], anchor_idx, **show)})
+    out["bt_lo"], out["bt_hi"] = np.nan, np.nan
+    if bootstrap > 0:
+        rng = np.random.default_rng(seed)
+        samples = []
+        for counts in _replicates(tally, bootstrap, by, rng):
+            n_b, w_b = tally.totals(counts)
+            fit = _fit_logistic(tally.X, n_b, w_b, np.repeat(theta, len(counts), axis=0), l2)
+            samples.append(_to_scale(fit, anchor_idx, **show))
+        out["bt_lo"], out["bt_hi"] = _percentiles(np.vstack(samples), ci)
+    return out
+
+
+# ----------------------------------------------------------------------------- Thurstone / JOD
+
+
+def jod(votes: pd.DataFrame, *, bootstrap: int = 1000, by: str = "rater", seed: int = 0, ci: float = 0.95,
+        prior_sd: float | None = 2.0, anchor: str | None = None) -> pd.DataFrame:
+    """Thurstone Case V scaling in JOD units (pwcmp): 1 JOD difference = 75 % preference.
+    Mean 0 (or ``anchor`` = 0); ties count half; CIs from a bootstrap over raters by default."""
+    conds = conditions(votes)
+    if anchor is not None and anchor not in conds:
+        raise VoteTableError(f"anchor condition {anchor!r} does not appear in the votes")
+    anchor_idx = None if anchor is None else conds.index(anchor)
+    tally = _pair_tally(votes, conds)
+    pairs = tally.rows.astype(int)
+    K = len(conds)
+
+    def centre(q):
+        return q - (q[..., [anchor_idx]] if anchor_idx is not None else q.mean(axis=-1, keepdims=True))
+
+    n, w = tally.totals(tally.cell_counts[None, :])
+    q = _fit_thurstone(pairs, n, w, K, np.zeros((1, K)), prior_sd)
+    out = pd.DataFrame({"condition": conds, "jod": centre(q[0])})
+    out["jod_lo"], out["jod_hi"] = np.nan, np.nan
+    if bootstrap > 0:
+        rng = np.random.default_rng(seed)
+        samples = []
+        for counts in _replicates(tally, bootstrap, by, rng):
+            n_b, w_b = tally.totals(counts)
+            samples.append(centre(_fit_thurstone(pairs, n_b, w_b, K, np.repeat(q, len(counts), axis=0), prior_sd)))
+        out["jod_lo"], out["jod_hi"] = _percentiles(np.vstack(samples), ci)
+    return out
+
+
+# ----------------------------------------------------------------------------- bitrate-controlled BT
+
+
+@dataclass(frozen=True)
+class BitrateControlled:
+    """Bradley-Terry per method with the log2 bitrate ratio as a covariate.
+
+    logit P(a over b) = s[method_a] - s[method_b] + beta * log2(bpp_a / bpp_b)
+    methods: method, strength (natural-log odds, mean 0) and CI;
+    beta: the log-odds gained by doubling one's own bitrate, with CI;
+    pairs: for each ordered (method A, method B): ``effect`` = s_A - s_B at equal bitrate, and
+    ``p_at_ratio`` = P(A preferred over B when B uses ``bpp_ratio`` times A's bitrate), with CIs.
+    """
+
+    methods: pd.DataFrame
+    beta: pd.DataFrame
+    pairs: pd.DataFrame
+    bpp_ratio: float
+
+    def to_dict(self) -> dict:
+        return {
+            "bpp_ratio": self.bpp_ratio,
+            "beta": self.beta.to_dict(orient="records")[0],
+            "methods": self.methods.to_dict(orient="records"),
+            "pairs": self.pairs.to_dict(orient="records"),
+        }
+
+
+def bitrate_controlled_bt(votes: pd.DataFrame, *, bootstrap: int = 1000, by: str = "vote", seed: int = 0,
+                          ci: float = 0.95, bpp_ratio: float = 2.0, l2: float = 0.0) -> BitrateControlled:
+    """Answer "is A preferred over B even when B uses ``bpp_ratio`` times the bitrate?"."""
+    needed = [c for c in ("method_a", "method_b", "bpp_a", "bpp_b") if c not in votes.columns]
+    if needed:
+        raise VoteTableError(f"the bitrate-controlled model needs column(s): {', '.join(needed)}")
+    usable = votes.dropna(subset=["method_a", "method_b", "bpp_a", "bpp_b"])
+    if usable.empty:
+        raise VoteTableError("no vote has both methods and both bitrates")
+    methods = sorted(set(usable["method_a"].astype(str)) | set(usable["method_b"].astype(str)))
+    index = {m: k for k, m in enumerate(methods)}
+    ma = usable["method_a"].astype(str).map(index).to_numpy()
+    mb = usable["method_b"].astype(str).map(index).to_numpy()
+    x = np.round(np.log2(usable["bpp_a"].to_numpy(float) / usable["bpp_b"].to_numpy(float)), 9)
+    y = _outcome(usable)
+    # One orientation per design row: lower method index first (equal methods: x >= 0).
+    swap = (ma > mb) | ((ma == mb) & (x < 0))
+    i, j = np.where(swap, mb, ma), np.where(swap, ma, mb)
+    x, y = np.where(swap, -x, x), np.where(swap, 1.0 - y, y)
+    M = len(methods)
+    tally = _tally(np.column_stack([i, j, x]), y, usable["rater"].to_numpy(),
+                   lambda rows: _difference_design(rows, M, extra=rows[:, 2:3]))
+
+    def summarise(theta):  # (B, M + 1) -> centred strengths, beta, pair effects, p at ratio
+        s = theta[:, :M] - theta[:, :M].mean(axis=1, keepdims=True)
+        beta = theta[:, M]
+        effect = s[:, :, None] - s[:, None, :]
+        return s, beta, effect, expit(effect - beta[:, None, None] * np.log2(bpp_ratio))
+
+    n, w = tally.totals(tally.cell_counts[None, :])
+    theta = _fit_logistic(tally.X, n, w, np.zeros((1, M + 1)), l2)
+    point = summarise(theta)
+    bounds = [(np.full_like(p[0], np.nan, dtype=float),) * 2 for p in point]
+    if bootstrap > 0:
+        rng = np.random.default_rng(seed)
+        fits = []
+        for counts in _replicates(tally, bootstrap, by, rng):
+            n_b, w_b = tally.totals(counts)
+            fits.append(_fit_logistic(tally.X, n_b, w_b, np.repeat(theta, len(counts), axis=0), l2))
+        bounds = [_percentiles(p, ci) for p in summarise(np.vstack(fits))]
+    (s, beta, effect, p_ratio), (s_ci, b_ci, e_ci, p_ci) = [p[0] for p in point], bounds
+    table = pd.DataFrame({"method": methods, "strength": s, "strength_lo": s_ci[0], "strength_hi": s_ci[1]})
+    beta_table = pd.DataFrame({"beta_per_doubling": [beta], "beta_lo": [b_ci[0]], "beta_hi": [b_ci[1]],
+                               "votes": [int(n.sum())]})
+    A, B = np.meshgrid(np.arange(M), np.arange(M), indexing="ij")
+    off = A != B
+    pairs = pd.DataFrame({
+        "method_a": np.array(methods)[A[off]], "method_b": np.array(methods)[B[off]],
+        "effect": effect[off], "effect_lo": e_ci[0][off], "effect_hi": e_ci[1][off],
+        "p_equal_bpp": expit(effect[off]),
+        "p_at_ratio": p_ratio[off], "p_at_ratio_lo": p_ci[0][off], "p_at_ratio_hi": p_ci[1][off],
+    })
+    return BitrateControlled(table, beta_table, pairs, bpp_ratio)
+
+
+# ----------------------------------------------------------------------------- tests and ranks
+
+
+def holm(pvalues) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1), in input order."""
+    p = np.asarray(pvalues, dtype=float)
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    out = np.empty(m)
+    out[order] = adjusted
+    return out
+
+
+def pairwise_tests(votes: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
+    """Exact two-sided binomial (sign) test per compared pair, ties left out, Holm-corrected."""
+    wins = wins_matrix(votes, ties="exclude")
+    ties = wins_matrix(votes, ties="half") - wins
+    conds = list(wins.index)
+    rows = []
+    for a in range(len(conds)):
+        for b in range(a + 1, len(conds)):
+            wa, wb = int(wins.iat[a, b]), int(wins.iat[b, a])
+            n_ties = int(round(2 * ties.iat[a, b]))
+            if wa + wb + n_ties == 0:
+                continue
+            p = stats.binomtest(wa, wa + wb).pvalue if wa + wb else 1.0
+            rows.append((conds[a], conds[b], wa, wb, n_ties, wa / (wa + wb) if wa + wb else np.nan, p))
+    out = pd.DataFrame(rows, columns=["condition_a", "condition_b", "wins_a", "wins_b", "ties", "win_rate_a", "p_value"])
+    out["p_holm"] = holm(out["p_value"]) if len(out) else []
+    out["significant"] = out["p_holm"] < alpha
+    return out
+
+
+def rank_ub(lo, hi) -> np.ndarray:
+    """FastChat's Rank (UB): 1 + the number of conditions whose lower bound exceeds my upper bound."""
+    lo, hi = np.asarray(lo, float), np.asarray(hi, float)
+    return 1 + (lo[None, :] > hi[:, None]).sum(axis=1)
+
+
+# ----------------------------------------------------------------------------- leaderboard
+
+
+def condition_summary(votes: pd.DataFrame) -> pd.DataFrame:
+    """Per condition: method (from method_a/_b, else the condition), mean bpp, votes, win rate."""
+    y = _outcome(votes)
+    sides = pd.DataFrame({
+        "condition": np.r_[votes["condition_a"], votes["condition_b"]],
+        "score": np.r_[y, 1.0 - y],
+        "method": np.r_[votes["method_a"], votes["method_b"]] if {"method_a", "method_b"} <= set(votes.columns)
+        else np.r_[votes["condition_a"], votes["condition_b"]],
+        "bpp": np.r_[votes["bpp_a"], votes["bpp_b"]] if {"bpp_a", "bpp_b"} <= set(votes.columns) else np.nan,
+    })
+    g = sides.groupby("condition", sort=True)
+    return pd.DataFrame({
+        "method": g["method"].agg(lambda s: s.mode().iat[0] if s.notna().any() else np.nan).astype(str),
+        "bpp": g["bpp"].mean(),
+        "votes": g.size(),
+        "win_rate": g["score"].mean(),
+    }).reset_index()
+
+
+def leaderboard(votes: pd.DataFrame, *, models=("elo", "bt", "jod"), bootstrap: int = 1000, by: str | None = None,
+                seed: int = 0, ci: float = 0.95, anchor: str | None = None, elo_params: dict | None = None) -> pd.DataFrame:
+    """One table: condition, method, bpp, a score and CI per model, votes, win rate, Rank (UB).
+
+    ``by=None`` uses each model's customary bootstrap unit (votes for BT, raters for JOD);
+    Rank (UB) and the row order follow the first of bt, jod, elo that was computed."""
+    unknown = set(models) - {"elo", "bt", "jod"}
+    if unknown or not models:
+        raise ValueError(f"models must be a non-empty subset of elo, bt, jod; got {sorted(models)}")
+    table = condition_summary(votes)
+    common = dict(bootstrap=bootstrap, seed=seed, ci=ci)
+    if "elo" in models:
+        table = table.merge(elo(votes, **common, **(elo_params or {})), on="condition")
+    if "bt" in models:
+        table = table.merge(bradley_terry(votes, **common, by=by or "vote", anchor=anchor), on="condition")
+    if "jod" in models:
+        table = table.merge(jod(votes, **common, by=by or "rater", anchor=anchor), on="condition")
+    primary = next(m for m in ("bt", "jod", "elo") if m in models)
+    table["rank_ub"] = rank_ub(table[f"{primary}_lo"], table[f"{primary}_hi"])
+    table = table.sort_values(primary, ascending=False, kind="stable").reset_index(drop=True)
+    columns = ["condition", "method", "bpp"] + [c for m in ("elo", "bt", "jod") if m in models
+                                                for c in (m, f"{m}_lo", f"{m}_hi")] + ["votes", "win_rate", "rank_ub"]
+    return table[columns]

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse, stats
 from scipy.optimize import minimize
-from scipy.special import expit, log_ndtr
+from scipy.special import expit, gammaln, log_ndtr
 
 WINNERS = ("a", "b", "tie")
 REQUIRED = ("rater", "condition_a", "condition_b", "winner")
@@ -388,6 +388,25 @@ def jod(votes: pd.DataFrame, *, bootstrap: int = 1000, by: str = "rater", seed: 
             samples.append(centre(_fit_thurstone(pairs, n_b, w_b, K, np.repeat(q, len(counts), axis=0), prior_sd)))
         out["jod_lo"], out["jod_hi"] = _percentiles(np.vstack(samples), ci)
     return out
+
+
+def leave_one_rater_out_likelihood(votes: pd.DataFrame, prior_sd: float | None = 2.0) -> pd.DataFrame:
+    """pwcmp's outlier statistic: for each rater, fit JOD on all other raters, then the log10
+    binomial likelihood of this rater's answers under that fit, divided by the rater's trials.
+    All leave-one-out fits are solved together as one batch."""
+    conds = conditions(votes)
+    tally = _pair_tally(votes, conds)
+    pairs = tally.rows.astype(int)
+    mine = tally.rater_cells.toarray()  # (raters, cells)
+    n_r, w_r = tally.totals(mine)
+    n_o, w_o = tally.totals(tally.cell_counts[None, :] - mine)
+    q = _fit_thurstone(pairs, n_o, w_o, len(conds), np.zeros((len(mine), len(conds))), prior_sd)
+    d = (q[:, pairs[:, 0]] - q[:, pairs[:, 1]]) / JOD_SIGMA
+    log_binom = gammaln(n_r + 1) - gammaln(w_r + 1) - gammaln(n_r - w_r + 1)
+    loglik = (log_binom + w_r * log_ndtr(d) + (n_r - w_r) * log_ndtr(-d)).sum(axis=1) / np.log(10)
+    raters = sorted(pd.unique(votes["rater"]))  # the rater order of the tally (factorize, sort=True)
+    trials = n_r.sum(axis=1)
+    return pd.DataFrame({"rater": raters, "trials": trials, "log10_likelihood": loglik / trials})
 
 
 # ----------------------------------------------------------------------------- bitrate-controlled BT

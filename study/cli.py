@@ -1,0 +1,87 @@
+"""`python -m study ...`: validate a study file, build its stimuli, migrate a database, serve the
+study's JSON API on its own, and (from study.scores_cli) compute scores."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from study.config import ConfigError, load
+
+
+def _validate(args) -> int:
+    try:
+        cfg = load(args.file)
+    except ConfigError as e:
+        print("\n".join(e.lines()), file=sys.stderr)
+        print(f"{len(e.problems)} problem(s)", file=sys.stderr)
+        return 1
+    print(f"{cfg.source}: ok: study {cfg.id!r}, {len(cfg.images)} images x {len(cfg.conditions)} conditions, "
+          f"{cfg.trials_per_session} trials per session ({cfg.catch_trials} catch, {cfg.repeat_trials} repeats), "
+          f"{cfg.scheduler} scheduling")
+    return 0
+
+
+def _build(args) -> int:
+    from study.stimuli import build
+    try:
+        cfg = load(args.file)
+    except ConfigError as e:
+        print("\n".join(e.lines()), file=sys.stderr)
+        return 1
+    build(cfg)
+    return 0
+
+
+def _upgrade(args) -> int:
+    from study.db import make_engine, upgrade
+    upgrade(make_engine(args.db))
+    print(f"schema at head: {args.db}")
+    return 0
+
+
+def _serve(args) -> int:
+    import uvicorn
+    from fastapi import FastAPI
+
+    from study.http import API_PREFIX, build_router
+    from study.service import StudyService
+
+    service = StudyService.open(args.file, args.db)
+    app = FastAPI(title=f"study {service.cfg.id}")
+    app.include_router(build_router(service), prefix=API_PREFIX)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m study", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="check a study YAML file; every problem with its line")
+    p.add_argument("file")
+    p.set_defaults(func=_validate)
+
+    p = sub.add_parser("build-stimuli", help="encode the study's images at its conditions (resumable)")
+    p.add_argument("file")
+    p.set_defaults(func=_build)
+
+    p = sub.add_parser("upgrade", help="migrate a study database to the current schema")
+    p.add_argument("--db", required=True, help="SQLAlchemy URL, e.g. sqlite:///study.db")
+    p.set_defaults(func=_upgrade)
+
+    p = sub.add_parser("serve", help="serve the study's JSON API alone (no Gradio), e.g. for load tests")
+    p.add_argument("file")
+    p.add_argument("--db", required=True, help="SQLAlchemy URL, e.g. sqlite:///study.db")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765)
+    p.set_defaults(func=_serve)
+
+    try:
+        from study import scores_cli
+    except ImportError:
+        scores_cli = None   # the scores command ships separately; the others work without it
+    if scores_cli is not None:
+        scores_cli.register(sub)
+
+    args = parser.parse_args(argv)
+    return args.func(args)

@@ -1,0 +1,109 @@
+"""JSON API of a study (FastAPI router); the app mounts it at API_PREFIX next to Gradio.
+
+The session token in the path is the caller's secret: whoever holds it is that session. Every
+endpoint is a thin call into StudyService; its refusals become HTTP errors with a message.
+"""
+from __future__ import annotations
+
+from typing import Callable, TypeVar
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, Field
+
+from study.service import Participant, StudyError, StudyService
+
+API_PREFIX = "/api/study"
+T = TypeVar("T")
+
+
+class StartRequest(BaseModel):
+    study_id: str | None = None
+    params: dict[str, str] = Field(default_factory=dict, description="the page URL's query parameters")
+    anonymous_id: str | None = Field(None, description="a random id the browser keeps, when no platform id")
+
+
+class ConsentRequest(BaseModel):
+    agree: bool
+    version: str
+
+
+class VoteRequest(BaseModel):
+    trial_id: int
+    choice: str = Field(description="left or right, as shown")
+    client_ms: float | None = Field(None, description="images loaded -> answer, measured in the browser")
+    client: dict | None = Field(None, description="viewport, devicePixelRatio, zoom count, ...")
+
+
+class EventRequest(BaseModel):
+    kind: str
+    payload: dict | None = None
+
+
+def _call(fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except StudyError as e:
+        raise HTTPException(status_code=e.status, detail=e.message) from None
+
+
+def build_router(service: StudyService) -> APIRouter:
+    router = APIRouter(tags=["study"])
+    cfg = service.cfg
+
+    @router.get("/")
+    def study_info() -> dict:
+        """What a page needs before a session starts: the wording, the consent text."""
+        return {"id": cfg.id, "title": cfg.title, "question": cfg.question, "instructions": cfg.instructions,
+                "show_reference": cfg.show_reference, "trials_per_session": cfg.trials_per_session,
+                "consent_text": cfg.consent_text, "consent_version": cfg.consent_version,
+                "platform": cfg.platform.kind}
+
+    @router.post("/sessions")
+    def start(body: StartRequest, request: Request) -> dict:
+        """Start a session, or resume the rater's unfinished one (same token, same trial)."""
+        if body.study_id not in (None, cfg.id):
+            raise HTTPException(404, f"no study {body.study_id!r} here")
+
+        def run():
+            who = Participant.from_params(body.params, body.anonymous_id)
+            if who is None:
+                raise HTTPException(422, "no participant id: give platform parameters or anonymous_id")
+            return service.start_session(who, request.headers.get("user-agent")).to_dict()
+        return _call(run)
+
+    @router.get("/sessions/{token}")
+    def state(token: str) -> dict:
+        return _call(lambda: service.state(token).to_dict())
+
+    @router.get("/sessions/{token}/trial")
+    def trial(token: str) -> dict:
+        """The current trial; 409 when the session has none (consent first, or finished)."""
+        st = _call(lambda: service.state(token))
+        if st.trial is None:
+            raise HTTPException(409, f"no trial to show: the session is {st.status}")
+        return {**st.to_dict()["trial"], "urls": {k: f"{API_PREFIX}/stimuli/{v}" for k, v in
+                                                  (("reference", st.trial.reference), ("left", st.trial.left),
+                                                   ("right", st.trial.right)) if v}}
+
+    @router.post("/sessions/{token}/consent")
+    def consent(token: str, body: ConsentRequest) -> dict:
+        return _call(lambda: service.consent(token, body.agree, body.version).to_dict())
+
+    @router.post("/sessions/{token}/votes")
+    def vote(token: str, body: VoteRequest) -> dict:
+        """Record the vote for `trial_id`; sent again, it returns the stored vote (replayed)."""
+        return _call(lambda: service.vote(token, body.trial_id, body.choice, body.client_ms,
+                                          body.client).to_dict())
+
+    @router.post("/sessions/{token}/events", status_code=204)
+    def event(token: str, body: EventRequest) -> None:
+        _call(lambda: service.log_event(token, body.kind, body.payload))
+
+    @router.get("/stimuli/{public_id}")
+    def stimulus(public_id: str) -> FileResponse:
+        path = _call(lambda: service.stimulus_file(public_id))
+        # The id is random and the file never changes: browsers may keep it.
+        return FileResponse(path, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
+
+    return router

@@ -1,0 +1,463 @@
+"""The study's state machine on top of the database: start or resume a session, consent, serve
+the current trial, record a vote. Every state change is one transaction; the HTTP router and
+the Gradio tab both call this and hold no logic of their own.
+
+Session life: consent -> active -> completed | screened_out; consent can also end in declined.
+A session's trials are planned when it starts (study.scheduler) and stored, so a reload or a
+dropped connection resumes at the same trial. A vote must name the session's current trial;
+the same vote sent again returns the stored vote and adds nothing.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import secrets
+from dataclasses import asdict, dataclass
+from datetime import timezone
+from pathlib import Path
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import aliased
+
+from study import db as dbmod
+from study import scheduler
+from study.config import StudyConfig, load
+from study.stimuli import read_manifest
+from study.models import (CHOICES, Condition, Event, Image, Rater, Session, Stimulus, Study,
+                          Trial, Vote, utcnow)
+
+log = logging.getLogger(__name__)
+_ID = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
+CLIENT_EVENTS = {"zoom", "pan", "blur", "focus", "resize", "reload", "instructions", "example"}
+MAX_EVENT_BYTES = 2000
+
+
+class StudyError(Exception):
+    """A request the study refuses; `status` is the HTTP status the router answers with."""
+    status = 400
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(StudyError):
+    status = 404
+
+
+class Forbidden(StudyError):
+    status = 403
+
+
+class Conflict(StudyError):
+    status = 409
+
+
+class Invalid(StudyError):
+    status = 422
+
+
+@dataclass(frozen=True)
+class Participant:
+    """Who is rating, as the page URL says (Prolific, MTurk) or an id the browser made up."""
+    platform: str                    # prolific | mturk | anonymous
+    external_id: str
+    platform_study_id: str | None = None
+    platform_session_id: str | None = None   # Prolific SESSION_ID, MTurk assignmentId
+    preview: bool = False            # MTurk shows the task before the worker accepts it
+
+    @classmethod
+    def from_params(cls, params: dict, anonymous_id: str | None = None) -> "Participant | None":
+        """Read PROLIFIC_PID/STUDY_ID/SESSION_ID or workerId/assignmentId/hitId; None if neither."""
+        get = {k: str(v).strip() for k, v in params.items() if v is not None and str(v).strip()}
+        if "PROLIFIC_PID" in get:
+            return cls("prolific", _checked(get["PROLIFIC_PID"]), _opt(get.get("STUDY_ID")),
+                       _opt(get.get("SESSION_ID")))
+        if get.get("assignmentId") == "ASSIGNMENT_ID_NOT_AVAILABLE":
+            return cls("mturk", "preview", _opt(get.get("hitId")), None, preview=True)
+        if "workerId" in get:
+            return cls("mturk", _checked(get["workerId"]), _opt(get.get("hitId")), _opt(get.get("assignmentId")))
+        if anonymous_id:
+            return cls("anonymous", _checked(anonymous_id))
+        return None
+
+
+def _checked(value: str) -> str:
+    if not _ID.match(value):
+        raise Invalid("a participant id must be 1-128 letters, digits or _ . : @ -")
+    return value
+
+
+def _opt(value: str | None) -> str | None:
+    return _checked(value) if value else None
+
+
+@dataclass(frozen=True)
+class TrialView:
+    """What a rater may see of a trial: opaque image ids, never the methods."""
+    id: int
+    index: int
+    total: int
+    reference: str | None   # stimulus public ids
+    left: str
+    right: str
+
+
+@dataclass(frozen=True)
+class SessionState:
+    token: str
+    status: str
+    index: int              # trials done
+    total: int
+    trial: TrialView | None
+    consent_version: str
+    code: str | None = None          # completion or screen-out code once finished
+    redirect_url: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class VoteResult:
+    trial_id: int
+    choice: str
+    replayed: bool          # True: this trial had a vote already; that stored vote is returned
+    state: SessionState
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class StudyService:
+    def __init__(self, cfg: StudyConfig, engine, *, seed: int | None = None):
+        self.cfg = cfg
+        self.engine = engine
+        self.Session = dbmod.session_factory(engine)
+        self._rng = random.Random(seed)
+        self._files: dict[str, Path] = {}
+        self._sync_study()
+
+    @classmethod
+    def open(cls, study_file: str | Path, database_url: str, *, seed: int | None = None) -> "StudyService":
+        """Load the study file, migrate the database to head and register the study in it."""
+        cfg = load(study_file)
+        engine = dbmod.make_engine(database_url)
+        dbmod.upgrade(engine)
+        return cls(cfg, engine, seed=seed)
+
+    # -- study registration -------------------------------------------------------------------
+
+    def _sync_study(self) -> None:
+        """Insert what is missing: the study, its conditions, images and built stimuli."""
+        cfg = self.cfg
+        manifest = read_manifest(cfg.stimuli_dir)
+        with self.Session.begin() as db:
+            study = db.get(Study, cfg.id)
+            if study is None:
+                db.add(Study(id=cfg.id, title=cfg.title, digest=cfg.digest, config=cfg.source.read_text()))
+            elif study.digest != cfg.digest:
+                # Keep the stored text as it was: votes already cast refer to it. The event
+                # records that the file changed, with the new hash.
+                db.add(Event(study_id=cfg.id, kind="config_changed", payload={"digest": cfg.digest}))
+            conds = {c.key: c for c in db.scalars(select(Condition).where(Condition.study_id == cfg.id))}
+            for c in cfg.conditions:
+                if c.key not in conds:
+                    conds[c.key] = Condition(study_id=cfg.id, key=c.key, method=c.method, target_bpp=c.bpp)
+                    db.add(conds[c.key])
+            images = {i.key: i for i in db.scalars(select(Image).where(Image.study_id == cfg.id))}
+            db.flush()
+            for spec in cfg.images:
+                entry = manifest.get(spec.key)
+                if entry is None:
+                    continue    # not built yet: sessions refuse to start until it is
+                im = images.get(spec.key)
+                if im is None:
+                    im = images[spec.key] = Image(study_id=cfg.id, key=spec.key, width=entry["width"],
+                                                  height=entry["height"], credit=spec.credit)
+                    db.add(im)
+                    db.flush()
+                have = set(db.scalars(select(Stimulus.key).where(Stimulus.image_id == im.id)))
+                for key, st in entry["stimuli"].items():
+                    if key not in have:
+                        cond = conds.get(key)
+                        db.add(Stimulus(image_id=im.id, key=key, condition_id=cond.id if cond else None,
+                                        public_id=secrets.token_hex(12), path=st["file"], bpp=st.get("bpp"),
+                                        sha256=st["sha256"]))
+            db.flush()
+            rows = db.execute(select(Stimulus.public_id, Stimulus.path).join(Image)
+                              .where(Image.study_id == cfg.id)).all()
+        self._files = {pid: cfg.stimuli_dir / path for pid, path in rows}
+
+    def stimulus_file(self, public_id: str) -> Path:
+        path = self._files.get(public_id)
+        if path is None or not path.is_file():
+            raise NotFound("no such image")
+        return path
+
+    def _ready_images(self) -> list[str]:
+        """Images whose reference, catch copy (if needed) and every condition are built."""
+        need = {c.key for c in self.cfg.conditions} | {scheduler.REFERENCE}
+        if self.cfg.catch_trials:
+            need.add(scheduler.CATCH)
+        manifest = read_manifest(self.cfg.stimuli_dir)
+        return [im.key for im in self.cfg.images if need <= set(manifest.get(im.key, {}).get("stimuli", {}))]
+
+    # -- sessions -------------------------------------------------------------------------------
+
+    def start_session(self, who: Participant, user_agent: str | None = None) -> SessionState:
+        """Resume the rater's unfinished session, or start a new one if the study allows it.
+
+        When the rater has used all their sessions, the last one is returned as it is (finished),
+        so a reload of the completion page still shows the code.
+        """
+        if who.preview:
+            raise Conflict("this is a preview: accept the task to start")
+        if who.platform == "anonymous" and self.cfg.platform.kind != "none":
+            raise Forbidden(f"open this study from {self.cfg.platform.kind}: the link carries your id")
+        for attempt in range(5):    # lost races on the unique keys are retried, not reported
+            try:
+                with self.Session.begin() as db:
+                    return self._start(db, who, user_agent)
+            except IntegrityError:
+                if attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start(self, db, who: Participant, user_agent: str | None) -> SessionState:
+        cfg = self.cfg
+        rater = db.scalar(select(Rater).where(Rater.study_id == cfg.id, Rater.platform == who.platform,
+                                              Rater.external_id == who.external_id))
+        if rater is None:
+            rater = Rater(study_id=cfg.id, platform=who.platform, external_id=who.external_id)
+            db.add(rater)
+            db.flush()
+        sessions = db.scalars(select(Session).where(Session.rater_id == rater.id).order_by(Session.ordinal)).all()
+        open_ = [s for s in sessions if s.status in ("consent", "active")]
+        if open_:
+            db.add(Event(study_id=cfg.id, session_id=open_[-1].id, kind="resume"))
+            return self._state(db, open_[-1])
+        if len(sessions) >= cfg.sessions_per_rater:
+            db.add(Event(study_id=cfg.id, session_id=sessions[-1].id, kind="limit_reached"))
+            return self._state(db, sessions[-1])
+        images = self._ready_images()
+        if not images:
+            raise Conflict(f"the stimuli of study {cfg.id!r} are not built yet: "
+                           f"run `python -m study build-stimuli {cfg.source}`")
+        s = Session(token=secrets.token_urlsafe(32), study_id=cfg.id, rater_id=rater.id,
+                    ordinal=len(sessions) + 1, status="consent", next_index=0,
+                    n_trials=cfg.trials_per_session, catch_failures=0,
+                    platform_study_id=who.platform_study_id, platform_session_id=who.platform_session_id,
+                    user_agent=(user_agent or "")[:400] or None)
+        db.add(s)
+        db.flush()
+        self._plan(db, s, images)
+        db.add(Event(study_id=cfg.id, session_id=s.id, kind="start",
+                     payload={"platform": who.platform, "ordinal": s.ordinal}))
+        return self._state(db, s)
+
+    def _plan(self, db, s: Session, images: list[str]) -> None:
+        cfg = self.cfg
+        counts, wins = self._history(db)
+        plan = scheduler.plan_session(
+            images=images, conditions=[c.key for c in cfg.conditions], regular=cfg.regular_trials,
+            catch=cfg.catch_trials, repeats=cfg.repeat_trials, strategy=cfg.scheduler,
+            randomise_sides=cfg.randomise_sides, counts=counts, wins=wins, rng=self._rng)
+        stim = {(k, key): (sid, iid) for sid, iid, k, key in db.execute(
+            select(Stimulus.id, Image.id, Image.key, Stimulus.key).join(Image).where(Image.study_id == cfg.id))}
+        rows = []
+        for i, t in enumerate(plan):
+            left, image_id = stim[(t.image, t.left)]
+            right, _ = stim[(t.image, t.right)]
+            rows.append(Trial(session_id=s.id, index=i, kind=t.kind, image_id=image_id, left_id=left,
+                              right_id=right, swapped=t.swapped, correct_side=t.correct_side))
+        db.add_all(rows)
+        db.flush()
+        for row, t in zip(rows, plan):
+            if t.repeat_of is not None:
+                row.repeat_of = rows[t.repeat_of].id
+
+    def _history(self, db):
+        """Planned regular comparisons per (image, pair), and wins per ordered condition pair."""
+        L, R = aliased(Stimulus), aliased(Stimulus)
+        base = (select(Image.key, L.key, R.key).select_from(Trial).join(Image, Trial.image_id == Image.id)
+                .join(L, Trial.left_id == L.id).join(R, Trial.right_id == R.id)
+                .where(Image.study_id == self.cfg.id, Trial.kind == "regular"))
+        counts: dict = {}
+        for im, a, b, n in db.execute(base.add_columns(func.count()).group_by(Image.key, L.key, R.key)):
+            k = scheduler.pair_key(im, a, b)
+            counts[k] = counts.get(k, 0) + n
+        wins: dict = {}
+        voted = base.join(Vote, Vote.trial_id == Trial.id).add_columns(Vote.choice, func.count())
+        for _, a, b, choice, n in db.execute(voted.group_by(Image.key, L.key, R.key, Vote.choice)):
+            key = (a, b) if choice == "left" else (b, a)
+            wins[key] = wins.get(key, 0) + n
+        return counts, wins
+
+    def _session(self, db, token: str, lock: bool = False) -> Session:
+        if not isinstance(token, str) or not 10 <= len(token) <= 64:
+            raise NotFound("unknown session")
+        q = select(Session).where(Session.token == token, Session.study_id == self.cfg.id)
+        s = db.scalar(q.with_for_update() if lock else q)
+        if s is None:
+            raise NotFound("unknown session")
+        return s
+
+    def _state(self, db, s: Session, mark_shown: bool = False) -> SessionState:
+        trial = None
+        if s.status == "active" and s.next_index < s.n_trials:
+            t = db.scalar(select(Trial).where(Trial.session_id == s.id, Trial.index == s.next_index))
+            if mark_shown and t.first_shown_at is None:
+                # Conditional: of two concurrent first shows, the earlier time stays.
+                db.execute(update(Trial).where(Trial.id == t.id, Trial.first_shown_at.is_(None))
+                           .values(first_shown_at=utcnow()))
+            pub = dict(db.execute(select(Stimulus.id, Stimulus.public_id)
+                                  .where(Stimulus.id.in_([t.left_id, t.right_id]))).all())
+            ref = None
+            if self.cfg.show_reference:
+                ref = db.scalar(select(Stimulus.public_id).where(Stimulus.image_id == t.image_id,
+                                                                 Stimulus.key == scheduler.REFERENCE))
+            trial = TrialView(t.id, t.index, s.n_trials, ref, pub[t.left_id], pub[t.right_id])
+        code = redirect = None
+        plat = self.cfg.platform
+        if s.status == "completed":
+            code = plat.completion_code or None
+        elif s.status in ("screened_out", "declined"):
+            code = plat.screenout_code or None
+        if code:
+            redirect = plat.completion_url(code)
+        return SessionState(s.token, s.status, s.next_index, s.n_trials, trial, self.cfg.consent_version,
+                            code, redirect)
+
+    def state(self, token: str) -> SessionState:
+        """The session as it stands, its current trial marked as shown (the server's clock starts)."""
+        with self.Session.begin() as db:
+            return self._state(db, self._session(db, token), mark_shown=True)
+
+    def consent(self, token: str, agree: bool, version: str) -> SessionState:
+        with self.Session.begin() as db:
+            s = self._session(db, token, lock=True)
+            if s.status != "consent":
+                return self._state(db, s, mark_shown=True)     # a repeated click changes nothing
+            if str(version) != self.cfg.consent_version:
+                raise Conflict("the consent text has changed: reload the page")
+            now = utcnow()
+            if agree:
+                s.status, s.consent_version, s.consented_at = "active", self.cfg.consent_version, now
+            else:
+                s.status, s.finished_at = "declined", now
+            db.add(Event(study_id=self.cfg.id, session_id=s.id, kind="consent" if agree else "declined",
+                         payload={"version": self.cfg.consent_version}))
+            db.flush()
+            return self._state(db, s, mark_shown=True)
+
+    # -- votes ----------------------------------------------------------------------------------
+
+    def vote(self, token: str, trial_id: int, choice: str, client_ms: float | None = None,
+             client: dict | None = None) -> VoteResult:
+        if choice not in CHOICES:
+            raise Invalid(f"choice must be one of {', '.join(CHOICES)}")
+        if client_ms is not None and not (0 <= client_ms < 86_400_000):
+            client_ms = None    # a broken client clock is not worth refusing a vote over
+        client = _small_json(client)
+        try:
+            with self.Session.begin() as db:
+                return self._vote(db, token, int(trial_id), choice, client_ms, client)
+        except IntegrityError:
+            # The same trial was voted on concurrently and the other request won: answer with
+            # that vote, exactly as for a resubmission.
+            with self.Session.begin() as db:
+                return self._vote(db, token, int(trial_id), choice, client_ms, client)
+        except Forbidden as e:
+            with self.Session.begin() as db:
+                db.add(Event(study_id=self.cfg.id, kind="vote_refused",
+                             payload={"trial_id": int(trial_id), "reason": e.message}))
+            raise
+
+    def _vote(self, db, token, trial_id, choice, client_ms, client) -> VoteResult:
+        s = self._session(db, token, lock=True)
+        t = db.get(Trial, trial_id)
+        if t is None or t.session_id != s.id:
+            raise Forbidden("this trial does not belong to your session")
+        stored = db.scalar(select(Vote).where(Vote.trial_id == t.id))
+        if stored is not None:
+            db.add(Event(study_id=self.cfg.id, session_id=s.id, kind="vote_replayed",
+                         payload={"trial_id": t.id, "choice": choice}))
+            return VoteResult(t.id, stored.choice, True, self._state(db, s, mark_shown=True))
+        if s.status != "active":
+            raise Conflict("this session is finished" if s.status != "consent" else "give consent first")
+        if t.index != s.next_index:
+            raise Conflict(f"this is not the current trial (you are at trial {s.next_index + 1})")
+        now = utcnow()
+        shown = t.first_shown_at
+        server_ms = None
+        if shown is not None:
+            shown = shown if shown.tzinfo else shown.replace(tzinfo=timezone.utc)   # SQLite drops tz
+            server_ms = (now - shown).total_seconds() * 1000
+        db.add(Vote(trial_id=t.id, session_id=s.id, choice=choice, server_ms=server_ms,
+                    client_ms=client_ms, client=client, created_at=now))
+        db.flush()      # the unique trial_id is checked here, before the session moves on
+        s.next_index += 1
+        if t.kind == "catch" and choice != t.correct_side:
+            s.catch_failures += 1
+        limit = self.cfg.max_catch_failures
+        if limit is not None and s.catch_failures >= limit:
+            s.status, s.finished_at = "screened_out", now
+            db.add(Event(study_id=self.cfg.id, session_id=s.id, kind="screened_out",
+                         payload={"catch_failures": s.catch_failures}))
+        elif s.next_index >= s.n_trials:
+            s.status, s.finished_at = "completed", now
+            db.add(Event(study_id=self.cfg.id, session_id=s.id, kind="completed"))
+        db.flush()
+        return VoteResult(t.id, choice, False, self._state(db, s, mark_shown=True))
+
+    def log_event(self, token: str, kind: str, payload: dict | None = None) -> None:
+        """Client telemetry (zoom, pan, focus changes, ...): appended, never interpreted here."""
+        if kind not in CLIENT_EVENTS:
+            raise Invalid(f"unknown event kind; one of {', '.join(sorted(CLIENT_EVENTS))}")
+        with self.Session.begin() as db:
+            s = self._session(db, token)
+            db.add(Event(study_id=self.cfg.id, session_id=s.id, kind=kind, payload=_small_json(payload)))
+
+    # -- reading the results --------------------------------------------------------------------
+
+    def votes_frame(self):
+        """One row per vote in the table layout of study.ratings (a = left as shown)."""
+        import pandas as pd
+
+        L, R = aliased(Stimulus), aliased(Stimulus)
+        LC, RC = aliased(Condition), aliased(Condition)
+        Orig = aliased(Trial)
+        q = (select(Rater.platform, Rater.external_id, Session.id, Image.key, Trial.index, Trial.kind,
+                    Orig.index, Trial.correct_side, L.key, R.key, LC.method, RC.method, L.bpp, R.bpp,
+                    Vote.choice, Vote.server_ms, Vote.client_ms, Vote.created_at)
+             .select_from(Vote).join(Trial, Vote.trial_id == Trial.id)
+             .join(Session, Trial.session_id == Session.id).join(Rater, Session.rater_id == Rater.id)
+             .join(Image, Trial.image_id == Image.id)
+             .join(L, Trial.left_id == L.id).join(R, Trial.right_id == R.id)
+             .outerjoin(LC, L.condition_id == LC.id).outerjoin(RC, R.condition_id == RC.id)
+             .outerjoin(Orig, Trial.repeat_of == Orig.id)
+             .where(Session.study_id == self.cfg.id).order_by(Vote.id))
+        cols = ["platform", "rater", "session", "image", "trial_index", "trial_kind", "repeat_of_index",
+                "correct_side", "condition_a", "condition_b", "method_a", "method_b", "bpp_a", "bpp_b",
+                "choice", "server_ms", "client_ms", "timestamp"]
+        with self.Session() as db:
+            df = pd.DataFrame(db.execute(q).all(), columns=cols)
+        df["rater"] = df["platform"] + ":" + df["rater"]
+        df["winner"] = df["choice"].map({"left": "a", "right": "b"})
+        df["is_catch"] = df["trial_kind"] == "catch"
+        df["is_repeat"] = df["trial_kind"] == "repeat"
+        df["catch_correct"] = df["is_catch"] & (df["choice"] == df["correct_side"])
+        return df.drop(columns=["platform"])
+
+
+def _small_json(value: dict | None) -> dict | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or len(json.dumps(value)) > MAX_EVENT_BYTES:
+        raise Invalid(f"client data must be a JSON object under {MAX_EVENT_BYTES} bytes")
+    return value
+

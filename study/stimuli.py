@@ -1,0 +1,131 @@
+"""Build a study's stimuli: the reference crop of every image, its decoding under every condition
+(the diffusion codec or a baseline at the target bpp) and the catch copy (a heavily degraded
+baseline), as PNG files plus the bitstreams, with the measured bpp in manifest.json.
+
+Resumable: the manifest is rewritten (atomically) after every file, and a stimulus whose file
+is present with the recorded hash is not built again. Changing an image's source or crop
+rebuilds that image. This is the only module of `study` that imports the codec.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+from PIL import Image
+
+from study.config import StudyConfig
+from study.scheduler import CATCH, REFERENCE
+
+
+MANIFEST = "manifest.json"
+
+
+def read_manifest(stimuli_dir: Path) -> dict:
+    """The stimuli built so far: {image key: {width, height, credit, signature, stimuli}}."""
+    path = Path(stimuli_dir) / MANIFEST
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text())["images"]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _write_manifest(cfg: StudyConfig, images: dict) -> None:
+    path = cfg.stimuli_dir / MANIFEST
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"study": cfg.id, "images": images}, indent=1, sort_keys=True))
+    os.replace(tmp, path)   # readers see the old or the new manifest, never half of one
+
+
+def source_image(spec) -> Image.Image:
+    with Image.open(spec.path) as im:
+        im = im.convert("RGB")
+        if spec.crop:
+            x, y, w, h = spec.crop
+            im = im.crop((x, y, x + w, y + h))
+        return im
+
+
+class _Coders:
+    """Encoders by method, the diffusion codec loaded only if a condition needs it."""
+
+    def __init__(self, cfg: StudyConfig):
+        self.cfg = cfg
+        self._codec = None
+
+    def __call__(self, image: Image.Image, method: str, bpp: float) -> tuple[Image.Image, bytes, float]:
+        if method == "diffusion":
+            if self._codec is None:
+                from codec.codec import DiffusionCodec
+                self._codec = DiffusionCodec.load(backbone=self.cfg.codec_backbone,
+                                                  adapter=self.cfg.codec_adapter, mode=self.cfg.codec_mode)
+            res = self._codec.encode(image, target_bpp=bpp)
+            return self._codec.decode(res.data).image.convert("RGB"), res.data, float(res.bpp)
+        from codec.baselines import encode_at_bpp
+        r = encode_at_bpp(image, method, bpp)
+        return r.image.convert("RGB"), r.data, float(r.bpp)
+
+
+def build(cfg: StudyConfig, log: Callable[[str], None] = print, coder=None) -> dict:
+    """Build what is missing; returns the manifest's images mapping."""
+    cfg.stimuli_dir.mkdir(parents=True, exist_ok=True)
+    manifest = read_manifest(cfg.stimuli_dir)
+    coder = coder or _Coders(cfg)
+    jobs = [(c.key, c.method, c.bpp) for c in cfg.conditions]
+    if cfg.catch_trials:
+        jobs.append((CATCH, cfg.catch_method, cfg.catch_bpp))
+    built = 0
+    for spec in cfg.images:
+        signature = {"source": spec.path.name, "source_sha256": _sha256(spec.path),
+                     "crop": list(spec.crop) if spec.crop else None}
+        entry = manifest.get(spec.key)
+        if entry is None or entry.get("signature") != signature:
+            entry = manifest[spec.key] = {"signature": signature, "credit": spec.credit, "stimuli": {}}
+        folder = cfg.stimuli_dir / spec.key
+        folder.mkdir(exist_ok=True)
+        ref = source_image(spec)
+        entry["width"], entry["height"] = ref.size
+        if not _present(cfg, entry, REFERENCE):
+            entry["stimuli"][REFERENCE] = _save(cfg, folder, REFERENCE, ref, None, None)
+            _write_manifest(cfg, manifest)
+        for key, method, bpp in jobs:
+            if _present(cfg, entry, key):
+                continue
+            started = time.perf_counter()
+            decoded, data, measured = coder(ref, method, bpp)
+            if decoded.size != ref.size:
+                raise RuntimeError(f"{method} returned {decoded.size} for a {ref.size} image")
+            entry["stimuli"][key] = _save(cfg, folder, key, decoded, data, measured, method=method, target_bpp=bpp)
+            _write_manifest(cfg, manifest)
+            built += 1
+            log(f"{spec.key} {key}: {measured:.4f} bpp (target {bpp:g}) in {time.perf_counter() - started:.1f} s")
+    _write_manifest(cfg, manifest)
+    log(f"{built} stimuli built, {sum(len(e['stimuli']) for e in manifest.values())} in {cfg.stimuli_dir}")
+    return manifest
+
+
+def _present(cfg: StudyConfig, entry: dict, key: str) -> bool:
+    st = entry["stimuli"].get(key)
+    path = cfg.stimuli_dir / st["file"] if st else None
+    return bool(st) and path.is_file() and _sha256(path) == st["sha256"]
+
+
+def _save(cfg, folder: Path, key: str, image: Image.Image, data: bytes | None, bpp: float | None,
+          **extra) -> dict:
+    """Write the PNG (no metadata: nothing in the file tells which method made it) and the bits."""
+    safe = key.replace("@", "_")
+    png = folder / f"{safe}.png"
+    image.save(png, format="PNG", optimize=True)
+    out = {"file": str(png.relative_to(cfg.stimuli_dir)), "sha256": _sha256(png), "bpp": bpp, **extra}
+    if data is not None:
+        bits = folder / f"{safe}.bin"
+        bits.write_bytes(data)
+        out["bitstream"] = str(bits.relative_to(cfg.stimuli_dir))
+        out["bytes"] = len(data)
+    return out

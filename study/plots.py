@@ -1,0 +1,86 @@
+"""Figures for papers and the Results tab: preference against bitrate, win-rate heatmap.
+
+Figures are built with ``matplotlib.figure.Figure`` (Agg canvas, no pyplot global state), so
+they are safe in a multi-threaded server; ``gr.Plot`` accepts them as they are.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, NullFormatter
+
+_LABELS = {"elo": "Elo", "bt": "Bradley-Terry score (Elo scale)", "jod": "JOD"}
+
+
+def preference_vs_bitrate(board: pd.DataFrame, score: str = "bt", title: str | None = None) -> Figure:
+    """One line per method: score against bpp (log axis) with CI bars, from ``ratings.leaderboard``."""
+    if score not in _LABELS or score not in board.columns:
+        raise ValueError(f"the leaderboard has no {score!r} score")
+    data = board.dropna(subset=["bpp", score])
+    if data.empty:
+        raise ValueError("no condition has a bitrate (columns bpp_a, bpp_b) to plot against")
+    fig = Figure(figsize=(6.0, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    markers = "osD^v<>ph*"
+    for k, (method, rows) in enumerate(data.sort_values("bpp").groupby("method", sort=True)):
+        y = rows[score].to_numpy()
+        err = np.vstack([y - rows[f"{score}_lo"].to_numpy(), rows[f"{score}_hi"].to_numpy() - y])
+        ax.errorbar(rows["bpp"], y, yerr=None if np.isnan(err).all() else err, marker=markers[k % len(markers)],
+                    capsize=3, linewidth=1.5, markersize=5, label=str(method))
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    rates = np.unique(data["bpp"].round(6))
+    if len(rates) <= 8:  # label the bitrates actually tested
+        ax.set_xticks(rates)
+    ax.set_xlabel("bits per pixel (bpp, log scale)")
+    ax.set_ylabel(f"{_LABELS[score]}, 95% CI")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(title="method", fontsize="small")
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def win_matrix_heatmap(win_rate: pd.DataFrame, counts: pd.DataFrame | None = None, title: str | None = None) -> Figure:
+    """Heatmap of P(row preferred over column) from ``ratings.win_rate_matrix``; cells show the
+    percentage (and the number of comparisons when ``counts`` is given); grey = never compared."""
+    K = len(win_rate)
+    side = min(12.0, 2.5 + 0.5 * K)
+    fig = Figure(figsize=(side + 1.2, side), layout="constrained")
+    ax = fig.add_subplot()
+    values = np.ma.masked_invalid(win_rate.to_numpy(dtype=float))
+    image = ax.imshow(values, cmap=colormaps["RdBu"].with_extremes(bad="0.85"), vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(K), labels=[str(c) for c in win_rate.columns], rotation=45, ha="right")
+    ax.set_yticks(range(K), labels=[str(c) for c in win_rate.index])
+    ax.set_xlabel("opponent (column)")
+    ax.set_ylabel("condition (row)")
+    if K <= 20:
+        for i in range(K):
+            for j in range(K):
+                if values.mask is not np.ma.nomask and values.mask[i, j]:
+                    continue
+                text = f"{100 * values[i, j]:.0f}%"
+                if counts is not None:
+                    text += f"\nn={int(counts.iat[i, j])}"
+                dark = abs(values[i, j] - 0.5) > 0.3
+                ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if dark else "black")
+    fig.colorbar(image, ax=ax, label="P(row preferred over column)")
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def save_figure(fig: Figure, stem: str | Path) -> list[Path]:
+    """Write ``stem.png`` (150 dpi) and ``stem.pdf`` (vector, no creation date so reruns are
+    byte-identical); returns both paths."""
+    stem = Path(stem)
+    png, pdf = stem.with_suffix(".png"), stem.with_suffix(".pdf")
+    fig.savefig(png, dpi=150, metadata={"Software": None})
+    fig.savefig(pdf, metadata={"CreationDate": None, "Creator": None, "Producer": None})
+    return [png, pdf]

@@ -1,0 +1,87 @@
+"""Builds the whole Space: a FastAPI app with /health, the study API at /api/study, and the Gradio
+Blocks (Compress, Decode, Study, Results, Admin tabs) mounted at "/"; `main()` serves it with uvicorn.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import gradio as gr
+from fastapi import FastAPI
+
+from ui.compress_tab import build_compress_tab
+from ui.context import AppContext
+from ui.decode_tab import build_decode_tab
+from ui.settings import ROOT, Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+EXAMPLES_DIR = ROOT / "assets" / "examples"
+CSS_PATH = Path(__file__).with_name("style.css")
+INTRO = """# Lossy image compression with foundation diffusion models
+Reference implementation of Relic et al., ECCV 2024: the image's latent is quantized and entropy
+coded; the decoder treats the dequantized latent as a noisy latent at a predicted timestep *t* and
+removes the quantization error with a few denoising steps. Compare it with classic codecs at the
+same bitrate, decode bitstreams, and take part in the preference study."""
+
+
+def build_app(settings: Settings) -> tuple[FastAPI, gr.Blocks]:
+    ctx = AppContext(settings, study=_study_service(settings))
+    # Scratch files and gradio's cache copies live at most 30 minutes, checked every 10 minutes.
+    with gr.Blocks(title="Diffusion codec", delete_cache=(600, 1800)) as blocks:
+        gr.Markdown(INTRO, elem_id="intro")
+        with gr.Tabs():
+            with gr.Tab("Compress", id="compress"):
+                build_compress_tab(ctx, examples=sorted(str(p) for p in EXAMPLES_DIR.glob("*.png")))
+            with gr.Tab("Decode", id="decode"):
+                build_decode_tab(ctx)
+    blocks.queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency)
+
+    app = FastAPI(title="Diffusion codec Space")
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok", "codec_loaded": ctx.codec_loaded, "study": ctx.study is not None}
+
+    if ctx.study is not None:
+        from study.http import API_PREFIX, build_router
+
+        app.include_router(build_router(ctx.study), prefix=API_PREFIX)
+
+    app = gr.mount_gradio_app(
+        app, blocks, path="/", max_file_size=f"{settings.max_upload_mb:g}mb", css_paths=[CSS_PATH],
+        theme=gr.themes.Soft(primary_hue="orange"), allowed_paths=[str(EXAMPLES_DIR)], footer_links=["api", "gradio"],
+        run_history=False, show_error=True,
+    )
+    app.state.ctx = ctx
+    return app, blocks
+
+
+def _study_service(settings: Settings):
+    """The StudyService of `study_file` on `database_url` (default: SQLite in results_dir), or None."""
+    study_file = settings.resolve(settings.study_file)
+    if study_file is None:
+        return None
+    if not study_file.is_file():
+        log.warning("study file %s not found: the Study tab is disabled", study_file)
+        return None
+    from study.service import StudyService
+
+    results = settings.resolve(settings.results_dir)
+    results.mkdir(parents=True, exist_ok=True)
+    url = settings.database_url or f"sqlite:///{results / 'study.db'}"
+    return StudyService.open(study_file, url)
+
+
+def main() -> None:
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    settings = load_settings()
+    app, _ = build_app(settings)
+    app.state.ctx.warm_up()
+    log.info("serving on http://%s:%d", settings.server_name, settings.server_port)
+    uvicorn.run(app, host=settings.server_name, port=settings.server_port, log_level="warning")

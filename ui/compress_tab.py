@@ -1,0 +1,255 @@
+"""Compress tab: upload -> our codec at a target bpp -> the baselines at the bpp we reached.
+
+Named API endpoints: `/compress` (ours + baselines, everything the tab shows) and `/baselines`
+(the baseline codecs alone, no diffusion model).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+from PIL import Image
+
+from ui import views
+from ui.context import AppContext, gpu
+from ui.errors import friendly_errors
+
+BPP_PRESETS = {"Extreme 0.03": 0.03, "Low 0.06": 0.06, "Medium 0.1": 0.1, "High 0.2": 0.2}
+TABLE_COLUMNS = ["method", "bytes", "bpp", "PSNR (dB)", "MS-SSIM", "encode ms", "decode ms", "note"]
+CROP_SIZES = [48, 96, 160]
+OURS = "Ours (diffusion)"
+
+
+@dataclass
+class Entry:
+    """One method's result, as the table, the gallery and the crops show it."""
+
+    label: str
+    data_bytes: int
+    bpp: float
+    image: Image.Image
+    encode_s: float
+    decode_s: float
+    note: str = ""
+
+
+def baseline_choices() -> list[tuple[str, str]]:
+    """(label, key) pairs of the baseline codecs, in the order codec.baselines lists them."""
+    from codec.baselines import ALL_METHODS, LABELS
+
+    return [(LABELS[key], key) for key in ALL_METHODS]
+
+
+def build_compress_tab(ctx: AppContext, examples: list[str]) -> None:
+    choices = baseline_choices()
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=300):
+            image_in = gr.Image(
+                label="Image", type="filepath", sources=["upload", "clipboard"], height=300, elem_id="compress-input"
+            )
+            if examples:
+                gr.Examples(examples=examples, inputs=image_in, label="Examples (click one)", examples_per_page=4)
+            bpp = gr.Slider(0.01, 0.5, value=0.1, step=0.005, label="Target bitrate (bits per pixel)", elem_id="bpp")
+            with gr.Row(elem_classes="presets"):
+                preset_buttons = [(gr.Button(name, size="sm", min_width=60), value) for name, value in BPP_PRESETS.items()]
+            methods = gr.CheckboxGroup(
+                choices=choices, value=[key for _, key in choices], label="Baselines to compare", elem_id="methods"
+            )
+            run = gr.Button("Compress", variant="primary", elem_id="compress-btn")
+        with gr.Column(scale=2, min_width=300):
+            summary = gr.Markdown(elem_id="compress-summary")
+            slider = gr.ImageSlider(
+                label="Original | ours (drag the handle)", format="png", type="filepath", max_height=520,
+                elem_id="compare-slider", interactive=False,
+            )
+            with gr.Row():
+                bitstream_file = gr.File(label="Bitstream (decode it in the Decode tab)", elem_id="bitstream-file")
+                png_file = gr.File(label="Reconstruction (PNG)", elem_id="png-file")
+    table = gr.Dataframe(headers=TABLE_COLUMNS, label="Rate and distortion", interactive=False, elem_id="results-table",
+                         wrap=True)
+    gallery = gr.Gallery(label="Baselines at the closest bitrate they reach", format="png", columns=3, height="auto",
+                         object_fit="contain", elem_id="baseline-gallery")
+    trajectory = gr.Image(
+        label="Decoding trajectory: the predicted clean image at each denoising step, from the transmitted "
+        "timestep t (orange) to t=0", format="png", interactive=False, elem_id="trajectory", buttons=["download", "fullscreen"],
+    )
+    with gr.Accordion("Zoomed crops: the same region in every reconstruction", open=True, elem_id="crops-panel"):
+        gr.Markdown("Click on the overview, or move the sliders, to choose the region.")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=260):
+                overview = gr.Image(label="Overview (click to move the crop)", format="png", interactive=False,
+                                    elem_id="crop-overview", height=260)
+                crop_x = gr.Slider(0, 100, value=50, step=1, label="Crop centre, x (%)")
+                crop_y = gr.Slider(0, 100, value=50, step=1, label="Crop centre, y (%)")
+                crop_size = gr.Radio(CROP_SIZES, value=96, label="Crop size (pixels)")
+            with gr.Column(scale=2, min_width=300):
+                crops = gr.Gallery(label="Crops (3x, nearest neighbour)", format="png", columns=3, height="auto",
+                                   object_fit="contain", elem_id="crop-gallery")
+    shown = gr.State(None)  # {"original": path, "entries": [(caption, path), ...]} of the last run
+
+    for button, value in preset_buttons:
+        button.click(lambda v=value: v, None, bpp, queue=False, api_visibility="private")
+
+    limit = ctx.settings.concurrency
+
+    @friendly_errors
+    def compress(image, target_bpp: float, methods: list[str], progress=gr.Progress()):
+        """Compress `image` with the diffusion codec at `target_bpp`, then each baseline in `methods` at
+        the bpp the diffusion codec reached. Returns the comparison slider, the baselines gallery, the
+        table, the decoding trajectory, the bitstream and PNG files, and a summary."""
+        original = _load(ctx, image)
+        progress(0.0, desc="Loading the model")
+        codec = ctx.codec()
+        out = ctx.scratch_dir()
+        res, dec, encode_s, decode_s = _ours(codec, original, float(target_bpp), progress)
+        entries = [Entry(OURS, len(res.data), res.bpp, dec.image, encode_s, decode_s)]
+        entries += _baselines(codec, original, methods or [], res.bpp, progress, start=0.7)
+        stem = Path(image).stem[:40] or "image"
+        bitstream = out / f"{stem}_{res.bpp:.3f}bpp.dfcx"
+        bitstream.write_bytes(res.data)
+        png = out / f"{stem}_{res.bpp:.3f}bpp.png"
+        dec.image.save(png)
+        original_png = out / "original.png"
+        original.save(original_png)
+        saved = _save_entries(out, entries)
+        strip = views.trajectory_strip(dec.intermediates) if dec.intermediates else None
+        state = {"original": str(original_png), "entries": saved}
+        progress(1.0, desc="Done")
+        return (
+            (str(original_png), str(png)), saved[1:], _table(original, entries), strip,
+            str(bitstream), str(png), _summary(codec, entries[0], res, float(target_bpp)), state,
+        )
+
+    @friendly_errors
+    def baselines(image, target_bpp: float, methods: list[str], progress=gr.Progress()):
+        """Only the baseline codecs (no diffusion model) at `target_bpp`: the captioned gallery and the table."""
+        original = _load(ctx, image)
+        if not methods:
+            raise gr.Error("Pick at least one baseline.")
+        # Only the naive latent baseline needs the backbone; the image codecs work without loading it.
+        backbone = ctx.codec().backbone if "naive" in methods else None
+        entries = _baselines_only(original, methods, float(target_bpp), backbone, progress)
+        return _save_entries(ctx.scratch_dir(), entries), _table(original, entries)
+
+    def update_crops(state, x: float, y: float, size: int):
+        if not state:
+            return None, []
+        return _crops(state, x / 100, y / 100, int(size))
+
+    def click_crop(state, size: int, evt: gr.SelectData):
+        if not state or not evt.index:
+            return gr.skip(), gr.skip(), None, []
+        with Image.open(state["original"]) as im:
+            width, height = im.size
+        x, y = 100 * evt.index[0] / width, 100 * evt.index[1] / height
+        return round(x), round(y), *_crops(state, x / 100, y / 100, int(size))
+
+    outputs = [slider, gallery, table, trajectory, bitstream_file, png_file, summary, shown]
+    run.click(
+        compress, [image_in, bpp, methods], outputs, api_name="compress", concurrency_id="model",
+        concurrency_limit=limit,
+    ).then(update_crops, [shown, crop_x, crop_y, crop_size], [overview, crops], api_visibility="private")
+    crop_inputs = [shown, crop_x, crop_y, crop_size]
+    for event in (crop_x.release, crop_y.release, crop_size.change):
+        event(update_crops, crop_inputs, [overview, crops], api_visibility="private")
+    overview.select(click_crop, [shown, crop_size], [crop_x, crop_y, overview, crops], api_visibility="private")
+    # API only (no button in the page): the same inputs, the gallery and the table.
+    gr.Button(visible=False).click(
+        baselines, [image_in, bpp, methods], [gallery, table], api_name="baselines", concurrency_id="model",
+        concurrency_limit=limit,
+    )
+
+
+def _load(ctx: AppContext, image) -> Image.Image:
+    from codec.images import load_image
+
+    if not image:
+        raise gr.Error("Upload an image or pick an example first.")
+    ctx.check_upload(image)
+    return load_image(image, max_pixels=ctx.settings.max_pixels)
+
+
+@gpu
+def _ours(codec, original: Image.Image, target_bpp: float, progress):
+    """Encode and decode with the diffusion codec (on the GPU where there is one).
+
+    Returns the encode and decode results and their wall-clock times in seconds."""
+
+    def report(lo: float, hi: float, verb: str):
+        return lambda stage, fraction: progress(lo + (hi - lo) * fraction, desc=f"{verb}: {stage}")
+
+    started = time.perf_counter()
+    res = codec.encode(original, target_bpp=target_bpp, progress=report(0.0, 0.35, "Encoding"))
+    encoded = time.perf_counter()
+    dec = codec.decode(res.data, intermediates=True, progress=report(0.35, 0.7, "Decoding"))
+    return res, dec, encoded - started, time.perf_counter() - encoded
+
+
+def _baselines(codec, original, methods, bpp, progress, start):
+    return _baselines_only(original, methods, bpp, codec.backbone, progress, start)
+
+
+def _baselines_only(original, methods, bpp, backbone, progress, start=0.0) -> list[Entry]:
+    from codec.baselines import encode_at_bpp
+
+    entries = []
+    for i, method in enumerate(methods):
+        progress(start + (1 - start) * i / len(methods), desc=f"Baselines: {method}")
+        b = encode_at_bpp(original, method, bpp, backbone=backbone)
+        note = "" if b.reached else "cannot go this low: its smallest file"
+        entries.append(Entry(short_label(method), len(b.data), b.bpp, b.image, b.encode_s, b.decode_s, note))
+    return entries
+
+
+def short_label(method: str) -> str:
+    """"HEVC-intra (HEIC, x265)" -> "HEVC-intra": the name without its details, for captions and the table."""
+    from codec.baselines import LABELS
+
+    return LABELS[method].split(" (")[0]
+
+
+def _save_entries(out: Path, entries: list[Entry]) -> list[tuple[str, str]]:
+    """Write each reconstruction as PNG; return (path, caption) pairs for the gallery and the crops."""
+    items = []
+    for i, e in enumerate(entries):
+        path = out / f"{i:02d}.png"
+        e.image.save(path)
+        items.append((str(path), f"{e.label} · {e.bpp:.3f} bpp"))
+    return items
+
+
+def _table(original: Image.Image, entries: list[Entry]) -> pd.DataFrame:
+    from codec.metrics import ms_ssim, psnr
+
+    rows = [
+        [e.label, e.data_bytes, round(e.bpp, 4), round(psnr(original, e.image), 2), round(ms_ssim(original, e.image), 4),
+         round(1000 * e.encode_s), round(1000 * e.decode_s), e.note]
+        for e in entries
+    ]
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+
+
+def _crops(state: dict, x: float, y: float, size: int):
+    with Image.open(state["original"]) as im:
+        original = im.convert("RGB")
+    box = views.crop_box(original.size, x, y, size)
+    crops = [(views.zoomed_crop(original, box), "Original")]
+    for path, caption in state["entries"]:
+        with Image.open(path) as im:
+            crops.append((views.zoomed_crop(im.convert("RGB"), box), caption))
+    return views.mark_box(original, box), crops
+
+
+def _summary(codec, ours: Entry, res, target_bpp: float) -> str:
+    notice = codec.backbone_notice
+    if "WARNING" in notice or "tiny" in notice.lower():
+        notice = f"⚠️ **{notice}**"
+    return (
+        f"{notice}\n\n**Ours:** {ours.data_bytes:,} bytes = **{ours.bpp:.4f} bpp** (target {target_bpp:.3f}); "
+        f"predicted timestep **t = {res.t}**, {res.steps} denoising steps; encode {1000 * ours.encode_s:.0f} ms, "
+        f"decode {1000 * ours.decode_s:.0f} ms."
+    )

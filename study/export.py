@@ -6,6 +6,7 @@ to the callers (``python -m study export``, the Admin tab).
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import math
@@ -38,9 +39,10 @@ def neutralise(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_csv(frame: pd.DataFrame, path: str | Path) -> Path:
-    """Write a neutralised CSV (UTF-8, no index)."""
+    """Write a neutralised CSV (UTF-8, no index). Every text cell is quoted: pandas leaves a
+    cell holding a bare carriage return unquoted, which would split the row in a reader."""
     path = Path(path)
-    neutralise(frame).to_csv(path, index=False)
+    neutralise(frame).to_csv(path, index=False, quoting=csv.QUOTE_NONNUMERIC)
     return path
 
 

@@ -1,0 +1,88 @@
+"""CSV neutralisation, JSON, LaTeX, manifest, plots."""
+
+import csv
+import hashlib
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from study import export, plots, ratings
+from study.simulate import simulate_votes
+
+
+def test_formula_cells_are_neutralised(tmp_path):
+    frame = pd.DataFrame({"rater": ["=HYPERLINK(\"x\")", "+1", "-2+3", "@SUM(A1)", "\tcmd", "\rx", "safe", "a=b"],
+                          "score": [-1.5, 2.0, -3.0, 0.0, 1.0, 1.0, 1.0, 1.0]})
+    path = export.write_csv(frame, tmp_path / "v.csv")
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    assert len(rows) == 1 + len(frame)  # the carriage return did not split a row
+    back = pd.read_csv(path, keep_default_na=False)
+    assert back["rater"].tolist()[:6] == ["'=HYPERLINK(\"x\")", "'+1", "'-2+3", "'@SUM(A1)", "'\tcmd", "'\rx"]
+    assert back["rater"].tolist()[6:] == ["safe", "a=b"]
+    assert back["score"].tolist() == frame["score"].tolist()  # numbers stay numbers, negative ones too
+    assert export.write_csv(pd.DataFrame({"=cmd()": [1]}), tmp_path / "h.csv").read_text().startswith("\"'=cmd()")
+    assert frame["rater"].iloc[0] == "=HYPERLINK(\"x\")"  # the caller's frame is untouched
+
+
+@pytest.fixture(scope="module")
+def board():
+    info = pd.DataFrame({"method": ["ours", "ours", "jpeg_&_co", "jpeg_&_co"], "bpp": [0.1, 0.2, 0.1, 0.2]},
+                        index=["ours@0.1", "ours@0.2", "jpeg@0.1", "jpeg@0.2"])
+    votes = ratings.validate_votes(simulate_votes(pd.Series([0.5, 1.0, -1.0, -0.5], index=info.index), 600,
+                                                  seed=1, info=info))
+    return votes, ratings.leaderboard(votes, bootstrap=50)
+
+
+def test_latex_table(board):
+    _, table = board
+    tex = export.to_latex(table, caption="Scores 100% real", label="tab:scores")
+    assert tex.startswith("\\begin{table}") and tex.rstrip().endswith("\\end{table}")
+    assert "jpeg\\_\\&\\_co" in tex and "100\\% real" in tex and "\\label{tab:scores}" in tex
+    assert tex.count("\\\\") == len(table) + 1  # header + one line per condition
+    first = table.iloc[0]
+    assert f"{first['bt']:.0f} [{first['bt_lo']:.0f}, {first['bt_hi']:.0f}]" in tex
+
+
+def test_json_is_strict(tmp_path, board):
+    _, table = board
+    path = export.write_json({"scores": table, "x": np.float64("nan"), "n": np.int64(3)}, tmp_path / "s.json")
+    data = json.loads(path.read_text())
+    assert data["x"] is None and data["n"] == 3 and len(data["scores"]) == len(table)
+    assert "NaN" not in path.read_text()
+
+
+def test_manifest(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.csv").write_text("x\n1\n")
+    (tmp_path / "sub" / "b.json").write_bytes(b"{}")
+    manifest = export.build_manifest([tmp_path / "sub" / "b.json", tmp_path / "a.csv"], root=tmp_path,
+                                     study_yaml="id: demo\n", software_version="abc123")
+    assert [f["path"] for f in manifest["files"]] == ["a.csv", "sub/b.json"]
+    assert manifest["files"][0]["sha256"] == hashlib.sha256(b"x\n1\n").hexdigest()
+    assert manifest["files"][1]["bytes"] == 2
+    assert manifest["study_yaml"] == "id: demo\n" and manifest["software_version"] == "abc123"
+    assert manifest["study_yaml_sha256"] == hashlib.sha256(b"id: demo\n").hexdigest()
+    assert export.software_version() != ""
+
+
+def test_plots_png_and_pdf(tmp_path, board):
+    votes, table = board
+    order = list(table["condition"])
+    paths = plots.save_figure(plots.preference_vs_bitrate(table), tmp_path / "pref")
+    paths += plots.save_figure(plots.win_matrix_heatmap(ratings.win_rate_matrix(votes).loc[order, order],
+                                                        ratings.count_matrix(votes).loc[order, order]),
+                               tmp_path / "wins")
+    for path in paths:
+        if path.suffix == ".png":
+            with Image.open(path) as image:
+                assert image.width > 400 and image.height > 300
+        else:
+            assert path.read_bytes().startswith(b"%PDF")
+    again = plots.save_figure(plots.preference_vs_bitrate(table), tmp_path / "pref2")
+    assert again[1].read_bytes() == paths[1].read_bytes()  # reproducible PDF
+    with pytest.raises(ValueError, match="bitrate"):
+        plots.preference_vs_bitrate(table.assign(bpp=np.nan))

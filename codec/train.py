@@ -1,0 +1,426 @@
+"""Training on CPU (or any device): the bundled demo backbone (VAE + UNet), resumable, in the background.
+
+    python -m codec.train backbone --data ../shared/data/photos --out assets/models/demo \
+        [--work runs/demo] [--vae-minutes 60] [--unet-minutes 40] [--resume]
+
+The run goes through four phases, each "train X until X has been trained for N minutes in total":
+a short VAE warm-up, a short UNet warm-up (so a usable, matching backbone folder exists early),
+then the long VAE phase, then the long UNet phase (fine-tuned on the final VAE's latents).
+Minutes count across resumes, so `--resume` with larger budgets simply continues.
+
+Every few minutes each phase evaluates on the held-out photos, checkpoints (model + optimizer)
+into the work folder, and re-exports the diffusers folder when validation improves, so `--out`
+always holds the best weights so far.
+"""
+
+import argparse
+import copy
+import hashlib
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, UNet2DModel
+from PIL import Image
+from pytorch_msssim import ms_ssim
+
+from codec.demo_models import DOWNSCALE, DemoAutoencoder
+
+# Held out for validation, never trained on (also listed in assets/models/demo/MODEL_CARD.md).
+VALIDATION_PHOTOS = ("astronaut.png", "bee.png", "blinds.png", "creek.png", "kite.png", "wine.png")
+
+# Stable Diffusion's noise schedule, as a DDIM config the codec can load unchanged.
+SD_SCHEDULE = dict(
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    num_train_timesteps=1000,
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+    prediction_type="epsilon",
+)
+MAX_TIMESTEP = 300  # the codec only denoises from t <= ~300
+VAL_TIMESTEPS = (1, 10, 25, 50, 100, 150, 200, 300)
+
+log = logging.getLogger("codec.train")
+
+
+@dataclass
+class BackboneConfig:
+    """Everything that shapes a backbone run; the tests use a tiny one."""
+
+    vae: dict = field(default_factory=dict)  # DemoAutoencoder kwargs (defaults = the shipped size)
+    unet: dict = field(
+        default_factory=lambda: dict(
+            block_out_channels=(64, 128, 128),
+            layers_per_block=1,
+            down_block_types=("DownBlock2D",) * 3,
+            up_block_types=("UpBlock2D",) * 3,
+            norm_num_groups=32,
+        )
+    )
+    crop: int = 256  # training crop in pixels
+    vae_batch: int = 4
+    vae_lr: float = 3e-4
+    msssim_weight: float = 0.05  # needs crops > 160 px; 0 turns it off
+    unet_crop: int = 32  # training crop in latent pixels
+    unet_batch: int = 16
+    unet_lr: float = 3e-4
+    ema_decay: float = 0.999
+    bank_shifts: int = 4  # random sub-block offsets per photo and flip when building the latent bank
+    warmup_minutes: tuple = (10.0, 8.0)  # (VAE, UNet) before the long phases
+    eval_every_s: float = 240.0
+    seed: int = 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+def load_photos(folder: Path) -> dict[str, np.ndarray]:
+    """All PNG/JPEG photos of a folder as RGB uint8 arrays cropped to multiples of 8."""
+    photos = {}
+    for path in sorted(Path(folder).iterdir()):
+        if path.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+            continue
+        arr = np.asarray(Image.open(path).convert("RGB"))
+        h, w = arr.shape[0] // DOWNSCALE * DOWNSCALE, arr.shape[1] // DOWNSCALE * DOWNSCALE
+        photos[path.name] = arr[:h, :w]
+    return photos
+
+
+def split_photos(photos: dict[str, np.ndarray]) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+    missing = [name for name in VALIDATION_PHOTOS if name not in photos]
+    if missing:
+        raise SystemExit(f"validation photos missing from the data folder: {', '.join(missing)}")
+    train = [arr for name, arr in photos.items() if name not in VALIDATION_PHOTOS]
+    if not train:
+        raise SystemExit("no training photos left after holding out the validation photos")
+    return train, {name: photos[name] for name in VALIDATION_PHOTOS}
+
+
+def to_tensor(arr: np.ndarray) -> torch.Tensor:
+    """H x W x 3 uint8 -> 1 x 3 x H x W float in [-1, 1]."""
+    return torch.from_numpy(np.array(arr)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+
+
+def random_crops(photos: list[np.ndarray], batch: int, size: int, rng: np.random.Generator) -> torch.Tensor:
+    """A batch of random size x size crops with random horizontal flips, in [-1, 1]."""
+    crops = []
+    for _ in range(batch):
+        arr = photos[rng.integers(len(photos))]
+        y, x = rng.integers(arr.shape[0] - size + 1), rng.integers(arr.shape[1] - size + 1)
+        crop = arr[y : y + size, x : x + size]
+        crops.append(crop[:, ::-1] if rng.random() < 0.5 else crop)
+    return torch.cat([to_tensor(c) for c in crops])
+
+
+def box_bicubic_reference(arr: np.ndarray) -> np.ndarray:
+    """The trivial /8 codec the VAE must beat: PIL box downsample by 8, then bicubic upsample."""
+    img = Image.fromarray(arr)
+    small = img.resize((img.width // DOWNSCALE, img.height // DOWNSCALE), Image.BOX)
+    return np.asarray(small.resize(img.size, Image.BICUBIC))
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255.0**2 / max(mse, 1e-12)))
+
+
+def msssim(a: np.ndarray, b: np.ndarray) -> float:
+    ta, tb = (torch.from_numpy(np.array(v)).permute(2, 0, 1)[None].float() for v in (a, b))
+    return float(ms_ssim(ta, tb, data_range=255.0))
+
+
+@torch.no_grad()
+def vae_round_trip(vae: DemoAutoencoder, arr: np.ndarray) -> np.ndarray:
+    x_hat = vae.decode(vae.encode(to_tensor(arr)).latents).sample
+    return ((x_hat[0].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def publish(model, dest: Path) -> None:
+    """save_pretrained into dest, swapping folders so readers never see a half-written model."""
+    tmp, old = dest.with_name(dest.name + ".tmp"), dest.with_name(dest.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+    model.save_pretrained(tmp)
+    if dest.exists():
+        dest.rename(old)
+    tmp.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def file_fingerprint(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# Trainers: one per model, driven by the same time-budgeted loop (run_phase)
+
+
+class VaeTrainer:
+    name = "vae"
+
+    def __init__(self, cfg: BackboneConfig, train: list, val: dict, out: Path, work: Path):
+        self.cfg, self.train, self.val, self.out = cfg, train, val, out
+        self.path = work / "vae.pt"
+        self.model = DemoAutoencoder(**cfg.vae)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.vae_lr)
+        self.step, self.elapsed_s, self.best = 0, 0.0, -math.inf
+        if self.path.exists():
+            state = torch.load(self.path, weights_only=False)
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["opt"])
+            self.step, self.elapsed_s, self.best = state["step"], state["elapsed_s"], state["best"]
+        self.rng = np.random.default_rng(cfg.seed + self.step)
+        self.reference = {n: box_bicubic_reference(a) for n, a in val.items()}
+
+    def train_step(self) -> float:
+        self.model.train()
+        x = random_crops(self.train, self.cfg.vae_batch, self.cfg.crop, self.rng)
+        x_hat = self.model.decode_unclamped(self.model.encode(x).latents)
+        loss = F.mse_loss((x_hat + 1) / 2, (x + 1) / 2)
+        if self.cfg.msssim_weight:
+            loss = loss + self.cfg.msssim_weight * (1 - ms_ssim((x_hat.clamp(-1, 1) + 1) / 2, (x + 1) / 2, data_range=1.0))
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.step += 1
+        return loss.item()
+
+    def evaluate(self) -> tuple[float, str]:
+        """Mean validation PSNR (higher is better), and a log line with the box/bicubic reference."""
+        self.model.eval()
+        ours = [vae_round_trip(self.model, arr) for arr in self.val.values()]
+        p_vae = np.mean([psnr(a, o) for a, o in zip(self.val.values(), ours)])
+        p_ref = np.mean([psnr(a, self.reference[n]) for n, a in self.val.items()])
+        s_vae = np.mean([msssim(a, o) for a, o in zip(self.val.values(), ours)])
+        s_ref = np.mean([msssim(a, self.reference[n]) for n, a in self.val.items()])
+        return p_vae, f"val PSNR {p_vae:.2f} dB (box/bicubic {p_ref:.2f}), MS-SSIM {s_vae:.4f} (box/bicubic {s_ref:.4f})"
+
+    @torch.no_grad()
+    def export(self) -> None:
+        """Publish the VAE with a scaling factor that gives the training latents unit std."""
+        model = copy.deepcopy(self.model).eval()
+        z = torch.cat([model.encode(to_tensor(a)).latents.flatten(1) for a in self.train], dim=1)
+        model.register_to_config(scaling_factor=float(1.0 / z.std()))
+        publish(model, self.out / "vae")
+
+    def save(self) -> None:
+        state = dict(model=self.model.state_dict(), opt=self.opt.state_dict(), step=self.step, elapsed_s=self.elapsed_s, best=self.best)
+        save_checkpoint(state, self.path)
+
+
+class UnetTrainer:
+    """Epsilon prediction on y = z * scaling_factor of the published (frozen) VAE, t in 1..300."""
+
+    name = "unet"
+
+    def __init__(self, cfg: BackboneConfig, train: list, val: dict, out: Path, work: Path):
+        self.cfg, self.out = cfg, out
+        self.path = work / "unet.pt"
+        self.model = UNet2DModel(in_channels=4, out_channels=4, **cfg.unet)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.unet_lr)
+        self.scheduler = DDIMScheduler(**SD_SCHEDULE)
+        self.step, self.elapsed_s, self.best, self.vae_id = 0, 0.0, math.inf, None
+        if self.path.exists():
+            state = torch.load(self.path, weights_only=False)
+            self.model.load_state_dict(state["model"])
+            self.ema.load_state_dict(state["ema"])
+            self.opt.load_state_dict(state["opt"])
+            self.step, self.elapsed_s, self.best, self.vae_id = state["step"], state["elapsed_s"], state["best"], state["vae_id"]
+        self.rng = np.random.default_rng(cfg.seed + 1 + self.step)
+        vae_id = file_fingerprint(out / "vae" / "diffusion_pytorch_model.safetensors")
+        if vae_id != self.vae_id:  # new latents: old validation losses are not comparable
+            log.info("unet: latents of VAE %s (was %s); validation best reset", vae_id, self.vae_id)
+            self.vae_id, self.best = vae_id, math.inf
+        vae = DemoAutoencoder.from_pretrained(out / "vae").eval()
+        self.bank = self._latent_bank(vae, train)
+        self.val_latents = [self._latents(vae, a) for a in val.values()]
+
+    @staticmethod
+    @torch.no_grad()
+    def _latents(vae: DemoAutoencoder, arr: np.ndarray) -> torch.Tensor:
+        return vae.encode(to_tensor(arr)).latents * vae.config.scaling_factor
+
+    def _latent_bank(self, vae: DemoAutoencoder, train: list) -> list[torch.Tensor]:
+        """Latents of every training photo, flipped or not, at a few random 8x8-grid offsets."""
+        rng, bank = np.random.default_rng(self.cfg.seed), []
+        for arr in train:
+            for flipped in (arr, arr[:, ::-1]):
+                for _ in range(self.cfg.bank_shifts):
+                    dy, dx = rng.integers(DOWNSCALE, size=2)
+                    h = (flipped.shape[0] - dy) // DOWNSCALE * DOWNSCALE
+                    w = (flipped.shape[1] - dx) // DOWNSCALE * DOWNSCALE
+                    bank.append(self._latents(vae, flipped[dy : dy + h, dx : dx + w]))
+        return bank
+
+    def _sample_t(self, n: int) -> torch.Tensor:
+        # u^2 puts more weight on small t, where the codec spends most of its decoding.
+        return torch.from_numpy(1 + np.floor(self.rng.random(n) ** 2 * MAX_TIMESTEP)).long().clamp(1, MAX_TIMESTEP)
+
+    def train_step(self) -> float:
+        self.model.train()
+        size, crops = self.cfg.unet_crop, []
+        for _ in range(self.cfg.unet_batch):
+            y = self.bank[self.rng.integers(len(self.bank))]
+            i, j = self.rng.integers(y.shape[-2] - size + 1), self.rng.integers(y.shape[-1] - size + 1)
+            crops.append(y[..., i : i + size, j : j + size])
+        y0 = torch.cat(crops)
+        t = self._sample_t(len(y0))
+        noise = torch.randn(y0.shape, generator=torch.Generator().manual_seed(int(self.rng.integers(2**31))))
+        loss = F.mse_loss(self.model(self.scheduler.add_noise(y0, noise, t), t).sample, noise)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.step += 1
+        decay = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))
+        with torch.no_grad():
+            for e, p in zip(self.ema.parameters(), self.model.parameters()):
+                e.lerp_(p, 1 - decay)
+        return loss.item()
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float, str]:
+        """Mean epsilon MSE of the EMA model over fixed noise and t (lower is better), and a log line
+        with the latent-space PSNR gain of its one-step x0 prediction over not denoising at all."""
+        self.ema.eval()
+        gen = torch.Generator().manual_seed(1234)
+        losses, gains = [], {t: [] for t in VAL_TIMESTEPS}
+        for y0 in self.val_latents:
+            for t in VAL_TIMESTEPS:
+                noise = torch.randn(y0.shape, generator=gen)
+                tt = torch.tensor([t])
+                ab = self.scheduler.alphas_cumprod[t]
+                xt = self.scheduler.add_noise(y0, noise, tt)
+                eps = self.ema(xt, tt).sample
+                losses.append(float(F.mse_loss(eps, noise)))
+                x0_hat = (xt - (1 - ab).sqrt() * eps) / ab.sqrt()
+                gains[t].append(10 * math.log10(F.mse_loss(xt / ab.sqrt(), y0) / F.mse_loss(x0_hat, y0)))
+        score = float(np.mean(losses))
+        gain_txt = ", ".join(f"t={t}: {np.mean(g):+.2f}" for t, g in gains.items())
+        return score, f"val eps-MSE {score:.4f}; x0 gain over no denoising (dB) {gain_txt}"
+
+    def export(self) -> None:
+        publish(self.ema, self.out / "unet")
+
+    def save(self) -> None:
+        state = dict(
+            model=self.model.state_dict(),
+            ema=self.ema.state_dict(),
+            opt=self.opt.state_dict(),
+            step=self.step,
+            elapsed_s=self.elapsed_s,
+            best=self.best,
+            vae_id=self.vae_id,
+        )
+        save_checkpoint(state, self.path)
+
+
+def improved(trainer, score: float) -> bool:
+    return score > trainer.best if trainer.name == "vae" else score < trainer.best
+
+
+def run_phase(trainer, until_s: float, eval_every_s: float) -> None:
+    """Train until trainer.elapsed_s reaches until_s; evaluate, checkpoint and export on the way."""
+    if trainer.elapsed_s >= until_s:
+        return
+    log.info("%s: training from %.1f to %.1f minutes (step %d)", trainer.name, trainer.elapsed_s / 60, until_s / 60, trainer.step)
+    losses, last_eval = [], time.monotonic()
+    while trainer.elapsed_s < until_s:
+        t0 = time.monotonic()
+        losses.append(trainer.train_step())
+        now = time.monotonic()
+        trainer.elapsed_s += now - t0
+        if now - last_eval >= eval_every_s or trainer.elapsed_s >= until_s:
+            score, text = trainer.evaluate()
+            is_best = improved(trainer, score)
+            if is_best:
+                trainer.best = score
+                trainer.export()
+            log.info(
+                "%s step %d, %.1f min: train loss %.5f; %s%s",
+                trainer.name, trainer.step, trainer.elapsed_s / 60, np.mean(losses), text, " -> exported" if is_best else "",
+            )
+            trainer.save()
+            losses, last_eval = [], time.monotonic()
+
+
+def train_backbone(data: Path, out: Path, work: Path, vae_minutes: float, unet_minutes: float, resume: bool, cfg: BackboneConfig) -> None:
+    for name in ("vae.pt", "unet.pt"):
+        if (work / name).exists() and not resume:
+            raise SystemExit(f"{work / name} exists: pass --resume to continue it, or choose another --work folder")
+    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    train, val = split_photos(load_photos(data))
+    log.info("backbone: %d training photos, %d validation photos; config %s", len(train), len(val), asdict(cfg))
+    DDIMScheduler(**SD_SCHEDULE).save_pretrained(out / "scheduler")
+
+    warm_vae, warm_unet = (min(w, m) * 60 for w, m in zip(cfg.warmup_minutes, (vae_minutes, unet_minutes)))
+    vae = VaeTrainer(cfg, train, val, out, work)
+    run_phase(vae, warm_vae, cfg.eval_every_s)
+    if not (out / "vae").exists():  # e.g. a resume after an interrupted first export
+        vae.export()
+    run_phase(UnetTrainer(cfg, train, val, out, work), warm_unet, cfg.eval_every_s)
+    run_phase(vae, vae_minutes * 60, cfg.eval_every_s)
+    run_phase(UnetTrainer(cfg, train, val, out, work), unet_minutes * 60, cfg.eval_every_s)
+    log.info("backbone: done (VAE %.1f min, best val PSNR %.2f dB)", vae.elapsed_s / 60, vae.best)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def setup_logging(log_file: Path) -> None:
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(log_file)):
+        handler.setFormatter(fmt)
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m codec.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    # The `adapter` subcommand (issue 6, item 2) is added next to this one.
+    bb = commands.add_parser("backbone", help="train the bundled demo backbone (VAE + UNet) on a photo folder")
+    bb.add_argument("--data", type=Path, required=True, help="folder of photos (validation photos are held out)")
+    bb.add_argument("--out", type=Path, default=Path("assets/models/demo"), help="diffusers folder to export to")
+    bb.add_argument("--work", type=Path, default=Path("runs/demo"), help="checkpoints and progress.log")
+    bb.add_argument("--vae-minutes", type=float, default=60.0, help="total VAE training time (across resumes)")
+    bb.add_argument("--unet-minutes", type=float, default=40.0, help="total UNet training time (across resumes)")
+    bb.add_argument("--resume", action="store_true", help="continue from the checkpoints in --work")
+    bb.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    setup_logging(args.work / "progress.log")
+    train_backbone(args.data, args.out, args.work, args.vae_minutes, args.unet_minutes, args.resume, BackboneConfig())
+
+
+if __name__ == "__main__":
+    main()

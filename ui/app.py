@@ -51,7 +51,7 @@ def build_app(settings: Settings) -> tuple[FastAPI, gr.Blocks]:
         app.include_router(build_router(ctx.study), prefix=API_PREFIX)
 
     app = gr.mount_gradio_app(
-        app, blocks, path="/", max_file_size=f"{settings.max_upload_mb:g}mb", css_paths=[CSS_PATH],
+        app, blocks, path="/", max_file_size=int(settings.max_upload_mb * 1e6), css_paths=[CSS_PATH],
         theme=gr.themes.Soft(primary_hue="orange"), allowed_paths=[str(EXAMPLES_DIR)], footer_links=["api", "gradio"],
         run_history=False, show_error=True,
     )

@@ -37,6 +37,32 @@ class Entry:
     note: str = ""
 
 
+def _plain_upload_errors(image: gr.Image) -> gr.Image:
+    """Give unreadable uploads the codec's plain message instead of gradio's "Could not preprocess
+    input component..." report (a gr.Error raised in preprocess reaches the visitor as it is).
+
+    The instance's method is wrapped rather than subclassing gr.Image, because gradio's component
+    metaclass writes a .pyi stub next to any module that subclasses a component."""
+    preprocess = image.preprocess
+
+    def checked(payload):
+        try:
+            return preprocess(payload)
+        except gr.Error:
+            raise
+        except Exception:
+            from codec.images import ImageError, load_image
+
+            try:
+                load_image(payload.path)
+            except ImageError as exc:
+                raise gr.Error(str(exc), print_exception=False) from None
+            raise gr.Error("This file could not be read as an image.", print_exception=False) from None
+
+    image.preprocess = checked
+    return image
+
+
 def baseline_choices() -> list[tuple[str, str]]:
     """(label, key) pairs of the baseline codecs, in the order codec.baselines lists them."""
     from codec.baselines import ALL_METHODS, LABELS
@@ -48,9 +74,9 @@ def build_compress_tab(ctx: AppContext, examples: list[str]) -> None:
     choices = baseline_choices()
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=300):
-            image_in = gr.Image(
+            image_in = _plain_upload_errors(gr.Image(
                 label="Image", type="filepath", sources=["upload", "clipboard"], height=300, elem_id="compress-input"
-            )
+            ))
             if examples:
                 gr.Examples(examples=examples, inputs=image_in, label="Examples (click one)", examples_per_page=4)
             bpp = gr.Slider(0.01, 0.5, value=0.1, step=0.005, label="Target bitrate (bits per pixel)", elem_id="bpp")
@@ -61,16 +87,16 @@ def build_compress_tab(ctx: AppContext, examples: list[str]) -> None:
             )
             run = gr.Button("Compress", variant="primary", elem_id="compress-btn")
         with gr.Column(scale=2, min_width=300):
-            summary = gr.Markdown(elem_id="compress-summary")
+            summary = gr.Markdown("Results appear here: pick an image and press **Compress**.", elem_id="compress-summary")
             slider = gr.ImageSlider(
                 label="Original | ours (drag the handle)", format="png", type="filepath", max_height=520,
                 elem_id="compare-slider", interactive=False,
             )
             with gr.Row():
-                bitstream_file = gr.File(label="Bitstream (decode it in the Decode tab)", elem_id="bitstream-file")
-                png_file = gr.File(label="Reconstruction (PNG)", elem_id="png-file")
-    table = gr.Dataframe(headers=TABLE_COLUMNS, label="Rate and distortion", interactive=False, elem_id="results-table",
-                         wrap=True)
+                bitstream_file = gr.File(label="Bitstream (decode it in the Decode tab)", elem_id="bitstream-file",
+                                         height=90, interactive=False)
+                png_file = gr.File(label="Reconstruction (PNG)", elem_id="png-file", height=90, interactive=False)
+    table = gr.Dataframe(headers=TABLE_COLUMNS, label="Rate and distortion", interactive=False, elem_id="results-table")
     gallery = gr.Gallery(label="Baselines at the closest bitrate they reach", format="png", columns=3, height="auto",
                          object_fit="contain", elem_id="baseline-gallery")
     trajectory = gr.Image(

@@ -1,0 +1,115 @@
+"""Start-up and first-compression time of the Space, measured from outside like a visitor would.
+
+Starts `python app.py` (default backbone: the bundled demo), times how long until /health answers
+(serving) and until the codec has finished loading in the background, then sends the first
+/compress of a 768x512 photo with every baseline through gradio_client, then a second one.
+
+    python benchmarks/app_startup.py [--backbone demo] [--image PATH] [--bpp 0.1]
+
+Targets (issue 3): serving <= 30 s on 2 CPU cores; first compress <= 10 s including baselines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_IMAGE = ROOT / "assets" / "examples" / "dandelions.png"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _health(url: str) -> dict | None:
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=2) as r:
+            return json.load(r)
+    except OSError:
+        return None
+
+
+def _photo_768x512(source: Path, out: Path) -> Path:
+    """The benchmark's input: `source` resized (cover) and centre-cropped to 768x512."""
+    with Image.open(source) as im:
+        im = im.convert("RGB")
+        scale = max(768 / im.width, 512 / im.height)
+        im = im.resize((round(im.width * scale), round(im.height * scale)), Image.LANCZOS)
+        left, top = (im.width - 768) // 2, (im.height - 512) // 2
+        im.crop((left, top, left + 768, top + 512)).save(out)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default="demo")
+    parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
+    parser.add_argument("--bpp", type=float, default=0.1)
+    parser.add_argument("--methods", default="jpeg,webp,avif,heic,naive")
+    parser.add_argument("--timeout", type=float, default=300)
+    args = parser.parse_args()
+
+    from gradio_client import Client, handle_file
+
+    tmp = Path(tempfile.mkdtemp(prefix="app-bench-"))
+    image = _photo_768x512(args.image, tmp / "photo_768x512.png")
+    port = _free_port()
+    env = dict(os.environ, APP_BACKBONE=args.backbone, GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1",
+               RESULTS_DIR=str(tmp / "results"), GRADIO_TEMP_DIR=str(tmp / "gradio"), GRADIO_ANALYTICS_ENABLED="False")
+    url = f"http://127.0.0.1:{port}"
+    log = open(tmp / "server.log", "w")
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    rows = []
+    try:
+        while (health := _health(url)) is None:
+            if proc.poll() is not None or time.perf_counter() - started > args.timeout:
+                print((tmp / "server.log").read_text()[-3000:], file=sys.stderr)
+                return 1
+            time.sleep(0.2)
+        serving = time.perf_counter() - started
+        rows.append(("serving (/health answers)", serving, 30.0))
+
+        client = Client(url + "/", verbose=False)
+        methods = [m for m in args.methods.split(",") if m]
+        for label, target in (("first compress, 768x512, all baselines", 10.0), ("second compress", None)):
+            tick = time.perf_counter()
+            result = client.predict(handle_file(str(image)), args.bpp, methods, api_name="/compress")
+            rows.append((label, time.perf_counter() - tick, target))
+        loaded = _health(url) or {}
+        table = result[2]
+        print(f"\nbackbone setting: {args.backbone}; codec loaded: {loaded.get('codec_loaded')}; "
+              f"image {args.image.name} -> 768x512; target {args.bpp} bpp; CPU cores: {os.cpu_count()}")
+        print(result[6].splitlines()[0])
+        print(f"\n{'step':<42} {'seconds':>8} {'target':>7}  ok")
+        for label, seconds, target in rows:
+            ok = "" if target is None else ("yes" if seconds <= target else "NO")
+            print(f"{label:<42} {seconds:8.2f} {'' if target is None else f'{target:.0f}':>7}  {ok}")
+        print(f"\n{'method':<26} {'bytes':>7} {'bpp':>7} {'PSNR':>6} {'MS-SSIM':>8} {'enc ms':>7} {'dec ms':>7}")
+        for row in table["data"]:
+            print(f"{row[0]:<26} {row[1]:>7} {row[2]:>7.4f} {row[3]:>6.2f} {row[4]:>8.4f} {row[5]:>7} {row[6]:>7}")
+        return 0
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

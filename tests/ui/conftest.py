@@ -1,0 +1,78 @@
+"""The real app, started as `python app.py` in a subprocess on 127.0.0.1 with the tiny random
+backbone, shared by the API tests and the browser test of this folder."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "assets" / "examples" / "coffee.png"
+MAX_PIXELS = 1_000_000
+MAX_UPLOAD_MB = 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """Base URL of a running app; its log is printed if it fails to start."""
+    tmp = tmp_path_factory.mktemp("app")
+    port = _free_port()
+    env = dict(
+        os.environ,
+        APP_BACKBONE="tiny", APP_MODE="analytic", APP_MAX_PIXELS=str(MAX_PIXELS), APP_MAX_UPLOAD_MB=str(MAX_UPLOAD_MB),
+        APP_STUDY_FILE="none", RESULTS_DIR=str(tmp / "results"), GRADIO_TEMP_DIR=str(tmp / "gradio"),
+        GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port), GRADIO_ANALYTICS_ENABLED="False",
+        HF_HUB_OFFLINE="1",
+    )
+    log = open(tmp / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    try:
+        while True:
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"app did not start:\n{(tmp / 'server.log').read_text()[-4000:]}")
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def client(server):
+    from gradio_client import Client
+
+    return Client(server + "/", verbose=False)
+
+
+@pytest.fixture(scope="session")
+def small_png(tmp_path_factory) -> Path:
+    """A 256x160 crop of a real photo: big enough for MS-SSIM, small enough to be quick."""
+    path = tmp_path_factory.mktemp("img") / "small.png"
+    with Image.open(EXAMPLE) as im:
+        im.convert("RGB").crop((128, 80, 384, 240)).save(path)
+    return path

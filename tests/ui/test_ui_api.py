@@ -1,0 +1,150 @@
+"""The named API endpoints of the running app, through gradio_client, with real files."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from gradio_client import handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from tests.ui.conftest import MAX_UPLOAD_MB
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+METHODS = ["jpeg", "webp"]
+
+
+def _is_png(path) -> bool:
+    return Path(path).read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.fixture(scope="module")
+def compressed(client, small_png):
+    """One /compress call shared by the tests that inspect its outputs."""
+    return client.predict(handle_file(str(small_png)), 0.3, METHODS, api_name="/compress")
+
+
+def test_health(server):
+    with urllib.request.urlopen(server + "/health") as r:
+        body = json.load(r)
+    assert body["status"] == "ok"
+
+
+def test_api_lists_the_named_endpoints(client):
+    names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert {"/compress", "/decode", "/baselines"} <= names
+
+
+def test_compress_returns_every_output_losslessly(compressed, small_png):
+    comparison, gallery, table, trajectory, bitstream, png, summary = compressed
+    original, ours = comparison
+    # Every image the page shows is PNG (gradio would otherwise re-encode as lossy WebP).
+    for path in (original, ours, trajectory, png, *[item["image"] for item in gallery]):
+        assert _is_png(path), path
+    with Image.open(small_png) as src, Image.open(original) as shown:
+        assert np.array_equal(np.asarray(src.convert("RGB")), np.asarray(shown.convert("RGB")))
+    with Image.open(ours) as im:
+        assert im.size == (256, 160)
+    # The gallery holds exactly the requested baselines, captioned with their bpp.
+    assert [item["caption"].split(" · ")[0] for item in gallery] == ["JPEG", "WebP"]
+    assert all("bpp" in item["caption"] for item in gallery)
+    # The table: ours first, then the baselines; bytes and bpp agree with the real file.
+    rows = table["data"]
+    assert [row[0] for row in rows][1:] == ["JPEG", "WebP"]
+    size = Path(bitstream).stat().st_size
+    assert rows[0][1] == size
+    assert rows[0][2] == pytest.approx(8 * size / (256 * 160), abs=1e-4)
+    assert rows[0][2] <= 0.3 + 1e-9  # rate control never overshoots the target
+    assert all(np.isfinite(row[3]) and 0 < row[4] <= 1 for row in rows)  # PSNR, MS-SSIM
+    assert "bpp" in summary and "t =" in summary
+
+
+def test_decode_reproduces_the_compressed_image(client, compressed):
+    _, _, table, _, bitstream, png, _ = compressed
+    image, header, summary, decoded_png = client.predict(handle_file(bitstream), api_name="/decode")
+    with Image.open(png) as a, Image.open(image) as b:
+        assert np.array_equal(np.asarray(a), np.asarray(b))  # decoding is deterministic
+    assert (header["width"], header["height"]) == (256, 160)
+    assert header["bpp"] == pytest.approx(table["data"][0][2], abs=1e-4)
+    assert _is_png(decoded_png)
+    assert "bpp" in summary
+
+
+def test_baselines_endpoint(client, small_png):
+    gallery, table = client.predict(handle_file(str(small_png)), 0.5, ["jpeg"], api_name="/baselines")
+    assert len(gallery) == 1 and _is_png(gallery[0]["image"])
+    assert table["data"][0][0] == "JPEG"
+    assert table["data"][0][2] <= 0.5
+
+
+def _error(client, *args, api_name: str) -> str:
+    with pytest.raises(AppError) as info:
+        client.predict(*args, api_name=api_name)
+    return str(info.value)
+
+
+def test_broken_image_is_refused(client, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(PNG_MAGIC + b"\x00" * 200)
+    message = _error(client, handle_file(str(broken)), 0.1, METHODS, api_name="/compress")
+    assert "image" in message.lower()
+    assert "Traceback" not in message
+
+
+def test_huge_image_is_refused(client, tmp_path):
+    huge = tmp_path / "huge.png"
+    Image.new("RGB", (1500, 1000), "gray").save(huge)  # 1.5 MP, over the 1 MP limit of the test server
+    message = _error(client, handle_file(str(huge)), 0.1, METHODS, api_name="/compress")
+    assert "megapixels" in message
+
+
+def test_oversized_upload_is_refused(server, client, tmp_path):
+    big = tmp_path / "big.bin"
+    big.write_bytes(np.random.default_rng(0).bytes(int((MAX_UPLOAD_MB + 0.5) * 1e6)))
+    # gradio_client checks the limit the server announces before uploading ...
+    with pytest.raises(ValueError, match="maximum file size"):
+        client.predict(handle_file(str(big)), api_name="/decode")
+    # ... and the server refuses the upload itself, whatever the client does.
+    with big.open("rb") as f:
+        response = httpx.post(server + "/gradio_api/upload", files={"files": ("big.bin", f)}, timeout=60)
+    assert response.status_code == 413, response.text
+    assert "size" in response.text.lower()
+
+
+def test_wrong_file_is_refused_by_decode(client, small_png):
+    message = _error(client, handle_file(str(small_png)), api_name="/decode")
+    assert "bitstream" in message.lower()
+
+
+def test_truncated_bitstream_is_refused(client, compressed, tmp_path):
+    data = Path(compressed[4]).read_bytes()
+    cut = tmp_path / "cut.dfcx"
+    cut.write_bytes(data[: len(data) // 2])
+    message = _error(client, handle_file(str(cut)), api_name="/decode")
+    assert "Traceback" not in message and len(message) > 20
+
+
+def test_corrupt_bitstream_is_refused(client, compressed, tmp_path):
+    data = bytearray(Path(compressed[4]).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    bad = tmp_path / "flipped.dfcx"
+    bad.write_bytes(bytes(data))
+    message = _error(client, handle_file(str(bad)), api_name="/decode")
+    assert "Traceback" not in message and len(message) > 20
+
+
+def test_other_backbone_bitstream_is_refused(client, small_png, tmp_path):
+    """A file made by another backbone (a tiny model with other weights) names the mismatch."""
+    from codec.backbone import build_tiny_backbone
+    from codec.codec import DiffusionCodec
+
+    other = DiffusionCodec(build_tiny_backbone(seed=1), mode="analytic")
+    path = tmp_path / "other.dfcx"
+    path.write_bytes(other.encode(Image.open(small_png), target_bpp=0.3).data)
+    message = _error(client, handle_file(str(path)), api_name="/decode")
+    assert "different backbone" in message

@@ -1,0 +1,98 @@
+"""The whole visitor flow in a real headless Chromium: upload, compress, download the bitstream,
+decode it in the Decode tab. Screenshots (desktop 1280x800 and phone 390x844) go to
+artifacts/screenshots/, which .ci/run lists at the end."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.ui.conftest import ROOT
+
+pytestmark = pytest.mark.browser
+
+SHOTS = ROOT / "artifacts" / "screenshots"
+VIEWPORTS = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, "height": 844}}
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        message = "chromium is not installed (apt-get install -y chromium)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def _shoot(page, name: str) -> None:
+    """Full-page screenshots of the current state at both viewport sizes."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    for label, size in VIEWPORTS.items():
+        page.set_viewport_size(size)
+        page.wait_for_timeout(400)  # let the layout settle after the resize
+        page.screenshot(path=str(SHOTS / f"ui-{name}-{label}.png"), full_page=True)
+    page.set_viewport_size(VIEWPORTS["desktop"])
+
+
+def test_upload_compress_download_decode(browser, server, small_png, tmp_path):
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport=VIEWPORTS["desktop"], accept_downloads=True)
+    page.set_default_timeout(120_000)
+    page.goto(server + "/", wait_until="domcontentloaded")
+    page.wait_for_selector("#compress-btn")
+    _shoot(page, "start")
+
+    page.locator("#compress-input input[type=file]").set_input_files(str(small_png))
+    expect(page.locator("#compress-input img").first).to_be_visible()
+    page.locator("#compress-btn").click()
+
+    # The slider shows two images, the gallery one per baseline, the table one row per method.
+    expect(page.locator("#compare-slider img")).to_have_count(2)
+    n_baselines = page.locator("#methods input[type=checkbox]:checked").count()
+    expect(page.locator("#baseline-gallery img")).to_have_count(n_baselines)
+    expect(page.locator("#results-table")).to_contain_text("JPEG")
+    expect(page.locator("#results-table tbody tr")).to_have_count(n_baselines + 1)
+    expect(page.locator("#trajectory img")).to_be_visible()
+    expect(page.locator("#crop-gallery img")).to_have_count(n_baselines + 2)  # original + ours + baselines
+    expect(page.locator("#compress-summary")).to_contain_text("bpp")
+    _shoot(page, "compressed")
+
+    with page.expect_download() as info:
+        page.locator("#bitstream-file a").first.click()
+    bitstream = tmp_path / info.value.suggested_filename
+    info.value.save_as(bitstream)
+    assert bitstream.read_bytes()[:4] == b"DFCX"
+    with page.expect_download() as info:
+        page.locator("#png-file a").first.click()
+    ours_png = tmp_path / "ours.png"
+    info.value.save_as(ours_png)
+
+    page.get_by_role("tab", name="Decode").click()
+    page.locator("#decode-input input[type=file]").set_input_files(str(bitstream))
+    page.locator("#decode-btn").click()
+    expect(page.locator("#decoded-image img")).to_be_visible()
+    expect(page.locator("#decode-summary")).to_contain_text("bpp")
+    expect(page.locator("#decode-header")).to_contain_text("backbone_fingerprint")
+    with page.expect_download() as info:
+        page.locator("#decoded-png a").first.click()
+    decoded_png = tmp_path / "decoded.png"
+    info.value.save_as(decoded_png)
+    with Image.open(ours_png) as a, Image.open(decoded_png) as b:
+        assert np.array_equal(np.asarray(a), np.asarray(b))  # the page's decode = the compress tab's image
+    _shoot(page, "decoded")
+    page.close()

@@ -1,0 +1,72 @@
+"""Settings from Space.yaml + environment, and the display helpers (no server needed)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from ui import views
+from ui.settings import ENV_VARS, ROOT, Settings, SettingsError, load_settings
+
+
+def test_space_yaml_sets_every_field_and_defaults_agree():
+    """Space.yaml names every setting, and the values it ships equal the dataclass defaults."""
+    import yaml
+
+    shipped = yaml.safe_load((ROOT / "Space.yaml").read_text())
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    assert set(shipped) == fields == set(ENV_VARS)
+    assert load_settings(env={}) == Settings()
+
+
+def test_readme_documents_every_setting_and_variable():
+    readme = (ROOT / "README.md").read_text()
+    for name, var in ENV_VARS.items():
+        assert f"`{name}`" in readme and f"`{var}`" in readme, name
+
+
+def test_environment_overrides_the_file(tmp_path):
+    path = tmp_path / "Space.yaml"
+    path.write_text("backbone: demo\nconcurrency: 2\nmax_upload_mb: 5\n")
+    s = load_settings(path, env={"APP_CONCURRENCY": "3", "APP_ADAPTER": "null", "GRADIO_SERVER_PORT": "0",
+                                 "DATABASE_URL": "postgresql+psycopg://u@h/db"})
+    assert (s.backbone, s.concurrency, s.max_upload_mb, s.adapter, s.server_port) == ("demo", 3, 5.0, None, 0)
+    assert s.database_url == "postgresql+psycopg://u@h/db"
+
+
+@pytest.mark.parametrize("text, env, words", [
+    ("concurrency: many\n", {}, "concurrency"),
+    ("", {"APP_MAX_PIXELS": "-5"}, "APP_MAX_PIXELS"),
+    ("", {"APP_MODE": "magic"}, "auto, learned, analytic"),
+    ("colour: red\n", {}, "unknown setting"),
+    ("- a list\n", {}, "mapping"),
+])
+def test_bad_settings_are_named(tmp_path, text, env, words):
+    path = tmp_path / "Space.yaml"
+    path.write_text(text)
+    with pytest.raises(SettingsError, match=words):
+        load_settings(path, env=env)
+
+
+def test_relative_paths_resolve_against_the_repository():
+    s = Settings(results_dir="runs/x")
+    assert s.resolve(s.results_dir) == ROOT / "runs" / "x"
+    assert s.resolve("/abs/path") == Path("/abs/path")
+
+
+def test_crop_box_stays_inside_the_image():
+    assert views.crop_box((100, 80), 0.5, 0.5, 40) == (30, 20, 70, 60)
+    assert views.crop_box((100, 80), 1.0, 0.0, 40) == (60, 0, 100, 40)  # clamped at the corner
+    assert views.crop_box((30, 20), 0.5, 0.5, 96) == (0, 0, 30, 20)  # larger than the image
+
+
+def test_trajectory_strip_highlights_the_predicted_timestep():
+    frames = [(t, Image.new("RGB", (64, 32), (v, v, v))) for t, v in ((40, 60), (20, 120), (1, 200))]
+    strip = views.trajectory_strip(frames, tile_h=48)
+    assert strip.height == 48 + 2 * 4 + views.LABEL_H
+    assert strip.getpixel((1, 1)) == views.HIGHLIGHT  # the first (predicted t) tile has the orange frame
+    second_tile_x = 96 + 8 + 6 + 10
+    assert strip.getpixel((second_tile_x, 10)) == (120, 120, 120)  # later tiles have none

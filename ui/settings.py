@@ -26,7 +26,7 @@ class Settings:
     mode: str = "auto"  # "auto" (learned when an adapter is loaded) | "learned" | "analytic"
     device: str | None = None  # None = cuda when available, else cpu
     max_upload_mb: float = 20.0
-    max_pixels: int = 2048 * 2048
+    max_pixels: int = 1536 * 1536
     queue_size: int = 16
     concurrency: int = 1  # simultaneous model runs (encode/decode), the rest wait in the queue
     admin_token_env: str = "ADMIN_TOKEN"  # name of the variable that holds the admin token

@@ -1,8 +1,12 @@
 """Engines and schema upgrades for the study store.
 
-SQLite is the embedded default: WAL (readers never block the writer), a busy timeout, full
-sync (an acknowledged vote survives a crash of the process or the machine), and BEGIN IMMEDIATE
-so a transaction takes the write lock up front instead of failing when it upgrades a read lock.
+SQLite is the embedded default: WAL (readers never block the writer), a busy timeout, and BEGIN
+IMMEDIATE so a transaction takes the write lock up front instead of failing when it upgrades a
+read lock. synchronous=NORMAL: a committed transaction is in the WAL file before the commit
+returns, so an acknowledged vote survives any crash of the server process (tested with SIGKILL);
+only an operating-system crash or power cut can lose the last commits. FULL would fsync every
+commit (about 7 ms on our VM disk, a ceiling near 140 votes/s); use PostgreSQL, which syncs
+every commit, where machine crashes must not lose a vote.
 Any other SQLAlchemy URL is used as it is (PostgreSQL is the tested server).
 """
 from __future__ import annotations
@@ -36,7 +40,7 @@ def make_engine(url: str) -> Engine:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import Callable, TypeVar
 
 from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import FileResponse
+import orjson
+from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, Field
 
 from study.service import Participant, StudyError, StudyService
@@ -47,6 +48,11 @@ def _call(fn: Callable[[], T]) -> T:
         raise HTTPException(status_code=e.status, detail=e.message) from None
 
 
+def _json(fn: Callable[[], dict]) -> Response:
+    """Run `fn` and answer its dict as JSON directly (the votes path is hot: no re-validation)."""
+    return Response(orjson.dumps(_call(fn)), media_type="application/json")
+
+
 def build_router(service: StudyService) -> APIRouter:
     router = APIRouter(tags=["study"])
     cfg = service.cfg
@@ -60,7 +66,7 @@ def build_router(service: StudyService) -> APIRouter:
                 "platform": cfg.platform.kind}
 
     @router.post("/sessions")
-    def start(body: StartRequest, request: Request) -> dict:
+    def start(body: StartRequest, request: Request) -> Response:
         """Start a session, or resume the rater's unfinished one (same token, same trial)."""
         if body.study_id not in (None, cfg.id):
             raise HTTPException(404, f"no study {body.study_id!r} here")
@@ -70,11 +76,11 @@ def build_router(service: StudyService) -> APIRouter:
             if who is None:
                 raise HTTPException(422, "no participant id: give platform parameters or anonymous_id")
             return service.start_session(who, request.headers.get("user-agent")).to_dict()
-        return _call(run)
+        return _json(run)
 
     @router.get("/sessions/{token}")
-    def state(token: str) -> dict:
-        return _call(lambda: service.state(token).to_dict())
+    def state(token: str) -> Response:
+        return _json(lambda: service.state(token).to_dict())
 
     @router.get("/sessions/{token}/trial")
     def trial(token: str) -> dict:
@@ -87,13 +93,13 @@ def build_router(service: StudyService) -> APIRouter:
                                                    ("right", st.trial.right)) if v}}
 
     @router.post("/sessions/{token}/consent")
-    def consent(token: str, body: ConsentRequest) -> dict:
-        return _call(lambda: service.consent(token, body.agree, body.version).to_dict())
+    def consent(token: str, body: ConsentRequest) -> Response:
+        return _json(lambda: service.consent(token, body.agree, body.version).to_dict())
 
     @router.post("/sessions/{token}/votes")
-    def vote(token: str, body: VoteRequest) -> dict:
+    def vote(token: str, body: VoteRequest) -> Response:
         """Record the vote for `trial_id`; sent again, it returns the stored vote (replayed)."""
-        return _call(lambda: service.vote(token, body.trial_id, body.choice, body.client_ms,
+        return _json(lambda: service.vote(token, body.trial_id, body.choice, body.client_ms,
                                           body.client).to_dict())
 
     @router.post("/sessions/{token}/events", status_code=204)

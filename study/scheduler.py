@@ -106,19 +106,31 @@ def _balanced(images, conditions, n, counts, rng):
 
 def _active(images, conditions, n, counts, wins, rng):
     theta, precision = bt_posterior(conditions, wins)
-    counts = dict(counts)
     pairs = list(itertools.combinations(range(len(conditions)), 2))
+
+    def expect(precision, i, j, times):
+        """Add the expected Fisher information of `times` comparisons of i and j."""
+        p = 1.0 / (1.0 + np.exp(theta[j] - theta[i]))
+        e = np.zeros(len(conditions))
+        e[i], e[j] = 1.0, -1.0
+        return precision + times * p * (1 - p) * np.outer(e, e)
+
+    # Comparisons planned in other sessions but not voted on yet count as if done, so that
+    # sessions starting at the same time do not all pile onto the same pair.
+    for i, j in pairs:
+        a, b = conditions[i], conditions[j]
+        planned = sum(counts.get(pair_key(im, a, b), 0) for im in images)
+        pending = planned - wins.get((a, b), 0) - wins.get((b, a), 0)
+        if pending > 0:
+            precision = expect(precision, i, j, pending)
+    counts = dict(counts)
     out, previous = [], None
     for _ in range(n):
         cov = np.linalg.inv(precision)
         gains = [(expected_information_gain(theta[i] - theta[j], cov[i, i] + cov[j, j] - 2 * cov[i, j]),
                   rng.random(), i, j) for i, j in pairs]
         _, _, i, j = max(gains)
-        # Expected Fisher information of the chosen comparison: the next pick sees it as done.
-        p = 1.0 / (1.0 + np.exp(theta[j] - theta[i]))
-        e = np.zeros(len(conditions))
-        e[i], e[j] = 1.0, -1.0
-        precision = precision + p * (1 - p) * np.outer(e, e)
+        precision = expect(precision, i, j, 1)   # the next pick sees this one as done
         a, b = conditions[i], conditions[j]
         im = _least_used_image(images, a, b, counts, previous, rng)
         counts[pair_key(im, a, b)] = counts.get(pair_key(im, a, b), 0) + 1
@@ -147,7 +159,7 @@ def plan_session(*, images: list[str], conditions: list[str], regular: int, catc
     originals = rng.sample(trials, repeats)
     order = list(trials)
     for orig in originals:
-        pos = order.index(orig)
+        pos = next(i for i, x in enumerate(order) if x is orig)   # equal twins may exist
         lo = min(pos + 3, len(order))
         order.insert(rng.randint(lo, len(order)), ("repeat", orig))
     for _ in range(catch):

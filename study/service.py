@@ -9,16 +9,18 @@ the same vote sent again returns the stored vote and adds nothing.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
 import re
 import secrets
+import threading
 from dataclasses import asdict, dataclass
 from datetime import timezone
 from pathlib import Path
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 
@@ -138,8 +140,17 @@ class StudyService:
         self.engine = engine
         self.Session = dbmod.session_factory(engine)
         self._rng = random.Random(seed)
-        self._files: dict[str, Path] = {}
+        # SQLite has one writer at a time. Threads of this process queue on a lock instead of
+        # polling the busy timeout (whose sleeps of up to 100 ms would dominate the tail latency);
+        # other processes still wait through busy_timeout.
+        self._writer = threading.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext()
         self._sync_study()
+
+    @contextlib.contextmanager
+    def _tx(self):
+        """One transaction (committed at the end, rolled back on any exception)."""
+        with self._writer, self.Session.begin() as db:
+            yield db
 
     @classmethod
     def open(cls, study_file: str | Path, database_url: str, *, seed: int | None = None) -> "StudyService":
@@ -155,7 +166,7 @@ class StudyService:
         """Insert what is missing: the study, its conditions, images and built stimuli."""
         cfg = self.cfg
         manifest = read_manifest(cfg.stimuli_dir)
-        with self.Session.begin() as db:
+        with self._tx() as db:
             study = db.get(Study, cfg.id)
             if study is None:
                 db.add(Study(id=cfg.id, title=cfg.title, digest=cfg.digest, config=cfg.source.read_text()))
@@ -188,9 +199,12 @@ class StudyService:
                                         public_id=secrets.token_hex(12), path=st["file"], bpp=st.get("bpp"),
                                         sha256=st["sha256"]))
             db.flush()
-            rows = db.execute(select(Stimulus.public_id, Stimulus.path).join(Image)
-                              .where(Image.study_id == cfg.id)).all()
-        self._files = {pid: cfg.stimuli_dir / path for pid, path in rows}
+            rows = db.execute(select(Stimulus.id, Stimulus.image_id, Stimulus.key, Stimulus.public_id,
+                                     Stimulus.path).join(Image).where(Image.study_id == cfg.id)).all()
+        # Stimuli never change once registered: the hot paths look them up here, not in the db.
+        self._files = {pid: cfg.stimuli_dir / path for _, _, _, pid, path in rows}
+        self._public = {sid: pid for sid, _, _, pid, _ in rows}
+        self._reference = {iid: pid for _, iid, key, pid, _ in rows if key == scheduler.REFERENCE}
 
     def stimulus_file(self, public_id: str) -> Path:
         path = self._files.get(public_id)
@@ -220,7 +234,7 @@ class StudyService:
             raise Forbidden(f"open this study from {self.cfg.platform.kind}: the link carries your id")
         for attempt in range(5):    # lost races on the unique keys are retried, not reported
             try:
-                with self.Session.begin() as db:
+                with self._tx() as db:
                     return self._start(db, who, user_agent)
             except IntegrityError:
                 if attempt == 4:
@@ -306,21 +320,19 @@ class StudyService:
             raise NotFound("unknown session")
         return s
 
-    def _state(self, db, s: Session, mark_shown: bool = False) -> SessionState:
+    def _state(self, db, s, mark_shown: bool = False) -> SessionState:
+        """State of session `s` (an ORM row or a Core row with the same column names)."""
         trial = None
         if s.status == "active" and s.next_index < s.n_trials:
-            t = db.scalar(select(Trial).where(Trial.session_id == s.id, Trial.index == s.next_index))
+            T = Trial.__table__
+            t = db.execute(select(T.c.id, T.c.image_id, T.c.left_id, T.c.right_id, T.c.first_shown_at)
+                           .where(T.c.session_id == s.id, T.c.index == s.next_index)).one()
             if mark_shown and t.first_shown_at is None:
                 # Conditional: of two concurrent first shows, the earlier time stays.
-                db.execute(update(Trial).where(Trial.id == t.id, Trial.first_shown_at.is_(None))
+                db.execute(update(T).where(T.c.id == t.id, T.c.first_shown_at.is_(None))
                            .values(first_shown_at=utcnow()))
-            pub = dict(db.execute(select(Stimulus.id, Stimulus.public_id)
-                                  .where(Stimulus.id.in_([t.left_id, t.right_id]))).all())
-            ref = None
-            if self.cfg.show_reference:
-                ref = db.scalar(select(Stimulus.public_id).where(Stimulus.image_id == t.image_id,
-                                                                 Stimulus.key == scheduler.REFERENCE))
-            trial = TrialView(t.id, t.index, s.n_trials, ref, pub[t.left_id], pub[t.right_id])
+            ref = self._reference[t.image_id] if self.cfg.show_reference else None
+            trial = TrialView(t.id, s.next_index, s.n_trials, ref, self._public[t.left_id], self._public[t.right_id])
         code = redirect = None
         plat = self.cfg.platform
         if s.status == "completed":
@@ -334,11 +346,11 @@ class StudyService:
 
     def state(self, token: str) -> SessionState:
         """The session as it stands, its current trial marked as shown (the server's clock starts)."""
-        with self.Session.begin() as db:
+        with self._tx() as db:
             return self._state(db, self._session(db, token), mark_shown=True)
 
     def consent(self, token: str, agree: bool, version: str) -> SessionState:
-        with self.Session.begin() as db:
+        with self._tx() as db:
             s = self._session(db, token, lock=True)
             if s.status != "consent":
                 return self._state(db, s, mark_shown=True)     # a repeated click changes nothing
@@ -364,61 +376,75 @@ class StudyService:
             client_ms = None    # a broken client clock is not worth refusing a vote over
         client = _small_json(client)
         try:
-            with self.Session.begin() as db:
+            with self._tx() as db:
                 return self._vote(db, token, int(trial_id), choice, client_ms, client)
         except IntegrityError:
             # The same trial was voted on concurrently and the other request won: answer with
             # that vote, exactly as for a resubmission.
-            with self.Session.begin() as db:
+            with self._tx() as db:
                 return self._vote(db, token, int(trial_id), choice, client_ms, client)
         except Forbidden as e:
-            with self.Session.begin() as db:
+            with self._tx() as db:
                 db.add(Event(study_id=self.cfg.id, kind="vote_refused",
                              payload={"trial_id": int(trial_id), "reason": e.message}))
             raise
 
     def _vote(self, db, token, trial_id, choice, client_ms, client) -> VoteResult:
-        s = self._session(db, token, lock=True)
-        t = db.get(Trial, trial_id)
+        # The hot path: Core statements on the tables (no ORM unit of work), one transaction.
+        S, T, V = Session.__table__, Trial.__table__, Vote.__table__
+        if not isinstance(token, str) or not 10 <= len(token) <= 64:
+            raise NotFound("unknown session")
+        s = db.execute(select(S.c.id, S.c.token, S.c.status, S.c.next_index, S.c.n_trials, S.c.catch_failures)
+                       .where(S.c.token == token, S.c.study_id == self.cfg.id).with_for_update()).first()
+        if s is None:
+            raise NotFound("unknown session")
+        t = db.execute(select(T.c.id, T.c.session_id, T.c.index, T.c.kind, T.c.correct_side, T.c.first_shown_at)
+                       .where(T.c.id == trial_id)).first()
         if t is None or t.session_id != s.id:
             raise Forbidden("this trial does not belong to your session")
-        stored = db.scalar(select(Vote).where(Vote.trial_id == t.id))
+        stored = db.execute(select(V.c.choice).where(V.c.trial_id == t.id)).scalar()
         if stored is not None:
             db.add(Event(study_id=self.cfg.id, session_id=s.id, kind="vote_replayed",
                          payload={"trial_id": t.id, "choice": choice}))
-            return VoteResult(t.id, stored.choice, True, self._state(db, s, mark_shown=True))
+            return VoteResult(t.id, stored, True, self._state(db, s, mark_shown=True))
         if s.status != "active":
             raise Conflict("this session is finished" if s.status != "consent" else "give consent first")
         if t.index != s.next_index:
             raise Conflict(f"this is not the current trial (you are at trial {s.next_index + 1})")
         now = utcnow()
-        shown = t.first_shown_at
         server_ms = None
-        if shown is not None:
+        if t.first_shown_at is not None:
+            shown = t.first_shown_at
             shown = shown if shown.tzinfo else shown.replace(tzinfo=timezone.utc)   # SQLite drops tz
             server_ms = (now - shown).total_seconds() * 1000
-        db.add(Vote(trial_id=t.id, session_id=s.id, choice=choice, server_ms=server_ms,
-                    client_ms=client_ms, client=client, created_at=now))
-        db.flush()      # the unique trial_id is checked here, before the session moves on
-        s.next_index += 1
-        if t.kind == "catch" and choice != t.correct_side:
-            s.catch_failures += 1
+        # The unique trial_id is checked here, before the session moves on.
+        db.execute(insert(V).values(trial_id=t.id, session_id=s.id, choice=choice, server_ms=server_ms,
+                                    client_ms=client_ms, client=client, created_at=now))
+        status, finished = s.status, None
+        failures = s.catch_failures + (t.kind == "catch" and choice != t.correct_side)
         limit = self.cfg.max_catch_failures
-        if limit is not None and s.catch_failures >= limit:
-            s.status, s.finished_at = "screened_out", now
+        if limit is not None and failures >= limit:
+            status, finished = "screened_out", now
             db.add(Event(study_id=self.cfg.id, session_id=s.id, kind="screened_out",
-                         payload={"catch_failures": s.catch_failures}))
-        elif s.next_index >= s.n_trials:
-            s.status, s.finished_at = "completed", now
+                         payload={"catch_failures": failures}))
+        elif s.next_index + 1 >= s.n_trials:
+            status, finished = "completed", now
             db.add(Event(study_id=self.cfg.id, session_id=s.id, kind="completed"))
+        # Guarded by the index read above: a concurrent vote that moved the session fails here.
+        moved = db.execute(update(S).where(S.c.id == s.id, S.c.next_index == s.next_index)
+                           .values(next_index=s.next_index + 1, status=status, catch_failures=failures,
+                                   finished_at=finished)).rowcount
+        if moved != 1:
+            raise Conflict("the session moved on meanwhile: reload")
         db.flush()
-        return VoteResult(t.id, choice, False, self._state(db, s, mark_shown=True))
+        after = _Row(id=s.id, token=s.token, status=status, next_index=s.next_index + 1, n_trials=s.n_trials)
+        return VoteResult(t.id, choice, False, self._state(db, after, mark_shown=True))
 
     def log_event(self, token: str, kind: str, payload: dict | None = None) -> None:
         """Client telemetry (zoom, pan, focus changes, ...): appended, never interpreted here."""
         if kind not in CLIENT_EVENTS:
             raise Invalid(f"unknown event kind; one of {', '.join(sorted(CLIENT_EVENTS))}")
-        with self.Session.begin() as db:
+        with self._tx() as db:
             s = self._session(db, token)
             db.add(Event(study_id=self.cfg.id, session_id=s.id, kind=kind, payload=_small_json(payload)))
 
@@ -452,6 +478,16 @@ class StudyService:
         df["is_repeat"] = df["trial_kind"] == "repeat"
         df["catch_correct"] = df["is_catch"] & (df["choice"] == df["correct_side"])
         return df.drop(columns=["platform"])
+
+
+@dataclass(frozen=True)
+class _Row:
+    """The session columns _state reads, after a vote changed them."""
+    id: int
+    token: str
+    status: str
+    next_index: int
+    n_trials: int
 
 
 def _small_json(value: dict | None) -> dict | None:

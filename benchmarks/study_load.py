@@ -1,0 +1,221 @@
+"""Load on the study's HTTP API: simulated raters vote through a real server process.
+
+    nice -n 10 .venv/bin/python benchmarks/study_load.py [--postgres URL] [--raters 1 10 50] [--trials 40]
+
+Starts `python -m study serve` (uvicorn, one process) on 127.0.0.1 over a fresh database for
+every row, runs N raters at once (one thread and one keep-alive connection each; every rater
+starts a session, consents and votes through all its trials) and prints vote latency p50/p99
+and throughput. PostgreSQL rows run when --postgres or TEST_POSTGRES_URL is given. The tests
+(tests/study) use the same server and rater code.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "assets" / "studies" / "demo.yaml"
+API = "/api/study"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`python -m study serve FILE --db URL` in a child process, ready when its API answers."""
+
+    def __init__(self, study_file: Path, db_url: str, timeout: float = 90):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}{API}"
+        self.log = tempfile.TemporaryFile()     # a pipe could fill up and stall the server
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "study", "serve", str(study_file), "--db", db_url, "--port", str(self.port)],
+            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the study server exited: {self.output()[-2000:]}")
+            try:
+                if httpx.get(self.url + "/", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.time() > deadline:
+                self.stop()
+                raise RuntimeError("the study server did not start in time")
+            time.sleep(0.2)
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs, exactly like a crash."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+@dataclass
+class Load:
+    """What the raters saw: every acknowledged vote, latencies, errors."""
+    acked: dict = field(default_factory=dict)        # trial_id -> choice, from 200 answers
+    latencies_ms: list = field(default_factory=list)
+    errors: list = field(default_factory=list)
+    replays: int = 0
+    wall_s: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def votes_per_s(self) -> float:
+        return len(self.acked) / self.wall_s if self.wall_s else 0.0
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
+
+
+def rater(base: str, pid: str, load: Load, stop: threading.Event | None = None, seed: int = 0) -> str:
+    """One participant from start to the last trial; returns the final session status.
+
+    Resumes after a dropped connection (start again with the same id -> same session and trial).
+    """
+    rng = random.Random(seed)
+    with httpx.Client(base_url=base, timeout=30) as http:
+        def ok(r: httpx.Response) -> dict | None:
+            if r.status_code == 200:
+                return r.json()
+            with load.lock:
+                load.errors.append((pid, r.request.url.path, r.status_code, r.text[:200]))
+
+        st = ok(http.post("/sessions", json={"params": {"PROLIFIC_PID": pid, "SESSION_ID": f"s-{pid}"}}))
+        if st and st["status"] == "consent":
+            st = ok(http.post(f"/sessions/{st['token']}/consent", json={"agree": True, "version": st["consent_version"]}))
+        if st is None:
+            return "error"
+        while st["trial"] is not None and not (stop and stop.is_set()):
+            trial = st["trial"]
+            choice = rng.choice(["left", "right"])
+            t0 = time.perf_counter()
+            r = http.post(f"/sessions/{st['token']}/votes",
+                          json={"trial_id": trial["id"], "choice": choice, "client_ms": rng.uniform(500, 3000)})
+            ms = (time.perf_counter() - t0) * 1000
+            body = ok(r)
+            if body is None:
+                return "error"
+            with load.lock:
+                load.latencies_ms.append(ms)
+                load.acked[body["trial_id"]] = body["choice"]
+                load.replays += body["replayed"]
+            st = body["state"]
+        return st["status"]
+
+
+def run_load(base: str, n_raters: int, prefix: str = "r", stop: threading.Event | None = None,
+             load: Load | None = None) -> Load:
+    load = load or Load()
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(n_raters) as pool:
+        futures = [pool.submit(rater, base, f"{prefix}{i}", load, stop, i) for i in range(n_raters)]
+        for f in futures:
+            try:
+                f.result()
+            except httpx.TransportError as e:   # the server went away (the crash test does that)
+                with load.lock:
+                    load.errors.append(("transport", repr(e)))
+    load.wall_s = time.perf_counter() - t0
+    return load
+
+
+def study_copy(source: Path, folder: Path, trials: int, sessions_per_rater: int = 1) -> Path:
+    """A copy of a study file with `trials` trials per session and absolute paths, in `folder`."""
+    data = yaml.safe_load(source.read_text())
+    for im in data["images"]:
+        im["path"] = str((source.parent / im["path"]).resolve())
+    data["stimuli_dir"] = str((source.parent / data.get("stimuli_dir", f"{data['id']}_stimuli")).resolve())
+    data.update(trials_per_session=trials, sessions_per_rater=sessions_per_rater,
+                platform={"kind": "prolific", "completion_code": "BENCH"})
+    path = folder / "bench.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--raters", type=int, nargs="+", default=[1, 10, 50])
+    ap.add_argument("--trials", type=int, default=40)
+    ap.add_argument("--study", type=Path, default=DEMO, help="a study whose stimuli are built (default: the demo)")
+    ap.add_argument("--postgres", default=os.environ.get("TEST_POSTGRES_URL"),
+                    help="SQLAlchemy URL of a PostgreSQL database the benchmark may fill (a fresh "
+                         "database is created next to it for every row)")
+    args = ap.parse_args()
+    backends = ["sqlite"] + (["postgresql"] if args.postgres else [])
+    print(f"| database | raters | votes | errors | p50 ms | p99 ms | votes/s |")
+    print(f"|---|---:|---:|---:|---:|---:|---:|")
+    with tempfile.TemporaryDirectory() as tmp:
+        study = study_copy(args.study, Path(tmp), args.trials)
+        for backend in backends:
+            for n in args.raters:
+                url, cleanup = _fresh_db(backend, Path(tmp), args.postgres, n)
+                try:
+                    with Server(study, url) as server:
+                        load = run_load(server.url, n)
+                finally:
+                    cleanup()
+                print(f"| {backend} | {n} | {len(load.acked)} | {len(load.errors)} | {load.percentile(50):.1f} "
+                      f"| {load.percentile(99):.1f} | {load.votes_per_s:.0f} |", flush=True)
+
+
+def _fresh_db(backend: str, tmp: Path, pg_url: str | None, tag: int):
+    if backend == "sqlite":
+        path = tmp / f"bench-{tag}.db"
+        return f"sqlite:///{path}", lambda: None
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(pg_url)
+    name = f"bench_{os.getpid()}_{tag}"
+    info = dict(host=url.host, port=url.port, user=url.username, password=url.password, dbname=url.database,
+                autocommit=True)
+    with psycopg.connect(**info) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+    def cleanup():
+        with psycopg.connect(**info) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return url.set(database=name).render_as_string(hide_password=False), cleanup
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""The study service on SQLite and PostgreSQL: the session life, resuming, limits, integrity."""
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import DBAPIError
+
+from study.models import Base, Event, Session, Trial, Vote
+from study.service import (Conflict, Forbidden, Invalid, NotFound, Participant, StudyService)
+
+from .conftest import make_study
+
+
+def count(svc, model, *where):
+    with svc.Session() as db:
+        return db.scalar(select(func.count()).select_from(model).where(*where))
+
+
+def start(svc, pid="p1", agree=True):
+    st = svc.start_session(Participant("anonymous", pid))
+    return svc.consent(st.token, agree, st.consent_version)
+
+
+def test_schema_from_migrations_matches_the_models(db_url, study_file):
+    svc = StudyService.open(study_file, db_url)
+    with svc.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+        if conn.dialect.name == "sqlite":
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 5000
+
+
+def test_a_whole_session(db_url, study_file):
+    svc = StudyService.open(study_file, db_url, seed=1)
+    st = svc.start_session(Participant("anonymous", "p1"), user_agent="pytest")
+    assert st.status == "consent" and st.trial is None and st.total == 40
+    with pytest.raises(Conflict, match="consent first"):
+        with svc.Session() as db:
+            first = db.scalar(select(Trial.id).join(Session).where(Session.token == st.token, Trial.index == 0))
+        svc.vote(st.token, first, "left")
+    st = svc.consent(st.token, True, "2")
+    seen = []
+    while st.trial is not None:
+        assert st.trial.index == st.index == len(seen)
+        assert st.trial.reference and st.trial.left != st.trial.right
+        seen.append(st.trial.id)
+        r = svc.vote(st.token, st.trial.id, "left" if len(seen) % 3 else "right", client_ms=900.0,
+                     client={"viewport": [1280, 800], "dpr": 1})
+        assert not r.replayed
+        st = r.state
+    assert st.status == "completed" and st.index == 40 and len(set(seen)) == 40
+    assert count(svc, Vote) == 40
+    df = svc.votes_frame()
+    assert len(df) == 40 and set(df.winner) == {"a", "b"}
+    assert (df.trial_kind == "catch").sum() == 3 and (df.trial_kind == "repeat").sum() == 2
+    assert df.server_ms.notna().all() and (df.server_ms >= 0).all() and (df.client_ms == 900).all()
+    reg = df[df.trial_kind == "regular"]
+    assert reg.method_a.isin(["jpeg", "webp"]).all() and (reg.bpp_a > 0).all()
+    # finished: replaying returns the stored vote and adds nothing; the state stays completed
+    again = svc.vote(st.token, seen[0], "right")     # the first vote was "left"
+    assert again.replayed and again.choice == "left"
+    assert count(svc, Vote) == 40 and again.state.status == "completed"
+
+
+def test_resume_returns_the_same_session_and_trial(db_url, study_file):
+    svc = StudyService.open(study_file, db_url, seed=2)
+    st = start(svc)
+    for _ in range(3):
+        st = svc.vote(st.token, st.trial.id, "right").state
+    again = svc.start_session(Participant("anonymous", "p1"))
+    assert again.token == st.token and again.index == 3 and again.trial.id == st.trial.id
+    assert svc.state(st.token).trial == st.trial
+    # a new service (a restarted server) resumes the same way
+    svc2 = StudyService(svc.cfg, svc.engine)
+    assert svc2.start_session(Participant("anonymous", "p1")).trial.id == st.trial.id
+    assert count(svc, Session) == 1 and count(svc, Event, Event.kind == "resume") == 2
+
+
+def test_refusals(db_url, study_file):
+    svc = StudyService.open(study_file, db_url, seed=3)
+    mine, other = start(svc, "me"), start(svc, "other")
+    with pytest.raises(Forbidden):
+        svc.vote(mine.token, other.trial.id, "left")         # a trial of someone else's session
+    with pytest.raises(Forbidden):
+        svc.vote(mine.token, 10**9, "left")                  # a trial that does not exist
+    with pytest.raises(NotFound):
+        svc.vote("forged-token-0123456789abcdef", mine.trial.id, "left")
+    with pytest.raises(Invalid):
+        svc.vote(mine.token, mine.trial.id, "both")
+    with svc.Session() as db:
+        later = db.scalar(select(Trial.id).join(Session).where(Session.token == mine.token, Trial.index == 5))
+    with pytest.raises(Conflict, match="not the current trial"):
+        svc.vote(mine.token, later, "left")                  # skipping ahead
+    with pytest.raises(Conflict, match="consent"):
+        svc.consent(svc.start_session(Participant("anonymous", "new")).token, True, "1")  # stale text
+    assert count(svc, Vote) == 0
+    assert count(svc, Event, Event.kind == "vote_refused") == 2
+    # the refused attempts changed nothing: the real vote still goes through
+    assert not svc.vote(mine.token, mine.trial.id, "left").replayed
+
+
+def test_session_limit_and_declined_consent(db_url, study_dir):
+    study = make_study(study_dir, study_id="limit", trials=4, catch=0, repeats=0, per_rater=2)
+    svc = StudyService.open(study, db_url, seed=4)
+    for _ in range(2):
+        st = start(svc, "p")
+        while st.trial:
+            st = svc.vote(st.token, st.trial.id, "left").state
+        assert st.status == "completed"
+    last = svc.start_session(Participant("anonymous", "p"))
+    assert last.token == st.token and last.status == "completed" and last.trial is None
+    assert count(svc, Session) == 2
+    declined = start(svc, "q", agree=False)
+    assert declined.status == "declined" and declined.trial is None
+    with svc.Session() as db:
+        t0 = db.scalar(select(Trial.id).join(Session).where(Session.token == declined.token, Trial.index == 0))
+    with pytest.raises(Conflict, match="finished"):
+        svc.vote(declined.token, t0, "left")
+
+
+def test_catch_failures_screen_out(db_url, study_dir):
+    study = make_study(study_dir, study_id="screen", trials=12, catch=6, repeats=0, max_fail=2,
+                       platform="{kind: prolific, completion_code: DONE1, screenout_code: OUT1}")
+    svc = StudyService.open(study, db_url, seed=5)
+    with pytest.raises(Forbidden, match="prolific"):
+        svc.start_session(Participant("anonymous", "x"))
+    who = Participant.from_params({"PROLIFIC_PID": "5f1a", "STUDY_ID": "s1", "SESSION_ID": "abc"})
+    st = svc.start_session(who)
+    st = svc.consent(st.token, True, st.consent_version)
+    with svc.Session() as db:
+        trials = {t.id: t for t in db.scalars(select(Trial).join(Session).where(Session.token == st.token))}
+    while st.trial:
+        t = trials[st.trial.id]
+        wrong = {"left": "right", "right": "left"}.get(t.correct_side, "left")   # fail every catch
+        st = svc.vote(st.token, st.trial.id, wrong).state
+    assert st.status == "screened_out" and st.code == "OUT1"
+    assert st.redirect_url == "https://app.prolific.com/submissions/complete?cc=OUT1"
+    assert count(svc, Vote) < 12
+
+
+def test_participant_ids_from_the_page_url():
+    p = Participant.from_params({"PROLIFIC_PID": "abc", "STUDY_ID": "st", "SESSION_ID": "se"})
+    assert (p.platform, p.external_id, p.platform_study_id, p.platform_session_id) == ("prolific", "abc", "st", "se")
+    m = Participant.from_params({"workerId": "W1", "assignmentId": "A1", "hitId": "H1"})
+    assert (m.platform, m.external_id, m.platform_session_id) == ("mturk", "W1", "A1")
+    assert Participant.from_params({"assignmentId": "ASSIGNMENT_ID_NOT_AVAILABLE", "hitId": "H"}).preview
+    assert Participant.from_params({}) is None
+    assert Participant.from_params({}, anonymous_id="b-1").platform == "anonymous"
+    with pytest.raises(Invalid):
+        Participant.from_params({"PROLIFIC_PID": "<script>"})
+
+
+def test_votes_and_events_are_append_only(db_url, study_file):
+    svc = StudyService.open(study_file, db_url, seed=6)
+    st = start(svc)
+    svc.vote(st.token, st.trial.id, "left")
+    for sql in ("UPDATE votes SET choice = 'right'", "DELETE FROM votes", "UPDATE events SET kind = 'x'",
+                "DELETE FROM events"):
+        with pytest.raises(DBAPIError, match="append-only"):
+            with svc.engine.begin() as conn:
+                conn.execute(text(sql))
+    assert count(svc, Vote, Vote.choice == "left") == 1

@@ -2,7 +2,7 @@
 
     nice -n 10 .venv/bin/python benchmarks/ratings_speed.py [--votes N] [--conditions K] [--rounds B]
 
-Times Bradley-Terry (point fit, bootstrap over votes and over raters), JOD, Elo, and
+Times Bradley-Terry (point fit, bootstrap over votes and over raters), JOD, Elo (bootstrap), and
 choix.ilsr_pairwise on the same data, and prints one table. Targets (issue 5): BT fit <= 0.5 s
 and not slower than choix; 1,000 bootstrap rounds <= 30 s on 2 cores.
 """
@@ -41,7 +41,6 @@ def main() -> None:
     parser.add_argument("--conditions", type=int, default=40)
     parser.add_argument("--raters", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=1000)
-    parser.add_argument("--elo-rounds", type=int, default=100, help="Elo replays every vote in Python; fewer rounds")
     args = parser.parse_args()
 
     rng = np.random.default_rng(0)
@@ -67,8 +66,8 @@ def main() -> None:
     rows.append(("JOD (Thurstone) fit", t_jod, "", None))
     t, _ = timed(lambda: ratings.jod(votes, bootstrap=args.rounds, by="rater", seed=0))
     rows.append((f"JOD + {args.rounds} bootstrap rounds by rater", t, "", None))
-    t, _ = timed(lambda: ratings.elo(votes, bootstrap=args.elo_rounds, seed=0))
-    rows.append((f"Elo, {args.elo_rounds} bootstrap rounds", t, "", None))
+    t, _ = timed(lambda: ratings.elo(votes, bootstrap=args.rounds, seed=0))
+    rows.append((f"Elo, {args.rounds} bootstrap rounds", t, "", None))
 
     print(f"{args.votes} votes, {args.conditions} conditions, {args.raters} raters; "
           f"{os.cpu_count()} CPUs visible; max |BT - choix| = {gap:.2e}")

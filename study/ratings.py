@@ -280,20 +280,23 @@ def _percentiles(samples: np.ndarray, ci: float) -> tuple[np.ndarray, np.ndarray
 # ----------------------------------------------------------------------------- Elo
 
 
-def _elo_run(ia: np.ndarray, ib: np.ndarray, y: np.ndarray, order: np.ndarray, K: int, *, k: float, base: float,
-             scale: float, init: float) -> np.ndarray:
-    """Online Elo over ``order`` (B, N) vote indices, all replicates at once; returns (B, K)."""
-    B = order.shape[0]
-    rating = np.full((B, K), float(init))
-    rows = np.arange(B)
-    for t in range(order.shape[1]):
-        v = order[:, t]
-        a, b = ia[v], ib[v]
-        expected = 1.0 / (1.0 + base ** ((rating[rows, b] - rating[rows, a]) / scale))
-        delta = k * (y[v] - expected)
-        rating[rows, a] += delta
-        rating[rows, b] -= delta
-    return rating
+def _elo_run(ia: np.ndarray, ib: np.ndarray, y: np.ndarray, blocks, rounds: int, n_items: int, *, k: float,
+             base: float, scale: float, init: float) -> np.ndarray:
+    """Online Elo for ``rounds`` independent vote sequences at once; returns (rounds, n_items).
+
+    ``blocks`` yields (steps, rounds) arrays of vote indices: step t of every sequence is applied
+    together, so the Python loop runs once per step, not once per step and round."""
+    rating = np.full(rounds * n_items, float(init))  # flat, so one fancy index reaches every round
+    offset = np.arange(rounds) * n_items
+    alpha = np.log(base) / scale  # 1 / (1 + base**((Rb - Ra) / scale)) == expit(alpha * (Ra - Rb))
+    for block in blocks:
+        fa, fb, yb = ia[block] + offset, ib[block] + offset, y[block]
+        for t in range(len(block)):
+            a, b = fa[t], fb[t]
+            delta = k * (yb[t] - expit(alpha * (rating[a] - rating[b])))
+            rating[a] += delta
+            rating[b] -= delta
+    return rating.reshape(rounds, n_items)
 
 
 def elo(votes: pd.DataFrame, *, bootstrap: int = 1000, seed: int = 0, ci: float = 0.95, k: float = 4.0,
@@ -311,16 +314,14 @@ def elo(votes: pd.DataFrame, *, bootstrap: int = 1000, seed: int = 0, ci: float 
     if bootstrap <= 0:
         order = np.argsort(pd.to_numeric(votes["timestamp"], errors="coerce").to_numpy(), kind="stable") \
             if "timestamp" in votes.columns else np.arange(len(votes))
-        point = _elo_run(ia, ib, y, order[None, :], len(conds), **params)[0]
+        point = _elo_run(ia, ib, y, [order[:, None]], 1, len(conds), **params)[0]
         return pd.DataFrame({"condition": conds, "elo": point, "elo_lo": np.nan, "elo_hi": np.nan})
     canonical = np.lexsort((y, ib, ia))  # only (a, b, outcome) matter to Elo
     ia, ib, y = ia[canonical], ib[canonical], y[canonical]
     rng = np.random.default_rng(seed)
-    samples = []
-    for start in range(0, bootstrap, _CHUNK):
-        size = min(_CHUNK, bootstrap - start)
-        samples.append(_elo_run(ia, ib, y, rng.integers(0, len(y), size=(size, len(y))), len(conds), **params))
-    samples = np.vstack(samples)
+    N, step = len(y), max(1, 2_000_000 // bootstrap)  # index blocks of about 16 MB
+    blocks = (rng.integers(0, N, size=(min(step, N - s), bootstrap)) for s in range(0, N, step))
+    samples = _elo_run(ia, ib, y, blocks, bootstrap, len(conds), **params)
     lo, hi = _percentiles(samples, ci)
     return pd.DataFrame({"condition": conds, "elo": np.median(samples, axis=0), "elo_lo": lo, "elo_hi": hi})
 
@@ -560,11 +561,13 @@ def condition_summary(votes: pd.DataFrame) -> pd.DataFrame:
 
 
 def leaderboard(votes: pd.DataFrame, *, models=("elo", "bt", "jod"), bootstrap: int = 1000, by: str | None = None,
-                seed: int = 0, ci: float = 0.95, anchor: str | None = None, elo_params: dict | None = None) -> pd.DataFrame:
+                seed: int = 0, ci: float = 0.95, anchor: str | None = None, elo_params: dict | None = None,
+                l2: float = 0.0) -> pd.DataFrame:
     """One table: condition, method, bpp, a score and CI per model, votes, win rate, Rank (UB).
 
     ``by=None`` uses each model's customary bootstrap unit (votes for BT, raters for JOD);
-    Rank (UB) and the row order follow the first of bt, jod, elo that was computed."""
+    Rank (UB) and the row order follow the first of bt, jod, elo that was computed. ``l2`` > 0 puts
+    a Gaussian prior (variance 1/l2) on BT log-strengths: use it while a condition has never lost."""
     unknown = set(models) - {"elo", "bt", "jod"}
     if unknown or not models:
         raise ValueError(f"models must be a non-empty subset of elo, bt, jod; got {sorted(models)}")
@@ -573,7 +576,7 @@ def leaderboard(votes: pd.DataFrame, *, models=("elo", "bt", "jod"), bootstrap: 
     if "elo" in models:
         table = table.merge(elo(votes, **common, **(elo_params or {})), on="condition")
     if "bt" in models:
-        table = table.merge(bradley_terry(votes, **common, by=by or "vote", anchor=anchor), on="condition")
+        table = table.merge(bradley_terry(votes, **common, by=by or "vote", anchor=anchor, l2=l2), on="condition")
     if "jod" in models:
         table = table.merge(jod(votes, **common, by=by or "rater", anchor=anchor), on="condition")
     primary = next(m for m in ("bt", "jod", "elo") if m in models)

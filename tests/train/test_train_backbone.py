@@ -1,0 +1,142 @@
+"""The demo backbone: autoencoder API and persistence, and a tiny resumable training run end to end."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, UNet2DModel
+from PIL import Image
+
+from codec import train
+from codec.demo_models import DemoAutoencoder
+
+TINY_VAE = dict(encoder_channels=16, encoder_blocks=1, decoder_channels=(16, 8, 8, 8), decoder_blocks=(1, 0, 0, 0))
+TINY = train.BackboneConfig(
+    vae=TINY_VAE,
+    unet=dict(
+        block_out_channels=(16, 16),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D",) * 2,
+        up_block_types=("UpBlock2D",) * 2,
+        norm_num_groups=8,
+    ),
+    crop=64,
+    vae_batch=2,
+    msssim_weight=0.0,  # MS-SSIM needs crops > 160 px
+    unet_crop=8,
+    unet_batch=2,
+    bank_shifts=1,
+    warmup_minutes=(0.005, 0.005),
+    eval_every_s=5.0,  # so evaluation runs only at the end of each phase
+)
+
+
+def photo(seed: int, h: int = 192, w: int = 176) -> np.ndarray:
+    """A photo-like test image: smooth colour gradients, a few hard-edged shapes, mild noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    img = np.stack([np.sin(3 * xx + c + seed) * 0.5 + 0.5 + 0.3 * yy * c for c in range(3)], -1)
+    for _ in range(4):
+        y0, x0 = rng.integers(0, h - 16), rng.integers(0, w - 16)
+        img[y0 : y0 + rng.integers(8, 32), x0 : x0 + rng.integers(8, 32)] = rng.random(3)
+    img += rng.normal(0, 0.02, img.shape)
+    return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
+
+
+@pytest.fixture
+def photo_folder(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    names = list(train.VALIDATION_PHOTOS) + ["train_a.png", "train_b.png"]
+    for i, name in enumerate(names):
+        Image.fromarray(photo(i)).save(folder / name)
+    (folder / "SOURCES.json").write_text("{}")  # non-image files are ignored
+    return folder
+
+
+def test_save_and_load_give_identical_outputs(tmp_path):
+    torch.manual_seed(0)
+    vae = DemoAutoencoder(**TINY_VAE, scaling_factor=0.5)
+    with torch.no_grad():  # move every weight away from its init so the round trip means something
+        for p in vae.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    vae.eval().save_pretrained(tmp_path / "vae")
+    config = json.loads((tmp_path / "vae" / "config.json").read_text())
+    assert config["_class_name"] == "DemoAutoencoder" and config["scaling_factor"] == 0.5
+
+    loaded = DemoAutoencoder.from_pretrained(tmp_path / "vae").eval()
+    x = torch.rand(1, 3, 40, 56) * 2 - 1
+    with torch.no_grad():
+        z1, z2 = vae.encode(x).latents, loaded.encode(x).latents
+        assert torch.equal(z1, z2)
+        assert torch.equal(vae.decode(z1).sample, loaded.decode(z2).sample)
+
+
+@pytest.mark.parametrize("h, w", [(8, 8), (40, 24), (72, 120)])
+def test_shapes_for_odd_multiples_of_8(h, w):
+    vae = DemoAutoencoder(**TINY_VAE).eval()
+    x = torch.rand(2, 3, h, w) * 2 - 1
+    with torch.no_grad():
+        z = vae.encode(x).latents
+        x_hat = vae.decode(z).sample
+    assert z.shape == (2, 4, h // 8, w // 8)
+    assert x_hat.shape == x.shape and x_hat.min() >= -1 and x_hat.max() <= 1
+    with pytest.raises(ValueError, match="multiples of 8"):
+        vae.encode(torch.zeros(1, 3, h + 4, w))
+
+
+def test_untrained_model_is_exactly_box_average_and_bicubic():
+    """Training starts from the trivial /8 codec, so it can only improve on it."""
+    vae = DemoAutoencoder(**TINY_VAE).eval()
+    x = torch.rand(1, 3, 64, 48) * 2 - 1
+    with torch.no_grad():
+        z = vae.encode(x).latents
+        box = F.avg_pool2d(x, 8)
+        assert torch.allclose(z[:, :3], box, atol=1e-6)
+        expected = F.interpolate(box, scale_factor=8, mode="bicubic", align_corners=False).clamp(-1, 1)
+        assert torch.allclose(vae.decode(z).sample, expected, atol=1e-5)
+
+
+def test_tiny_training_run_exports_loads_and_resumes(photo_folder, tmp_path):
+    out, work = tmp_path / "demo", tmp_path / "work"
+    train.train_backbone(photo_folder, out, work, 0.01, 0.01, False, TINY)
+
+    vae = DemoAutoencoder.from_pretrained(out / "vae").eval()
+    unet = UNet2DModel.from_pretrained(out / "unet").eval()
+    scheduler = DDIMScheduler.from_pretrained(out / "scheduler")
+    for key, value in train.SD_SCHEDULE.items():
+        assert scheduler.config[key] == value, key
+
+    # The scaling factor gives the training latents unit standard deviation.
+    photos = train.load_photos(photo_folder)
+    with torch.no_grad():
+        z = torch.cat([vae.encode(train.to_tensor(photos[n])).latents.flatten() for n in ("train_a.png", "train_b.png")])
+        assert (z * vae.config.scaling_factor).std() == pytest.approx(1.0, rel=1e-3)
+        y = vae.encode(train.to_tensor(photos["kite.png"])).latents * vae.config.scaling_factor
+        eps = unet(y, torch.tensor([50])).sample
+    assert eps.shape == y.shape and torch.isfinite(eps).all()
+
+    # A few steps must not wreck the starting point (the box/bicubic codec).
+    val = {n: photos[n] for n in train.VALIDATION_PHOTOS}
+    ours = np.mean([train.psnr(a, train.vae_round_trip(vae, a)) for a in val.values()])
+    ref = np.mean([train.psnr(a, train.box_bicubic_reference(a)) for a in val.values()])
+    assert ours > ref - 1.0
+
+    vae_state, unet_state = torch.load(work / "vae.pt", weights_only=False), torch.load(work / "unet.pt", weights_only=False)
+    assert vae_state["step"] > 0 and unet_state["step"] > 0
+
+    with pytest.raises(SystemExit, match="--resume"):
+        train.train_backbone(photo_folder, out, work, 0.02, 0.02, False, TINY)
+
+    train.train_backbone(photo_folder, out, work, 0.02, 0.02, True, TINY)
+    resumed_vae, resumed_unet = torch.load(work / "vae.pt", weights_only=False), torch.load(work / "unet.pt", weights_only=False)
+    assert resumed_vae["step"] > vae_state["step"] and resumed_vae["elapsed_s"] >= 0.02 * 60
+    assert resumed_unet["step"] > unet_state["step"] and resumed_unet["elapsed_s"] >= 0.02 * 60
+
+
+def test_validation_photos_must_be_present(tmp_path):
+    Image.fromarray(photo(0)).save(tmp_path / "only.png")
+    with pytest.raises(SystemExit, match="validation photos missing"):
+        train.split_photos(train.load_photos(tmp_path))

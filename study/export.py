@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+_REPO = Path(__file__).resolve().parent.parent
+
 # A spreadsheet treats a cell starting with one of these as a formula (CSV injection, OWASP).
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
@@ -131,7 +133,7 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def software_version(root: str | Path = Path(__file__).resolve().parent.parent) -> str:
+def software_version(root: str | Path = _REPO) -> str:
     """The git commit of the checkout (``+dirty`` when it has local changes), else "unknown"."""
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,

@@ -64,8 +64,8 @@ def validate_votes(votes: pd.DataFrame) -> pd.DataFrame:
     for col in ("bpp_a", "bpp_b"):
         if col in out.columns:
             out[col] = pd.to_numeric(out[col], errors="coerce")
-            if (out[col] <= 0).any():
-                raise VoteTableError(f"column {col!r} must be positive where given")
+            if ((out[col] <= 0) | np.isinf(out[col])).any():
+                raise VoteTableError(f"column {col!r} must be positive and finite where given")
     return out
 
 
@@ -85,7 +85,8 @@ def scoring_votes(votes: pd.DataFrame, drop_excluded: bool = True) -> pd.DataFra
 
 def conditions(votes: pd.DataFrame) -> list[str]:
     """All conditions that appear on either side, sorted (the index order of every matrix)."""
-    return sorted(pd.unique(np.concatenate([votes["condition_a"].to_numpy(object), votes["condition_b"].to_numpy(object)])))
+    both = np.concatenate([votes["condition_a"].to_numpy(object), votes["condition_b"].to_numpy(object)])
+    return sorted(pd.unique(both))
 
 
 def _outcome(votes: pd.DataFrame) -> np.ndarray:
@@ -151,8 +152,8 @@ def _pair_tally(votes: pd.DataFrame, conds: list[str]) -> _Tally:
     swap = ia > ib
     i, j = np.where(swap, ib, ia), np.where(swap, ia, ib)
     y = np.where(swap, 1.0 - y, y)
-
-    return _tally(np.column_stack([i, j]), y, votes["rater"].to_numpy(), lambda rows: _difference_design(rows, len(conds)))
+    return _tally(np.column_stack([i, j]), y, votes["rater"].to_numpy(),
+                  lambda rows: _difference_design(rows, len(conds)))
 
 
 def _difference_design(rows: np.ndarray, n_items: int, extra: np.ndarray | None = None) -> sparse.csr_matrix:
@@ -526,7 +527,8 @@ def pairwise_tests(votes: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
                 continue
             p = binomtest(wa, wa + wb).pvalue if wa + wb else 1.0
             rows.append((conds[a], conds[b], wa, wb, n_ties, wa / (wa + wb) if wa + wb else np.nan, p))
-    out = pd.DataFrame(rows, columns=["condition_a", "condition_b", "wins_a", "wins_b", "ties", "win_rate_a", "p_value"])
+    columns = ["condition_a", "condition_b", "wins_a", "wins_b", "ties", "win_rate_a", "p_value"]
+    out = pd.DataFrame(rows, columns=columns)
     out["p_holm"] = holm(out["p_value"]) if len(out) else []
     out["significant"] = out["p_holm"] < alpha
     return out

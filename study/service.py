@@ -106,6 +106,8 @@ class TrialView:
     reference: str | None   # stimulus public ids
     left: str
     right: str
+    width: int              # the image's native size (every stimulus of a trial has it)
+    height: int
 
 
 @dataclass(frozen=True)
@@ -205,6 +207,22 @@ class StudyService:
         self._files = {pid: cfg.stimuli_dir / path for _, _, _, pid, path in rows}
         self._public = {sid: pid for sid, _, _, pid, _ in rows}
         self._reference = {iid: pid for _, iid, key, pid, _ in rows if key == scheduler.REFERENCE}
+        with self.Session() as db:
+            self._sizes = {i.id: (i.width, i.height) for i in db.scalars(select(Image).where(Image.study_id == cfg.id))}
+
+    def example(self) -> tuple[str, str, int, int] | None:
+        """Public ids of the reference and the catch copy of an image, and its size, for the
+        instructions; None when the study has no catch copies."""
+        with self.Session() as db:
+            rows = db.execute(select(Stimulus.image_id, Stimulus.key, Stimulus.public_id).join(Image)
+                              .where(Image.study_id == self.cfg.id).order_by(Image.id)).all()
+        by_image: dict = {}
+        for image_id, key, pid in rows:
+            by_image.setdefault(image_id, {})[key] = pid
+        for image_id, keys in by_image.items():
+            if scheduler.REFERENCE in keys and scheduler.CATCH in keys:
+                return keys[scheduler.REFERENCE], keys[scheduler.CATCH], *self._sizes[image_id]
+        return None
 
     def stimulus_file(self, public_id: str) -> Path:
         path = self._files.get(public_id)
@@ -332,7 +350,8 @@ class StudyService:
                 db.execute(update(T).where(T.c.id == t.id, T.c.first_shown_at.is_(None))
                            .values(first_shown_at=utcnow()))
             ref = self._reference[t.image_id] if self.cfg.show_reference else None
-            trial = TrialView(t.id, s.next_index, s.n_trials, ref, self._public[t.left_id], self._public[t.right_id])
+            trial = TrialView(t.id, s.next_index, s.n_trials, ref, self._public[t.left_id], self._public[t.right_id],
+                              *self._sizes[t.image_id])
         code = redirect = None
         plat = self.cfg.platform
         if s.status == "completed":

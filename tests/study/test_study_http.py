@@ -1,0 +1,101 @@
+"""The study's HTTP API under load, through a real server process (uvicorn on 127.0.0.1):
+no acknowledged vote is lost or doubled, also when the server is SIGKILLed mid-load, and
+forged, foreign and replayed votes are refused."""
+import sqlite3
+import threading
+import time
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+
+from benchmarks.study_load import Load, Server, rater, run_load
+
+RATERS, TRIALS = 50, 40
+
+
+def stored_votes(db_url):
+    engine = create_engine(db_url)
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT trial_id, choice FROM votes")).all()
+    engine.dispose()
+    return rows
+
+
+@pytest.mark.slow
+def test_50_raters_40_trials_every_acknowledged_vote_is_stored_once(db_url, study_file):
+    with Server(study_file, db_url) as server:
+        load = run_load(server.url, RATERS)
+        log = server.output()
+    assert load.errors == [], load.errors[:5]
+    assert len(load.acked) == RATERS * TRIALS == 2000 and load.replays == 0
+    rows = stored_votes(db_url)
+    assert len(rows) == 2000
+    assert len({t for t, _ in rows}) == 2000                  # no trial has two votes
+    assert dict(rows) == load.acked                           # each stored as acknowledged
+    assert "Traceback" not in log
+
+
+@pytest.mark.slow
+def test_sigkill_mid_load_loses_no_acknowledged_vote(tmp_path, study_file):
+    db = tmp_path / "crash.db"
+    url = f"sqlite:///{db}"
+    load, stop = Load(), threading.Event()
+    server = Server(study_file, url)
+    worker = threading.Thread(target=run_load, args=(server.url, 20), kwargs={"stop": stop, "load": load})
+    worker.start()
+    deadline = time.time() + 120
+    while len(load.acked) < 300 and time.time() < deadline and worker.is_alive():
+        time.sleep(0.01)
+    server.kill()                       # in the middle of the load: requests are in flight
+    acked_before = dict(load.acked)
+    worker.join(60)
+    assert 300 <= len(acked_before) < 20 * TRIALS
+    assert not [e for e in load.errors if e[0] != "transport"], load.errors[:3]
+
+    con = sqlite3.connect(db)           # the WAL is still there: recovery happens on open
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    rows = dict(con.execute("SELECT trial_id, choice FROM votes").fetchall())
+    con.close()
+    lost = {t: c for t, c in acked_before.items() if rows.get(t) != c}
+    assert lost == {}
+    assert len(rows) >= len(acked_before)   # at most the in-flight votes were stored but not acknowledged
+
+    # A new server over the same file: every rater resumes where the database says and finishes.
+    with Server(study_file, url) as again:
+        after = run_load(again.url, 20)
+    assert after.errors == []
+    final = stored_votes(url)
+    assert len(final) == 20 * TRIALS and len({t for t, _ in final}) == 20 * TRIALS
+    assert all(dict(final)[t] == c for t, c in acked_before.items())
+
+
+def test_forged_foreign_and_replayed_votes_are_refused(db_url, study_file):
+    with Server(study_file, db_url) as server, httpx.Client(base_url=server.url) as http:
+        def session(pid):
+            st = http.post("/sessions", json={"params": {"PROLIFIC_PID": pid}}).json()
+            return http.post(f"/sessions/{st['token']}/consent", json={"agree": True, "version": "2"}).json()
+
+        me, other = session("me"), session("other")
+        mine, theirs = me["trial"]["id"], other["trial"]["id"]
+        vote = lambda tok, tid, choice="left": http.post(f"/sessions/{tok}/votes",
+                                                          json={"trial_id": tid, "choice": choice})
+        assert vote("x" * 43, mine).status_code == 404                 # forged token
+        assert vote(me["token"], theirs).status_code == 403             # someone else's trial
+        assert vote(me["token"], mine, "up").status_code == 422
+        assert http.post(f"/sessions/{me['token']}/votes", json={"choice": "left"}).status_code == 422
+        first = vote(me["token"], mine, "left").json()
+        replay = vote(me["token"], mine, "right").json()                # resubmitted, other answer
+        assert not first["replayed"] and replay["replayed"] and replay["choice"] == "left"
+        assert replay["state"]["trial"]["id"] == first["state"]["trial"]["id"]
+        # the current trial of a session, images by opaque id, no method names anywhere
+        trial = http.get(f"/sessions/{me['token']}/trial").json()
+        assert trial["index"] == 1 and set(trial["urls"]) == {"reference", "left", "right"}
+        img = http.get(trial["urls"]["left"].removeprefix("/api/study"))
+        assert img.status_code == 200 and img.headers["content-type"] == "image/png"
+        assert "jpeg" not in str(trial) and "webp" not in str(trial)
+        assert http.get("/stimuli/0123456789abcdef01234567").status_code == 404
+        assert http.post(f"/sessions/{me['token']}/events", json={"kind": "zoom", "payload": {"z": 2}}).status_code == 204
+        assert http.post(f"/sessions/{me['token']}/events", json={"kind": "drop table"}).status_code == 422
+    rows = stored_votes(db_url)
+    assert rows == [(mine, "left")]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from study import export, quality, ratings
+from study import analysis, quality, ratings
 
 _TEXT_COLUMNS = {c: str for c in ("rater", "condition_a", "condition_b", "winner", "method_a", "method_b", "image")}
 
@@ -86,65 +86,24 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"{args.votes}: not a readable CSV ({str(e).splitlines()[0] if str(e) else type(e).__name__})")
     try:
         rules = _load_rules(args.exclusions) if args.exclusions else None
-        votes = ratings.validate_votes(raw)
-        raters = quality.rater_stats(votes)
-        if rules:
-            votes = quality.apply_exclusions(votes, raters, rules)
-            raters = quality.mark_raters(raters, rules)
-        scoring = ratings.scoring_votes(votes)
-        if scoring.empty:
-            return _fail("no votes left to score (all are catch trials or from excluded raters)")
-        if args.by == "rater" and scoring["rater"].nunique() < 2:
-            return _fail("--by rater needs votes from at least 2 raters")
-        board = ratings.leaderboard(scoring, models=models, bootstrap=args.bootstrap, by=args.by, seed=args.seed,
-                                    anchor=args.anchor)
-        tests = ratings.pairwise_tests(scoring)
-        bitrate = None
-        if {"method_a", "method_b", "bpp_a", "bpp_b"} <= set(scoring.columns):
-            bitrate = ratings.bitrate_controlled_bt(scoring, bootstrap=args.bootstrap, by=args.by or "vote",
-                                                    seed=args.seed, bpp_ratio=args.bpp_ratio)
+        result = analysis.analyse(raw, rules=rules, models=models, bootstrap=args.bootstrap, by=args.by,
+                                  seed=args.seed, anchor=args.anchor, bpp_ratio=args.bpp_ratio)
     except (ratings.VoteTableError, ValueError, OSError, yaml.YAMLError) as e:
         return _fail(str(e).splitlines()[0])
 
-    n_excluded = int(raters["excluded"].sum()) if "excluded" in raters.columns else 0
-    print(f"{len(scoring)} votes from {scoring['rater'].nunique()} raters on {len(board)} conditions "
-          f"({len(votes) - len(scoring)} set aside: catch trials or excluded raters; {n_excluded} raters excluded); "
-          f"{args.bootstrap} bootstrap rounds, seed {args.seed}")
-    _print_board(board, models)
-    if bitrate is not None:
-        b = bitrate.beta.iloc[0]
+    s = result.settings
+    print(f"{s['n_votes_scored']} votes from {s['n_raters_scored']} raters on {len(result.board)} conditions "
+          f"({s['n_votes_total'] - s['n_votes_scored']} set aside: catch trials or excluded raters; "
+          f"{s['n_raters_excluded']} raters excluded); {args.bootstrap} bootstrap rounds, seed {args.seed}")
+    _print_board(result.board, models)
+    if result.bitrate is not None:
+        b = result.bitrate.beta.iloc[0]
         print(f"\nbitrate-controlled BT: doubling a side's bpp adds {b['beta_per_doubling']:.3f} "
               f"[{b['beta_lo']:.3f}, {b['beta_hi']:.3f}] log-odds")
-        for _, r in bitrate.pairs.iterrows():
+        for _, r in result.bitrate.pairs.iterrows():
             print(f"  P({r['method_a']} preferred over {r['method_b']} at {args.bpp_ratio:g}x its bitrate) = "
                   f"{r['p_at_ratio']:.3f} [{r['p_at_ratio_lo']:.3f}, {r['p_at_ratio_hi']:.3f}]")
     if args.out:
-        _write(args, board, tests, raters, bitrate, scoring, models)
+        analysis.write_files(result, args.out, extra_settings={"votes_file": str(args.votes)})
         print(f"\nwrote {args.out}")
     return 0
-
-
-def _write(args, board, tests, raters, bitrate, scoring, models) -> None:
-    from study import plots  # matplotlib only when files are asked for
-
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    export.write_csv(board, out / "scores.csv")
-    export.write_csv(tests, out / "pairwise_tests.csv")
-    export.write_csv(raters, out / "raters.csv")
-    (out / "scores.tex").write_text(export.to_latex(board), encoding="utf-8")
-    settings = {"votes_file": str(args.votes), "models": models, "bootstrap": args.bootstrap, "by": args.by,
-                "seed": args.seed, "anchor": args.anchor, "n_votes": len(scoring),
-                "n_raters": int(scoring["rater"].nunique())}
-    result = {"settings": settings, "scores": board, "pairwise_tests": tests}
-    if bitrate is not None:
-        export.write_csv(bitrate.pairs, out / "bitrate_controlled.csv")
-        result["bitrate_controlled"] = bitrate.to_dict()
-    export.write_json(result, out / "scores.json")
-    order = list(board["condition"])  # best first, as in the table
-    win_rate = ratings.win_rate_matrix(scoring).loc[order, order]
-    counts = ratings.count_matrix(scoring).loc[order, order]
-    plots.save_figure(plots.win_matrix_heatmap(win_rate, counts), out / "win_matrix")
-    if board["bpp"].notna().any():
-        primary = next(m for m in ("bt", "jod", "elo") if m in models)
-        plots.save_figure(plots.preference_vs_bitrate(board, score=primary), out / "preference_vs_bitrate")

@@ -51,7 +51,8 @@ def test_scores_end_to_end(votes_csv, tmp_path):
     scores = pd.read_csv(out / "scores.csv")
     assert scores["condition"].tolist()[0] == "ours@0.2" and len(scores) == 4
     result = json.loads((out / "scores.json").read_text())
-    assert result["settings"]["bootstrap"] == 60 and result["settings"]["n_raters"] == 9
+    assert result["settings"]["bootstrap"] == 60 and result["settings"]["n_raters_scored"] == 9
+    assert result["settings"]["votes_file"] == str(votes_csv)
     assert result["bitrate_controlled"]["beta"]["beta_per_doubling"] > 0
     raters = pd.read_csv(out / "raters.csv").set_index("rater")
     assert bool(raters.loc["rater000", "excluded"]) and raters["excluded"].sum() == 1

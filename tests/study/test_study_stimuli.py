@@ -1,0 +1,81 @@
+"""build-stimuli with the real baselines: measured bpp from the real bytes, PNGs without
+metadata, and a build that resumes where it was interrupted."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from study import config, stimuli
+
+from .conftest import PHOTOS
+
+ROOT = Path(__file__).resolve().parents[2]
+YAML = """\
+id: stim
+images:
+  - {{key: astro, path: images/astronaut.png, crop: {crop}}}
+  - {{key: creek, path: images/creek.png, crop: [0, 0, 64, 64]}}
+conditions:
+  - {{method: jpeg, bpp: 0.8}}
+  - {{method: webp, bpp: 0.5}}
+trials_per_session: 5
+catch_trials: {{count: 1, method: jpeg, bpp: 0.3}}
+consent: {{version: "1", text: ok}}
+"""
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_build_measures_and_resumes(tmp_path):
+    shutil.copytree(PHOTOS, tmp_path / "images")
+    path = tmp_path / "stim.yaml"
+    path.write_text(YAML.format(crop="[64, 64, 96, 64]"))
+    cfg = config.load(path)
+    real = stimuli._Coders(cfg)
+    calls = []
+
+    def interrupted_after_two(image, method, bpp):
+        if len(calls) == 2:
+            raise Interrupted()          # as if the process were stopped here
+        calls.append(method)
+        return real(image, method, bpp)
+
+    with pytest.raises(Interrupted):
+        stimuli.build(cfg, log=lambda m: None, coder=interrupted_after_two)
+    done = stimuli.read_manifest(cfg.stimuli_dir)["astro"]["stimuli"]
+    assert set(done) == {"reference", "jpeg@0.8", "webp@0.5"}
+
+    logs = []
+    manifest = stimuli.build(cfg, log=logs.append)
+    assert sum(": " in m and "bpp" in m for m in logs) == 1 + 3     # astro's catch + creek's three
+    for key, entry in manifest.items():
+        assert set(entry["stimuli"]) == {"reference", "jpeg@0.8", "webp@0.5", "catch"}
+        w, h = entry["width"], entry["height"]
+        assert (w, h) == ((96, 64) if key == "astro" else (64, 64))
+        for name, st in entry["stimuli"].items():
+            png = Image.open(cfg.stimuli_dir / st["file"])
+            assert png.size == (w, h) and png.format == "PNG" and not png.info.get("exif") and not png.text
+            if name != "reference":
+                bits = (cfg.stimuli_dir / st["bitstream"]).read_bytes()
+                assert st["bpp"] == pytest.approx(8 * len(bits) / (w * h)) and len(bits) == st["bytes"]
+
+    # A lost file is rebuilt alone; a changed crop rebuilds that image only.
+    (cfg.stimuli_dir / manifest["creek"]["stimuli"]["webp@0.5"]["file"]).unlink()
+    logs.clear()
+    stimuli.build(cfg, log=logs.append)
+    assert [m.split(":")[0] for m in logs[:-1]] == ["creek webp@0.5"]
+    path.write_text(YAML.format(crop="[0, 0, 64, 64]"))
+    logs.clear()
+    stimuli.build(config.load(path), log=logs.append)
+    assert {m.split(" ")[0] for m in logs[:-1]} == {"astro"} and len(logs) == 4
+
+    out = subprocess.run([sys.executable, "-m", "study", "build-stimuli", str(path)], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("0 stimuli built")
+    assert json.loads((cfg.stimuli_dir / "manifest.json").read_text())["study"] == "stim"

@@ -267,7 +267,9 @@ def _fingerprint(backbone: Backbone) -> bytes:
     h = hashlib.sha256()
     for module in (backbone.vae, backbone.unet):
         h.update(type(module).__name__.encode())
-        h.update(json.dumps(dict(module.config), sort_keys=True, default=str).encode())
+        # Private keys such as `_use_default_values` list set elements in hash-seed order: skip them.
+        config = {k: v for k, v in module.config.items() if not k.startswith("_")}
+        h.update(json.dumps(config, sort_keys=True, default=str).encode())
         for key, tensor in module.state_dict().items():
             flat = tensor.detach().reshape(-1)
             sample = flat[:: max(1, flat.numel() // 64)].float().cpu()

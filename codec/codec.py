@@ -18,7 +18,7 @@ from codec.denoise import denoise
 
 PAD_MULTIPLE = 64  # VAE /8 and hyperprior /4, with margin (paper-spec §7.1)
 ADAPTER_SUBFOLDER = "adapter"  # a backbone folder may ship its trained adapter here
-RATE_CONTROL_ITERATIONS = 18
+RATE_CONTROL_ITERATIONS = 24
 
 
 @dataclass
@@ -158,53 +158,48 @@ class DiffusionCodec:
     def _rate_control(self, y, mode, target_bpp, width, height, steps) -> tuple[_Candidate, bytes]:
         """The largest rate whose real file is <= target_bpp, searched over log(knob).
 
-        The search uses the entropy model's estimate plus the header size (cheap, no coding) and
-        false position on log(bits), which is nearly linear in log(knob), so a handful of network
-        evaluations suffice. The choice is then verified with the real coder: if the file overshoots,
-        the budget shrinks by the overshoot and the search resumes. If even the lowest rate
-        overshoots, that file is returned (its bpp says so).
+        The search runs on the entropy model's estimate plus the header size (cheap, no coding),
+        with false position on log(bits), which is nearly linear in log(knob), alternating with
+        bisection. Each result is checked with the real coder; the ratio of real to estimated bits
+        then recalibrates the budget for another round, keeping the best real file that fits. If
+        even the lowest rate overshoots, that file is returned (its bpp says so).
         """
-        budget = target_bpp * width * height
+        target_bits = target_bpp * width * height
         if mode == "learned":
             knob_range = (math.log(self.learned.lam_min), math.log(self.learned.lam_max))
         else:  # a larger step means a lower rate
             knob_range = (math.log(AnalyticAdapter.step_max), math.log(AnalyticAdapter.step_min))
-        header_bits = 8 * (len(self._pack_header_probe(mode)) + 8)
+        header_bits = 8 * len(self._pack_header_probe(mode))
 
         def bits(candidate):
             return candidate.estimated_bits + header_bits
 
-        low = self._candidate(y, mode, math.exp(knob_range[0]))  # the lowest rate
-        high = self._candidate(y, mode, math.exp(knob_range[1]))  # the highest rate
-        best = low
-        data = self._pack(best, mode, width, height, steps)
-        for _ in range(3):  # verification rounds
-            if bits(high) <= budget:
-                best = high
-            else:
-                lo, hi = low, high
-                for _ in range(RATE_CONTROL_ITERATIONS):
-                    if bits(lo) > budget or bits(hi) - bits(lo) < 1e-3 * budget:
-                        break
-                    # False position on (log knob, log bits), kept strictly inside the bracket.
-                    f_lo, f_hi = math.log(bits(lo) / budget), math.log(bits(hi) / budget)
-                    k_lo, k_hi = math.log(lo.knob), math.log(hi.knob)
-                    frac = min(max(f_lo / (f_lo - f_hi), 0.05), 0.95)
-                    mid = self._candidate(y, mode, math.exp(k_lo + frac * (k_hi - k_lo)))
-                    if bits(mid) <= budget:
-                        lo = mid
-                        if bits(mid) >= 0.99 * budget:
-                            break
-                    else:
-                        hi = mid
-                best = lo
-            data = self._pack(best, mode, width, height, steps)
+        lowest = self._candidate(y, mode, math.exp(knob_range[0]))
+        highest = self._candidate(y, mode, math.exp(knob_range[1]))
+        best, best_data = None, None
+        budget = target_bits
+        for _ in range(3):  # calibration rounds
+            lo, hi = lowest, highest
+            if bits(hi) <= budget:
+                lo = hi
+            for iteration in range(RATE_CONTROL_ITERATIONS):
+                if bits(lo) > budget or bits(lo) >= 0.995 * budget or bits(hi) - bits(lo) < 1e-3 * budget:
+                    break
+                f_lo, f_hi = math.log(bits(lo) / budget), math.log(bits(hi) / budget)
+                k_lo, k_hi = math.log(lo.knob), math.log(hi.knob)
+                frac = min(max(f_lo / (f_lo - f_hi), 0.05), 0.95) if iteration % 2 == 0 else 0.5
+                mid = self._candidate(y, mode, math.exp(k_lo + frac * (k_hi - k_lo)))
+                lo, hi = (mid, hi) if bits(mid) <= budget else (lo, mid)
+            data = self._pack(lo, mode, width, height, steps)
             real_bits = 8 * len(data)
-            if real_bits <= target_bpp * width * height or best is low:
+            if best is None or (real_bits <= target_bits and (len(best_data) * 8 > target_bits or len(data) > len(best_data))):
+                best, best_data = lo, data
+            if (lo is highest and real_bits <= target_bits) or (lo is lowest and real_bits > target_bits):
                 break
-            budget *= 0.995 * target_bpp * width * height / real_bits
-            high = best
-        return best, data
+            if 0.97 * target_bits <= real_bits <= target_bits:
+                break
+            budget = 0.998 * target_bits * bits(lo) / real_bits
+        return best, best_data
 
     def _pack_header_probe(self, mode: str) -> bytes:
         """A header with empty payloads, to know the exact container overhead for this mode."""

@@ -1,0 +1,427 @@
+"""Baseline codecs at a target bitrate, each with a real encode and a real decode of the bytes.
+
+- "jpeg", "webp", "avif", "heic": Pillow's encoders (libjpeg-turbo, libwebp, libavif/libaom,
+  and HEVC intra through pillow-heif's x265; there is no BPG anywhere, so it is labelled HEIC).
+- "naive": the paper's Figure-2 baseline. The codec's own VAE latent is quantized uniformly with
+  a step size, entropy-coded with a factorized compressai EntropyBottleneck, and decoded by the
+  VAE with no denoising. Its prior is fitted once per backbone on training photos
+  (`fit_naive_prior`, or `python -m codec.baselines fit-naive ...`) and cached by fingerprint.
+
+Rate control: bisection on the integer knob for the largest bpp not above the target, keeping
+the best result seen (size is not strictly monotone in the knob). If even the smallest setting
+overshoots, that result comes back with ``reached=False`` so callers report the bpp reached.
+bpp = 8 * len(file) / (W * H), container included. Metadata (ICC, EXIF) is never written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import os
+import struct
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pillow_heif
+import torch
+from PIL import Image
+
+from codec import images
+
+pillow_heif.register_heif_opener()
+
+METHODS = ("jpeg", "webp", "avif", "heic")
+ALL_METHODS = METHODS + ("naive",)
+LABELS = {
+    "jpeg": "JPEG (libjpeg-turbo, 4:2:0, optimized)",
+    "webp": "WebP (libwebp, method 6)",
+    "avif": "AVIF (libaom, speed 6)",
+    "heic": "HEVC-intra (HEIC, x265)",
+    "naive": "Naive latent quantization (VAE latent, factorized prior, no denoising)",
+}
+
+
+@dataclass
+class BaselineResult:
+    method: str
+    label: str
+    data: bytes
+    bpp: float
+    quality: float  # the knob: Pillow quality, or the quantization step for "naive"
+    image: Image.Image  # decoded from `data`
+    encode_s: float  # the final encode alone
+    decode_s: float
+    reached: bool  # False when even the lowest setting is above the target
+    iterations: int = 1  # encodes tried by the rate control
+    search_s: float = 0.0  # wall time of the whole rate control, final encode included
+
+
+def _bpp(data: bytes, image: Image.Image) -> float:
+    return 8 * len(data) / (image.width * image.height)
+
+
+def _pixels_only(image: Image.Image) -> Image.Image:
+    """An RGB copy without info (ICC profiles and EXIF would otherwise be embedded and counted)."""
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"expected a PIL image, got {type(image).__name__}")
+    return Image.fromarray(np.asarray(image.convert("RGB")))
+
+
+# ----------------------------------------------------------------------------------------------
+# Pillow codecs
+
+
+@dataclass(frozen=True)
+class _PillowCodec:
+    format: str
+    q_min: int
+    q_max: int
+    options: dict
+    search_options: dict | None = None  # cheaper settings for the bisection (AVIF only)
+
+
+_PILLOW = {
+    "jpeg": _PillowCodec("JPEG", 1, 95, {"optimize": True, "subsampling": 2}),
+    "webp": _PillowCodec("WEBP", 0, 100, {"method": 6}),
+    # Speed 8 is ~3x faster than 6 and its sizes track speed 6 within a few percent, so the
+    # bisection runs at speed 8 and the final encode at speed 6 walks q by a step or two.
+    "avif": _PillowCodec(
+        "AVIF", 0, 100, {"speed": 6, "subsampling": "4:2:0"}, {"speed": 8, "subsampling": "4:2:0"}
+    ),
+    "heic": _PillowCodec("HEIF", 0, 100, {}),
+}
+
+
+def _pillow_encode(image: Image.Image, codec: _PillowCodec, q: int, search: bool = False):
+    options = codec.search_options if search and codec.search_options else codec.options
+    buf = io.BytesIO()
+    start = time.perf_counter()
+    image.save(buf, codec.format, quality=int(q), **options)
+    return buf.getvalue(), time.perf_counter() - start
+
+
+def _pillow_decode(data: bytes) -> Image.Image:
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        return im.convert("RGB")
+
+
+# ----------------------------------------------------------------------------------------------
+# Rate control shared by every method: encode(q) -> (bytes, seconds), larger q = more bits.
+
+
+def _bisect(encode, lo: int, hi: int, target_bits: float) -> tuple[dict, int]:
+    """Find the largest q in [lo, hi] whose file fits; returns every probe {q: (bytes, s)} and q.
+
+    The cheap lowest setting goes first, so an unreachable target costs one encode. (Secant
+    steps on log size saved only ~1 encode in 6 on our photos, at the price of bad worst cases.)
+    """
+    probes = {lo: encode(lo)}
+    a, b = lo + 1, hi
+    if 8 * len(probes[lo][0]) > target_bits:
+        b = lo
+    while a <= b:
+        q = (a + b) // 2
+        probes[q] = encode(q)
+        if 8 * len(probes[q][0]) <= target_bits:
+            a = q + 1
+        else:
+            b = q - 1
+    return probes, _best(probes, target_bits)
+
+
+def _best(probes: dict, target_bits: float) -> int:
+    fits = [q for q, (data, _) in probes.items() if 8 * len(data) <= target_bits]
+    if fits:
+        return max(fits, key=lambda q: (len(probes[q][0]), q))
+    return min(probes, key=lambda q: (len(probes[q][0]), q))
+
+
+def _walk(encode, q: int, lo: int, hi: int, target_bits: float) -> tuple[dict, int]:
+    """From q found with the search settings, step with the final settings to the best fit."""
+    probes = {q: encode(q)}
+    while 8 * len(probes[q][0]) > target_bits and q > lo:
+        q -= 1
+        probes[q] = encode(q)
+    while 8 * len(probes[q][0]) <= target_bits and q < hi:
+        nxt = encode(q + 1)
+        if 8 * len(nxt[0]) > target_bits:
+            break
+        q += 1
+        probes[q] = nxt
+    return probes, _best(probes, target_bits)
+
+
+# ----------------------------------------------------------------------------------------------
+# Public API
+
+
+def encode_at_quality(image: Image.Image, method: str, quality: float, backbone=None) -> BaselineResult:
+    """Encode with a fixed knob value (Pillow quality, or the naive quantization step)."""
+    image = _pixels_only(image)
+    if method == "naive":
+        return _naive_result(image, backbone, None, lambda naive: naive.encode_step(image, float(quality)))
+    codec = _codec(method)
+    start = time.perf_counter()
+    data, enc_s = _pillow_encode(image, codec, int(quality))
+    return _result(method, image, data, quality, enc_s, True, 1, time.perf_counter() - start)
+
+
+def encode_at_bpp(image: Image.Image, method: str, target_bpp: float, backbone=None) -> BaselineResult:
+    """Encode at the largest bpp not above ``target_bpp`` (see the module docstring)."""
+    image = _pixels_only(image)
+    if not target_bpp > 0:
+        raise ValueError(f"target_bpp must be positive, got {target_bpp}")
+    target_bits = target_bpp * image.width * image.height
+    if method == "naive":
+        return _naive_result(image, backbone, target_bits, lambda naive: naive.encode_at_bits(image, target_bits))
+    codec = _codec(method)
+    start = time.perf_counter()
+    probes, q = _bisect(lambda q: _pillow_encode(image, codec, q, search=True), codec.q_min, codec.q_max, target_bits)
+    iterations = len(probes)
+    if codec.search_options:
+        probes, q = _walk(lambda q: _pillow_encode(image, codec, q), q, codec.q_min, codec.q_max, target_bits)
+        iterations += len(probes)
+    data, enc_s = probes[q]
+    reached = 8 * len(data) <= target_bits
+    return _result(method, image, data, q, enc_s, reached, iterations, time.perf_counter() - start)
+
+
+def decode(data: bytes, method: str, backbone=None) -> Image.Image:
+    """Decode a file written by `encode_at_bpp` / `encode_at_quality` for ``method``."""
+    if method == "naive":
+        return _naive_for(backbone).decode(data)
+    _codec(method)
+    return _pillow_decode(data)
+
+
+def _codec(method: str) -> _PillowCodec:
+    if method not in _PILLOW:
+        raise ValueError(f"unknown baseline method {method!r}; choose from {', '.join(ALL_METHODS)}")
+    return _PILLOW[method]
+
+
+def _result(method, image, data, quality, enc_s, reached, iterations, search_s) -> BaselineResult:
+    start = time.perf_counter()
+    decoded = _pillow_decode(data)
+    dec_s = time.perf_counter() - start
+    return BaselineResult(
+        method, LABELS[method], data, _bpp(data, image), quality, decoded, enc_s, dec_s, reached, iterations, search_s
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Naive latent baseline
+
+# Quantization steps, 2^(1/8) apart, rounded to fp16 so the header stores them exactly. A
+# factorized prior depends on the step, so the EntropyBottleneck holds one set of 4 channels per
+# step (channel k*4 + c models latent channel c divided by NAIVE_STEPS[k]).
+NAIVE_STEPS = torch.tensor(2.0 ** (np.arange(-40, 33) / 8), dtype=torch.float16).float()
+_LATENT_CHANNELS = 4
+_MULTIPLE = 64  # the same padding as the codec (codec.codec.PAD_MULTIPLE)
+_HEADER = struct.Struct(">HHeI")  # height, width, step (fp16), payload length
+PRIOR_DIRS_ENV = "CODEC_CACHE_DIR"
+_SHIPPED_PRIORS = Path(__file__).resolve().parent.parent / "assets" / "models" / "naive"
+
+
+class NaivePriorMissing(FileNotFoundError):
+    """No fitted naive prior for this backbone."""
+
+
+def _latent(backbone, image: Image.Image) -> torch.Tensor:
+    """The backbone's latent of ``image``, padded like the codec pads it."""
+    x = images.pad_to_multiple(images.to_tensor(image), _MULTIPLE)
+    with torch.inference_mode():
+        return backbone.encode(x).float().cpu()
+
+
+def _fingerprint_hex(backbone) -> str:
+    return hashlib.sha256(bytes(backbone.fingerprint)).hexdigest()[:16]
+
+
+def naive_prior_path(backbone, directory: str | Path | None = None) -> Path:
+    """Where `fit_naive_prior` writes this backbone's prior (the user cache unless ``directory``)."""
+    if directory is None:
+        directory = os.environ.get(PRIOR_DIRS_ENV) or Path.home() / ".cache" / "diffusion-codec"
+    return Path(directory) / f"naive-prior-{_fingerprint_hex(backbone)}.safetensors"
+
+
+def _new_bottleneck():
+    from compressai.entropy_models import EntropyBottleneck
+
+    return EntropyBottleneck(len(NAIVE_STEPS) * _LATENT_CHANNELS)
+
+
+def fit_naive_prior(backbone, images, steps: int = 2000, path: str | Path | None = None, seed: int = 0) -> Path:
+    """Fit the factorized prior on latents of ``images`` (training photos, never test images).
+
+    ``images``: PIL images or paths. Saves the EntropyBottleneck (CDF tables included) as
+    safetensors at ``path`` (default `naive_prior_path(backbone)`) and returns that path.
+    """
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    latents = []
+    for im in images:
+        if not isinstance(im, Image.Image):
+            with Image.open(im) as f:
+                im = f.convert("RGB")
+        latents.append(_latent(backbone, _pixels_only(im))[0].flatten(1))
+    if not latents:
+        raise ValueError("fit_naive_prior needs at least one training image")
+    y = torch.cat(latents, 1)  # 4 x M
+    eb = _new_bottleneck()
+    inv_steps = (1.0 / NAIVE_STEPS).repeat_interleave(_LATENT_CHANNELS)  # per EB channel
+    _init_ranges(eb, y.abs().amax(1).repeat(len(NAIVE_STEPS)) * inv_steps + 1.0)
+    opt = torch.optim.Adam([p for n, p in eb.named_parameters() if n != "quantiles"], lr=1e-2)
+    batch = min(4096, y.shape[1])
+    for it in range(steps):
+        for group in opt.param_groups:  # cosine decay: the density settles instead of jittering
+            group["lr"] = 1e-2 * 0.5 * (1 + np.cos(np.pi * it / steps))
+        cols = torch.randint(y.shape[1], (batch,))
+        x = y[:, cols].repeat(len(NAIVE_STEPS), 1) * inv_steps[:, None]
+        _, likelihoods = eb(x[None], training=True)
+        loss = -torch.log2(likelihoods).sum() / batch
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    eb.update(force=True, update_quantiles=True)
+    path = Path(path) if path is not None else naive_prior_path(backbone)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous() for k, v in eb.state_dict().items()}
+    tensors["steps"] = NAIVE_STEPS.clone()
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata={"fingerprint": _fingerprint_hex(backbone), "train_steps": str(steps)})
+    os.replace(tmp, path)
+    return path
+
+
+def _init_ranges(eb, ranges: torch.Tensor) -> None:
+    """EntropyBottleneck's own initialisation, with a per-channel init_scale (``ranges``).
+
+    The channels see inputs from |y|/16 to 32|y|; one shared init_scale would leave most of
+    them far from their data, and training would spend its steps just getting there.
+    """
+    filters = (1,) + eb.filters + (1,)
+    scale = ranges ** (1 / (len(filters) - 1))
+    with torch.no_grad():
+        for i, matrix in enumerate(eb.matrices):
+            matrix.copy_(torch.log(torch.expm1(1 / scale / filters[i + 1]))[:, None, None].expand_as(matrix))
+        eb.quantiles.copy_(torch.stack([-ranges, torch.zeros_like(ranges), ranges], 1)[:, None, :])
+
+
+def load_naive_prior(backbone):
+    """The fitted EntropyBottleneck for ``backbone``, from the user cache or the shipped priors."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    name = naive_prior_path(backbone).name
+    candidates = [naive_prior_path(backbone).parent / name, _SHIPPED_PRIORS / name]
+    found = next((p for p in candidates if p.is_file()), None)
+    if found is None:
+        raise NaivePriorMissing(
+            f"no naive-baseline prior for this backbone (looked for {' and '.join(map(str, candidates))}); "
+            "fit one on training photos with: python -m codec.baselines fit-naive --backbone ID --data DIR"
+        )
+    with safe_open(str(found), "pt") as f:
+        if f.metadata().get("fingerprint") != _fingerprint_hex(backbone):
+            raise ValueError(f"{found} was fitted for another backbone")
+    tensors = load_file(str(found))
+    if not torch.equal(tensors.pop("steps"), NAIVE_STEPS):
+        raise ValueError(f"{found} was fitted for another step table; fit it again")
+    eb = _new_bottleneck()
+    for name in ("_quantized_cdf", "_offset", "_cdf_length"):  # sized by update(), empty until then
+        getattr(eb, name).resize_(tensors[name].shape)
+    eb.load_state_dict(tensors)
+    return eb.eval()
+
+
+class NaiveCodec:
+    """Encode/decode with the naive baseline on one backbone (its prior loaded once)."""
+
+    def __init__(self, backbone, prior=None):
+        if backbone is None:
+            raise ValueError("the naive baseline needs the codec's backbone (backbone=...)")
+        self.backbone = backbone
+        self.prior = prior if prior is not None else load_naive_prior(backbone)
+
+    def _channels(self, k: int, shape) -> tuple[torch.Tensor, torch.Tensor]:
+        first = k * _LATENT_CHANNELS
+        idx = torch.arange(first, first + _LATENT_CHANNELS, dtype=torch.int32).view(1, -1, 1, 1)
+        means = self.prior.quantiles[first : first + _LATENT_CHANNELS, 0, 1].detach().view(1, -1, 1, 1)
+        return idx.expand(shape).contiguous(), means
+
+    def _pack(self, y: torch.Tensor, k: int, size) -> bytes:
+        from compressai.entropy_models.entropy_models import EntropyModel
+
+        idx, means = self._channels(k, y.shape)
+        payload = EntropyModel.compress(self.prior, y / NAIVE_STEPS[k], idx, means)[0]
+        h, w = size
+        return _HEADER.pack(h, w, NAIVE_STEPS[k].item(), len(payload)) + payload
+
+    def encode_step(self, image: Image.Image, step: float):
+        """-> (data, step actually used: the table's nearest, encode seconds, probes, total seconds)."""
+        start = time.perf_counter()
+        k = int(torch.argmin((torch.log(NAIVE_STEPS) - np.log(step)).abs()))
+        data = self._pack(_latent(self.backbone, image), k, (image.height, image.width))
+        elapsed = time.perf_counter() - start
+        return data, NAIVE_STEPS[k].item(), elapsed, 1, elapsed
+
+    def encode_at_bits(self, image: Image.Image, target_bits: float):
+        """Bisection on the step index with one VAE encode; same return as `encode_step`."""
+        start = time.perf_counter()
+        y = _latent(self.backbone, image)
+        latent_s = time.perf_counter() - start
+        last = len(NAIVE_STEPS) - 1
+
+        def encode(q):  # q = last - step index, so a larger q means more bits
+            t = time.perf_counter()
+            return self._pack(y, last - q, (image.height, image.width)), latent_s + time.perf_counter() - t
+
+        probes, q = _bisect(encode, 0, last, target_bits)
+        data, enc_s = probes[q]
+        return data, NAIVE_STEPS[last - q].item(), enc_s, len(probes), time.perf_counter() - start
+
+    def decode(self, data: bytes) -> Image.Image:
+        from compressai.entropy_models.entropy_models import EntropyModel
+
+        if len(data) < _HEADER.size:
+            raise ValueError("naive-baseline file too short for its header")
+        h, w, step, length = _HEADER.unpack_from(data)
+        matches = (NAIVE_STEPS == step).nonzero()
+        if h == 0 or w == 0 or length != len(data) - _HEADER.size or len(matches) != 1:
+            raise ValueError("not a valid naive-baseline file (bad size, step or length)")
+        k = int(matches[0])
+        hp, wp = h + (-h % _MULTIPLE), w + (-w % _MULTIPLE)
+        shape = (1, _LATENT_CHANNELS, hp // 8, wp // 8)
+        idx, means = self._channels(k, shape)
+        z = EntropyModel.decompress(self.prior, [data[_HEADER.size :]], idx, means=means)
+        with torch.inference_mode():
+            return images.to_pil(images.crop(self.backbone.decode(z * step), h, w))
+
+
+_NAIVE_CACHE: dict[int, NaiveCodec] = {}
+
+
+def _naive_for(backbone) -> NaiveCodec:
+    """One NaiveCodec per backbone object, so the prior is read from disk once."""
+    codec = _NAIVE_CACHE.get(id(backbone))
+    if codec is None or codec.backbone is not backbone:
+        codec = _NAIVE_CACHE[id(backbone)] = NaiveCodec(backbone)
+    return codec
+
+
+def _naive_result(image: Image.Image, backbone, target_bits, encode) -> BaselineResult:
+    naive = _naive_for(backbone)
+    data, step, enc_s, iterations, search_s = encode(naive)
+    reached = target_bits is None or 8 * len(data) <= target_bits
+    start = time.perf_counter()
+    decoded = naive.decode(data)
+    dec_s = time.perf_counter() - start
+    return BaselineResult(
+        "naive", LABELS["naive"], data, _bpp(data, image), step, decoded, enc_s, dec_s, reached, iterations, search_s
+    )

@@ -1,0 +1,37 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from codec.adapter import LearnedAdapter
+from codec.backbone import build_tiny_backbone
+from codec.codec import DiffusionCodec
+
+PHOTOS = __import__("pathlib").Path(__file__).resolve().parents[3] / "shared" / "data" / "photos"
+
+
+@pytest.fixture(scope="session")
+def photo() -> Image.Image:
+    """A real photo crop with an odd size (not a multiple of 8 or 64)."""
+    return Image.open(PHOTOS / "kite.png").convert("RGB").crop((100, 60, 100 + 150, 60 + 101))
+
+
+def make_tiny_codec() -> DiffusionCodec:
+    """Tiny random backbone + an untrained (but prepared) learned adapter: real bitstreams, meaningless pixels.
+
+    Seeded, so separate processes build identical models (the determinism test relies on it).
+    """
+    backbone = build_tiny_backbone(seed=0)
+    torch.manual_seed(0)
+    return DiffusionCodec(backbone, LearnedAdapter(hyper_channels=32).prepare())
+
+
+@pytest.fixture(scope="session")
+def tiny_codec() -> DiffusionCodec:
+    return make_tiny_codec()
+
+
+@pytest.fixture()
+def noise_image() -> Image.Image:
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 256, (70, 90, 3), dtype=np.uint8))

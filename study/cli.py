@@ -1,10 +1,11 @@
 """`python -m study ...`: validate a study file, build its stimuli, migrate a database, serve the
-study's JSON API on its own, and (from study.scores_cli) compute scores."""
+study's JSON API on its own, export the votes, and (study.scores_cli) compute scores."""
 from __future__ import annotations
 
 import argparse
 import sys
 
+from study import scores_cli
 from study.config import ConfigError, load
 
 
@@ -39,6 +40,17 @@ def _upgrade(args) -> int:
     return 0
 
 
+def _export_votes(args) -> int:
+    from study.export import write_csv
+    from study.service import StudyService
+
+    service = StudyService.open(args.file, args.db)
+    frame = service.votes_frame()
+    write_csv(frame, args.out)
+    print(f"{len(frame)} votes of study {service.cfg.id!r} -> {args.out}")
+    return 0
+
+
 def _serve(args) -> int:
     import uvicorn
     from fastapi import FastAPI
@@ -69,6 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--db", required=True, help="SQLAlchemy URL, e.g. sqlite:///study.db")
     p.set_defaults(func=_upgrade)
 
+    p = sub.add_parser("export-votes", help="write every vote as a CSV for `scores` (rater ids pseudonymised)")
+    p.add_argument("file")
+    p.add_argument("--db", required=True, help="SQLAlchemy URL, e.g. sqlite:///study.db")
+    p.add_argument("--out", required=True, help="the CSV file to write")
+    p.set_defaults(func=_export_votes)
+
     p = sub.add_parser("serve", help="serve the study's JSON API alone (no Gradio), e.g. for load tests")
     p.add_argument("file")
     p.add_argument("--db", required=True, help="SQLAlchemy URL, e.g. sqlite:///study.db")
@@ -76,12 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=8765)
     p.set_defaults(func=_serve)
 
-    try:
-        from study import scores_cli
-    except ImportError:
-        scores_cli = None   # the scores command ships separately; the others work without it
-    if scores_cli is not None:
-        scores_cli.register(sub)
+    scores_cli.register(sub)
 
     args = parser.parse_args(argv)
     return args.func(args)

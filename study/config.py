@@ -178,7 +178,7 @@ def _key(v):
 TOP_FIELDS = {"id", "title", "question", "instructions", "show_reference", "images", "conditions",
               "trials_per_session", "catch_trials", "repeat_trials", "max_catch_failures",
               "randomise_sides", "scheduler", "sessions_per_rater", "consent", "platform", "codec",
-              "stimuli_dir"}
+              "stimuli_dir", "exclusion"}
 
 
 def load(path: str | Path, check_files: bool = True) -> StudyConfig:
@@ -308,6 +308,7 @@ def load(path: str | Path, check_files: bool = True) -> StudyConfig:
     adapter = c.get(codec or {}, ("codec",), "adapter", str, default=None)
     mode = c.get(codec or {}, ("codec",), "mode", str, default="learned", check=_one_of(CODEC_MODES))
     stimuli_dir = c.get(data, (), "stimuli_dir", str, default=f"{study_id or 'study'}_stimuli")
+    c.get(data, (), "exclusion", dict, default=None)   # rater-exclusion rules: read by `scores --exclusions`
 
     if problems:
         problems.sort(key=lambda lp: (lp[0] or 0))

@@ -10,6 +10,7 @@ the same vote sent again returns the stored vote and adds nothing.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import random
@@ -470,33 +471,37 @@ class StudyService:
     # -- reading the results --------------------------------------------------------------------
 
     def votes_frame(self):
-        """One row per vote in the table layout of study.ratings (a = left as shown)."""
+        """One row per vote in the table layout of study.ratings / study.quality (a = left as
+        shown). Rater ids are pseudonyms: a hash of the study and the platform id."""
         import pandas as pd
 
         L, R = aliased(Stimulus), aliased(Stimulus)
         LC, RC = aliased(Condition), aliased(Condition)
-        Orig = aliased(Trial)
-        q = (select(Rater.platform, Rater.external_id, Session.id, Image.key, Trial.index, Trial.kind,
-                    Orig.index, Trial.correct_side, L.key, R.key, LC.method, RC.method, L.bpp, R.bpp,
+        q = (select(Rater.platform, Rater.external_id, Session.id, Image.key, Trial.id, Trial.index, Trial.kind,
+                    Trial.repeat_of, Trial.correct_side, L.key, R.key, LC.method, RC.method, L.bpp, R.bpp,
                     Vote.choice, Vote.server_ms, Vote.client_ms, Vote.created_at)
              .select_from(Vote).join(Trial, Vote.trial_id == Trial.id)
              .join(Session, Trial.session_id == Session.id).join(Rater, Session.rater_id == Rater.id)
              .join(Image, Trial.image_id == Image.id)
              .join(L, Trial.left_id == L.id).join(R, Trial.right_id == R.id)
              .outerjoin(LC, L.condition_id == LC.id).outerjoin(RC, R.condition_id == RC.id)
-             .outerjoin(Orig, Trial.repeat_of == Orig.id)
              .where(Session.study_id == self.cfg.id).order_by(Vote.id))
-        cols = ["platform", "rater", "session", "image", "trial_index", "trial_kind", "repeat_of_index",
-                "correct_side", "condition_a", "condition_b", "method_a", "method_b", "bpp_a", "bpp_b",
-                "choice", "server_ms", "client_ms", "timestamp"]
+        cols = ["platform", "external_id", "session", "image", "trial_id", "trial_index", "trial_kind",
+                "repeat_of", "correct_side", "condition_a", "condition_b", "method_a", "method_b", "bpp_a",
+                "bpp_b", "choice", "server_ms", "client_ms", "timestamp"]
         with self.Session() as db:
             df = pd.DataFrame(db.execute(q).all(), columns=cols)
-        df["rater"] = df["platform"] + ":" + df["rater"]
-        df["winner"] = df["choice"].map({"left": "a", "right": "b"})
+        side = {"left": "a", "right": "b"}
+        df.insert(0, "rater", [_pseudonym(self.cfg.id, p, e) for p, e in zip(df["platform"], df["external_id"])])
+        df["winner"] = df["choice"].map(side)
         df["is_catch"] = df["trial_kind"] == "catch"
-        df["is_repeat"] = df["trial_kind"] == "repeat"
-        df["catch_correct"] = df["is_catch"] & (df["choice"] == df["correct_side"])
-        return df.drop(columns=["platform"])
+        df["catch_correct"] = df["correct_side"].map(side)
+        df["response_ms"] = df["client_ms"].fillna(df["server_ms"])   # the browser's clock when it sent one
+        return df.drop(columns=["platform", "external_id", "correct_side"])
+
+
+def _pseudonym(study_id: str, platform: str, external_id: str) -> str:
+    return "r" + hashlib.sha256(f"{study_id}\0{platform}\0{external_id}".encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,13 @@
 """The study service on SQLite and PostgreSQL: the session life, resuming, limits, integrity."""
+from pathlib import Path
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
 
+from study import quality
 from study.models import Base, Event, Session, Trial, Vote
 from study.service import (Conflict, Forbidden, Invalid, NotFound, Participant, StudyService)
 
@@ -56,6 +59,9 @@ def test_a_whole_session(db_url, study_file):
     assert df.server_ms.notna().all() and (df.server_ms >= 0).all() and (df.client_ms == 900).all()
     reg = df[df.trial_kind == "regular"]
     assert reg.method_a.isin(["jpeg", "webp"]).all() and (reg.bpp_a > 0).all()
+    assert df.rater.nunique() == 1 and "p1" not in df.rater[0]           # a pseudonym
+    stats = quality.rater_stats(df)                # the frame is what the analysis reads
+    assert stats.loc[0, "catch_trials"] == 3 and stats.loc[0, "repeats"] == 2
     # finished: replaying returns the stored vote and adds nothing; the state stays completed
     again = svc.vote(st.token, seen[0], "right")     # the first vote was "left"
     assert again.replayed and again.choice == "left"
@@ -160,3 +166,24 @@ def test_votes_and_events_are_append_only(db_url, study_file):
             with svc.engine.begin() as conn:
                 conn.execute(text(sql))
     assert count(svc, Vote, Vote.choice == "left") == 1
+
+
+def test_export_votes_then_scores_from_the_command_line(tmp_path, study_file):
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    svc = StudyService.open(study_file, url, seed=8)
+    for pid in ("u1", "u2", "u3"):
+        st = start(svc, pid)
+        while st.trial:
+            st = svc.vote(st.token, st.trial.id, "left" if st.index % 2 else "right").state
+    csv = tmp_path / "votes.csv"
+    run = lambda *a: subprocess.run([sys.executable, "-m", "study", *a], capture_output=True, text=True,
+                                    cwd=Path(__file__).resolve().parents[2])
+    out = run("export-votes", str(study_file), "--db", url, "--out", str(csv))
+    assert out.returncode == 0 and "120 votes" in out.stdout, out.stderr
+    out = run("scores", str(csv), "--model", "bt", "--bootstrap", "0")
+    assert out.returncode == 0, out.stderr
+    for cond in ("jpeg@0.5", "jpeg@1.5", "webp@0.5", "webp@2"):
+        assert cond in out.stdout

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from ui.compress_tab import build_compress_tab
 from ui.context import AppContext
 from ui.decode_tab import build_decode_tab
+from ui.results_tab import build_results_tab
 from ui.settings import ROOT, Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -33,10 +34,17 @@ def build_app(settings: Settings) -> tuple[FastAPI, gr.Blocks]:
     with gr.Blocks(title="Diffusion codec", delete_cache=(600, 1800)) as blocks:
         gr.Markdown(INTRO, elem_id="intro")
         with gr.Tabs():
-            with gr.Tab("Compress", id="compress"):
+            with gr.Tab("Compress", id="compress") as compress_tab:
                 build_compress_tab(ctx, examples=sorted(str(p) for p in EXAMPLES_DIR.glob("*.png")))
-            with gr.Tab("Decode", id="decode"):
+            with gr.Tab("Decode", id="decode") as decode_tab:
                 build_decode_tab(ctx)
+            with gr.Tab("Results", id="results") as results_tab:
+                timer = build_results_tab(ctx)
+        if timer is not None:
+            # Only a page showing the Results tab polls the database (raters' pages never do).
+            results_tab.select(lambda: gr.Timer(active=True), None, timer, api_visibility="private")
+            for other in (compress_tab, decode_tab):
+                other.select(lambda: gr.Timer(active=False), None, timer, api_visibility="private")
     blocks.queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency)
 
     app = FastAPI(title="Diffusion codec Space")

@@ -20,5 +20,5 @@ fi
 # A throwaway PostgreSQL server for the study tests (tests/conftest.py reads TEST_POSTGRES_URL).
 eval "$(bash scripts/start_postgres.sh)"
 
-export GRADIO_ANALYTICS_ENABLED=False HF_HUB_OFFLINE=1 PYTHONHASHSEED=0
+export GRADIO_ANALYTICS_ENABLED=False HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1
 .venv/bin/python -m pytest "$@"

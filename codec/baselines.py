@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pillow_heif
 import torch
+from compressai.entropy_models import EntropyBottleneck
 from PIL import Image
 
 from codec import images
@@ -143,16 +144,17 @@ def _best(probes: dict, target_bits: float) -> int:
 
 def _walk(encode, q: int, lo: int, hi: int, target_bits: float) -> tuple[dict, int]:
     """From q found with the search settings, step with the final settings to the best fit."""
-    probes = {q: encode(q)}
-    while 8 * len(probes[q][0]) > target_bits and q > lo:
+    probes = {}
+
+    def bits(q):
+        if q not in probes:
+            probes[q] = encode(q)
+        return 8 * len(probes[q][0])
+
+    while bits(q) > target_bits and q > lo:
         q -= 1
-        probes[q] = encode(q)
-    while 8 * len(probes[q][0]) <= target_bits and q < hi:
-        nxt = encode(q + 1)
-        if 8 * len(nxt[0]) > target_bits:
-            break
+    while q < hi and bits(q) <= target_bits and bits(q + 1) <= target_bits:
         q += 1
-        probes[q] = nxt
     return probes, _best(probes, target_bits)
 
 
@@ -250,9 +252,7 @@ def naive_prior_path(backbone, directory: str | Path | None = None) -> Path:
     return Path(directory) / f"naive-prior-{_fingerprint_hex(backbone)}.safetensors"
 
 
-def _new_bottleneck():
-    from compressai.entropy_models import EntropyBottleneck
-
+def _new_bottleneck() -> EntropyBottleneck:
     return EntropyBottleneck(len(NAIVE_STEPS) * _LATENT_CHANNELS)
 
 
@@ -277,19 +277,13 @@ def fit_naive_prior(backbone, images, steps: int = 2000, path: str | Path | None
     eb = _new_bottleneck()
     inv_steps = (1.0 / NAIVE_STEPS).repeat_interleave(_LATENT_CHANNELS)  # per EB channel
     _init_ranges(eb, y.abs().amax(1).repeat(len(NAIVE_STEPS)) * inv_steps + 1.0)
-    opt = torch.optim.Adam([p for n, p in eb.named_parameters() if n != "quantiles"], lr=1e-2)
-    batch = min(4096, y.shape[1])
-    for it in range(steps):
-        for group in opt.param_groups:  # cosine decay: the density settles instead of jittering
-            group["lr"] = 1e-2 * 0.5 * (1 + np.cos(np.pi * it / steps))
-        cols = torch.randint(y.shape[1], (batch,))
-        x = y[:, cols].repeat(len(NAIVE_STEPS), 1) * inv_steps[:, None]
-        _, likelihoods = eb(x[None], training=True)
-        loss = -torch.log2(likelihoods).sum() / batch
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    eb.update(force=True, update_quantiles=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # these ops are tiny: extra threads only add contention (8x slower)
+    try:
+        _train_prior(eb, y, inv_steps, steps)
+        eb.update(force=True, update_quantiles=True)
+    finally:
+        torch.set_num_threads(threads)
     path = Path(path) if path is not None else naive_prior_path(backbone)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous() for k, v in eb.state_dict().items()}
@@ -298,6 +292,21 @@ def fit_naive_prior(backbone, images, steps: int = 2000, path: str | Path | None
     save_file(tensors, str(tmp), metadata={"fingerprint": _fingerprint_hex(backbone), "train_steps": str(steps)})
     os.replace(tmp, path)
     return path
+
+
+def _train_prior(eb, y: torch.Tensor, inv_steps: torch.Tensor, steps: int) -> None:
+    """Maximum likelihood of the (noise-perturbed) scaled latents, every step's channels at once."""
+    opt = torch.optim.Adam([p for n, p in eb.named_parameters() if n != "quantiles"], lr=1e-2)
+    batch = min(256, y.shape[1])  # a 1-D density per channel: small batches, many cheap steps
+    for it in range(steps):
+        for group in opt.param_groups:  # cosine decay: the density settles instead of jittering
+            group["lr"] = 1e-2 * 0.5 * (1 + np.cos(np.pi * it / steps))
+        x = y[:, torch.randint(y.shape[1], (batch,))].repeat(len(NAIVE_STEPS), 1) * inv_steps[:, None]
+        _, likelihoods = eb(x[None], training=True)
+        loss = -torch.log2(likelihoods).sum() / batch
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
 
 
 def _init_ranges(eb, ranges: torch.Tensor) -> None:
@@ -348,18 +357,23 @@ class NaiveCodec:
             raise ValueError("the naive baseline needs the codec's backbone (backbone=...)")
         self.backbone = backbone
         self.prior = prior if prior is not None else load_naive_prior(backbone)
+        self._per_step = {}
 
-    def _channels(self, k: int, shape) -> tuple[torch.Tensor, torch.Tensor]:
-        first = k * _LATENT_CHANNELS
-        idx = torch.arange(first, first + _LATENT_CHANNELS, dtype=torch.int32).view(1, -1, 1, 1)
-        means = self.prior.quantiles[first : first + _LATENT_CHANNELS, 0, 1].detach().view(1, -1, 1, 1)
-        return idx.expand(shape).contiguous(), means
+    def _bottleneck(self, k: int):
+        """The 4-channel EntropyBottleneck of step k, sliced out of the joint one (cached)."""
+        if k not in self._per_step:
+            eb = EntropyBottleneck(_LATENT_CHANNELS)
+            channels = slice(k * _LATENT_CHANNELS, (k + 1) * _LATENT_CHANNELS)
+            per_channel = lambda v: v.dim() > 0 and v.shape[0] == self.prior.channels  # noqa: E731
+            state = {n: v[channels] if per_channel(v) else v for n, v in self.prior.state_dict().items()}
+            for name in ("_quantized_cdf", "_offset", "_cdf_length"):
+                getattr(eb, name).resize_(state[name].shape)
+            eb.load_state_dict(state)
+            self._per_step[k] = eb.eval()
+        return self._per_step[k]
 
     def _pack(self, y: torch.Tensor, k: int, size) -> bytes:
-        from compressai.entropy_models.entropy_models import EntropyModel
-
-        idx, means = self._channels(k, y.shape)
-        payload = EntropyModel.compress(self.prior, y / NAIVE_STEPS[k], idx, means)[0]
+        payload = self._bottleneck(k).compress(y / NAIVE_STEPS[k])[0]
         h, w = size
         return _HEADER.pack(h, w, NAIVE_STEPS[k].item(), len(payload)) + payload
 
@@ -387,8 +401,6 @@ class NaiveCodec:
         return data, NAIVE_STEPS[last - q].item(), enc_s, len(probes), time.perf_counter() - start
 
     def decode(self, data: bytes) -> Image.Image:
-        from compressai.entropy_models.entropy_models import EntropyModel
-
         if len(data) < _HEADER.size:
             raise ValueError("naive-baseline file too short for its header")
         h, w, step, length = _HEADER.unpack_from(data)
@@ -397,9 +409,7 @@ class NaiveCodec:
             raise ValueError("not a valid naive-baseline file (bad size, step or length)")
         k = int(matches[0])
         hp, wp = h + (-h % _MULTIPLE), w + (-w % _MULTIPLE)
-        shape = (1, _LATENT_CHANNELS, hp // 8, wp // 8)
-        idx, means = self._channels(k, shape)
-        z = EntropyModel.decompress(self.prior, [data[_HEADER.size :]], idx, means=means)
+        z = self._bottleneck(k).decompress([data[_HEADER.size :]], (hp // 8, wp // 8))
         with torch.inference_mode():
             return images.to_pil(images.crop(self.backbone.decode(z * step), h, w))
 

@@ -1,12 +1,15 @@
 """Load on the study's HTTP API: simulated raters vote through a real server process.
 
-    nice -n 10 .venv/bin/python benchmarks/study_load.py [--postgres URL] [--raters 1 10 50] [--trials 40]
+    nice -n 10 .venv/bin/python benchmarks/study_load.py [--postgres URL] [--raters 1 10 50]
+                                                         [--trials 40] [--think-ms 0 150]
 
 Starts `python -m study serve` (uvicorn, one process) on 127.0.0.1 over a fresh database for
 every row, runs N raters at once (one thread and one keep-alive connection each; every rater
-starts a session, consents and votes through all its trials) and prints vote latency p50/p99
-and throughput. PostgreSQL rows run when --postgres or TEST_POSTGRES_URL is given. The tests
-(tests/study) use the same server and rater code.
+starts a session, consents and votes through all its trials, pausing think-ms between votes)
+and prints vote latency p50/p99, throughput and the server's CPU time per vote. PostgreSQL
+rows run when --postgres or TEST_POSTGRES_URL is given. The load generator shares the
+machine with the server, so on a small machine its CPU counts against the server's.
+The tests (tests/study) use the same server and rater code.
 """
 from __future__ import annotations
 
@@ -67,6 +70,11 @@ class Server:
         self.log.seek(0)
         return self.log.read().decode(errors="replace")
 
+    def cpu_s(self) -> float:
+        """CPU seconds the server process has used (user + system), from /proc."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs, exactly like a crash."""
         self.proc.send_signal(signal.SIGKILL)
@@ -105,10 +113,12 @@ class Load:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
 
 
-def rater(base: str, pid: str, load: Load, stop: threading.Event | None = None, seed: int = 0) -> str:
+def rater(base: str, pid: str, load: Load, stop: threading.Event | None = None, seed: int = 0,
+          think_s: float = 0.0) -> str:
     """One participant from start to the last trial; returns the final session status.
 
-    Resumes after a dropped connection (start again with the same id -> same session and trial).
+    A restarted rater resumes (the same id gives the same session, at the same trial). Between
+    an answer and the next vote the rater pauses think_s (x 0.5 to 1.5, at random).
     """
     rng = random.Random(seed)
     with httpx.Client(base_url=base, timeout=30) as http:
@@ -138,15 +148,17 @@ def rater(base: str, pid: str, load: Load, stop: threading.Event | None = None, 
                 load.acked[body["trial_id"]] = body["choice"]
                 load.replays += body["replayed"]
             st = body["state"]
+            if think_s:
+                time.sleep(think_s * rng.uniform(0.5, 1.5))
         return st["status"]
 
 
 def run_load(base: str, n_raters: int, prefix: str = "r", stop: threading.Event | None = None,
-             load: Load | None = None) -> Load:
+             load: Load | None = None, think_s: float = 0.0) -> Load:
     load = load or Load()
     t0 = time.perf_counter()
     with ThreadPoolExecutor(n_raters) as pool:
-        futures = [pool.submit(rater, base, f"{prefix}{i}", load, stop, i) for i in range(n_raters)]
+        futures = [pool.submit(rater, base, f"{prefix}{i}", load, stop, i, think_s) for i in range(n_raters)]
         for f in futures:
             try:
                 f.result()
@@ -174,29 +186,36 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--raters", type=int, nargs="+", default=[1, 10, 50])
     ap.add_argument("--trials", type=int, default=40)
+    ap.add_argument("--think-ms", type=float, nargs="+", default=[0, 150],
+                    help="each rater's pause between votes: 0 measures capacity (votes back to back); "
+                         "real raters pause seconds, so 150 ms is still a heavy crowd")
     ap.add_argument("--study", type=Path, default=DEMO, help="a study whose stimuli are built (default: the demo)")
     ap.add_argument("--postgres", default=os.environ.get("TEST_POSTGRES_URL"),
                     help="SQLAlchemy URL of a PostgreSQL database the benchmark may fill (a fresh "
                          "database is created next to it for every row)")
     args = ap.parse_args()
     backends = ["sqlite"] + (["postgresql"] if args.postgres else [])
-    print(f"| database | raters | votes | errors | p50 ms | p99 ms | votes/s |")
-    print(f"|---|---:|---:|---:|---:|---:|---:|")
+    print("| database | raters | think ms | votes | errors | p50 ms | p99 ms | votes/s | server CPU ms/vote |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         study = study_copy(args.study, Path(tmp), args.trials)
         for backend in backends:
-            for n in args.raters:
-                url, cleanup = _fresh_db(backend, Path(tmp), args.postgres, n)
-                try:
-                    with Server(study, url) as server:
-                        load = run_load(server.url, n)
-                finally:
-                    cleanup()
-                print(f"| {backend} | {n} | {len(load.acked)} | {len(load.errors)} | {load.percentile(50):.1f} "
-                      f"| {load.percentile(99):.1f} | {load.votes_per_s:.0f} |", flush=True)
+            for think in args.think_ms:
+                for n in args.raters:
+                    url, cleanup = _fresh_db(backend, Path(tmp), args.postgres, f"{n}_{think:g}")
+                    try:
+                        with Server(study, url) as server:
+                            cpu0 = server.cpu_s()
+                            load = run_load(server.url, n, think_s=think / 1000)
+                            cpu = (server.cpu_s() - cpu0) * 1000 / max(1, len(load.acked))
+                    finally:
+                        cleanup()
+                    print(f"| {backend} | {n} | {think:g} | {len(load.acked)} | {len(load.errors)} "
+                          f"| {load.percentile(50):.1f} | {load.percentile(99):.1f} | {load.votes_per_s:.0f} "
+                          f"| {cpu:.2f} |", flush=True)
 
 
-def _fresh_db(backend: str, tmp: Path, pg_url: str | None, tag: int):
+def _fresh_db(backend: str, tmp: Path, pg_url: str | None, tag: str):
     if backend == "sqlite":
         path = tmp / f"bench-{tag}.db"
         return f"sqlite:///{path}", lambda: None

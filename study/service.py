@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import json
 import logging
 import random
@@ -21,7 +22,7 @@ from dataclasses import asdict, dataclass
 from datetime import timezone
 from pathlib import Path
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 
@@ -137,6 +138,28 @@ class VoteResult:
         return asdict(self)
 
 
+# Prepared statements of the hot paths (vote, show a trial): built once, so a request pays only
+# for executing them. bindparam names differ from the column names they set.
+_T, _S, _V = Trial.__table__, Session.__table__, Vote.__table__
+_VOTE_ROW = (select(_T.c.id, _T.c.index, _T.c.kind, _T.c.correct_side, _T.c.first_shown_at, _S.c.id.label("sid"),
+                    _S.c.study_id, _S.c.token, _S.c.status, _S.c.next_index, _S.c.n_trials, _S.c.catch_failures,
+                    _V.c.choice.label("stored"))
+             .select_from(_T).join(_S, _T.c.session_id == _S.c.id).outerjoin(_V, _V.c.trial_id == _T.c.id)
+             .where(_T.c.id == bindparam("trial_id")).with_for_update(of=_S))
+_INSERT_VOTE = insert(_V)
+# Guarded by the index read before: a concurrent vote that moved the session on matches no row.
+_MOVE_ON = (update(_S).where(_S.c.id == bindparam("sid"), _S.c.next_index == bindparam("at"))
+            .values(next_index=bindparam("to"), status=bindparam("new_status"),
+                    catch_failures=bindparam("failures"), finished_at=bindparam("finished")))
+_AT = (_T.c.session_id == bindparam("sid"), _T.c.index == bindparam("at"))
+_TRIAL_COLS = (_T.c.id, _T.c.image_id, _T.c.left_id, _T.c.right_id)
+_SHOW_FRESH = update(_T).where(*_AT).values(first_shown_at=bindparam("now")).returning(*_TRIAL_COLS)
+_TRIAL_AT = select(*_TRIAL_COLS, _T.c.first_shown_at).where(*_AT)
+# Conditional: of two concurrent first shows, the earlier time stays.
+_MARK_SHOWN = (update(_T).where(_T.c.id == bindparam("tid"), _T.c.first_shown_at.is_(None))
+               .values(first_shown_at=bindparam("now")))
+
+
 class StudyService:
     def __init__(self, cfg: StudyConfig, engine, *, seed: int | None = None):
         self.cfg = cfg
@@ -176,7 +199,7 @@ class StudyService:
             elif study.digest != cfg.digest:
                 # Keep the stored text as it was: votes already cast refer to it. The event
                 # records that the file changed, with the new hash.
-                db.add(Event(study_id=cfg.id, kind="config_changed", payload={"digest": cfg.digest}))
+                _event(db, cfg.id, None, "config_changed", {"digest": cfg.digest})
             conds = {c.key: c for c in db.scalars(select(Condition).where(Condition.study_id == cfg.id))}
             for c in cfg.conditions:
                 if c.key not in conds:
@@ -271,10 +294,10 @@ class StudyService:
         sessions = db.scalars(select(Session).where(Session.rater_id == rater.id).order_by(Session.ordinal)).all()
         open_ = [s for s in sessions if s.status in ("consent", "active")]
         if open_:
-            db.add(Event(study_id=cfg.id, session_id=open_[-1].id, kind="resume"))
+            _event(db, cfg.id, open_[-1].id, "resume")
             return self._state(db, open_[-1])
         if len(sessions) >= cfg.sessions_per_rater:
-            db.add(Event(study_id=cfg.id, session_id=sessions[-1].id, kind="limit_reached"))
+            _event(db, cfg.id, sessions[-1].id, "limit_reached")
             return self._state(db, sessions[-1])
         images = self._ready_images()
         if not images:
@@ -288,8 +311,7 @@ class StudyService:
         db.add(s)
         db.flush()
         self._plan(db, s, images)
-        db.add(Event(study_id=cfg.id, session_id=s.id, kind="start",
-                     payload={"platform": who.platform, "ordinal": s.ordinal}))
+        _event(db, cfg.id, s.id, "start", {"platform": who.platform, "ordinal": s.ordinal})
         return self._state(db, s)
 
     def _plan(self, db, s: Session, images: list[str]) -> None:
@@ -339,17 +361,18 @@ class StudyService:
             raise NotFound("unknown session")
         return s
 
-    def _state(self, db, s, mark_shown: bool = False) -> SessionState:
-        """State of session `s` (an ORM row or a Core row with the same column names)."""
+    def _state(self, db, s, mark_shown: bool = False, fresh: bool = False) -> SessionState:
+        """State of session `s` (an ORM row or a Core row with the same column names).
+        fresh: the current trial was never shown (it comes right after a vote)."""
         trial = None
         if s.status == "active" and s.next_index < s.n_trials:
-            T = Trial.__table__
-            t = db.execute(select(T.c.id, T.c.image_id, T.c.left_id, T.c.right_id, T.c.first_shown_at)
-                           .where(T.c.session_id == s.id, T.c.index == s.next_index)).one()
-            if mark_shown and t.first_shown_at is None:
-                # Conditional: of two concurrent first shows, the earlier time stays.
-                db.execute(update(T).where(T.c.id == t.id, T.c.first_shown_at.is_(None))
-                           .values(first_shown_at=utcnow()))
+            at = {"sid": s.id, "at": s.next_index}
+            if mark_shown and fresh:
+                t = db.execute(_SHOW_FRESH, {**at, "now": utcnow()}).one()
+            else:
+                t = db.execute(_TRIAL_AT, at).one()
+                if mark_shown and t.first_shown_at is None:
+                    db.execute(_MARK_SHOWN, {"tid": t.id, "now": utcnow()})
             ref = self._reference[t.image_id] if self.cfg.show_reference else None
             trial = TrialView(t.id, s.next_index, s.n_trials, ref, self._public[t.left_id], self._public[t.right_id],
                               *self._sizes[t.image_id])
@@ -381,8 +404,7 @@ class StudyService:
                 s.status, s.consent_version, s.consented_at = "active", self.cfg.consent_version, now
             else:
                 s.status, s.finished_at = "declined", now
-            db.add(Event(study_id=self.cfg.id, session_id=s.id, kind="consent" if agree else "declined",
-                         payload={"version": self.cfg.consent_version}))
+            _event(db, self.cfg.id, s.id, "consent" if agree else "declined", {"version": self.cfg.consent_version})
             db.flush()
             return self._state(db, s, mark_shown=True)
 
@@ -390,6 +412,8 @@ class StudyService:
 
     def vote(self, token: str, trial_id: int, choice: str, client_ms: float | None = None,
              client: dict | None = None) -> VoteResult:
+        if not isinstance(token, str):
+            raise NotFound("unknown session")
         if choice not in CHOICES:
             raise Invalid(f"choice must be one of {', '.join(CHOICES)}")
         if client_ms is not None and not (0 <= client_ms < 86_400_000):
@@ -405,60 +429,47 @@ class StudyService:
                 return self._vote(db, token, int(trial_id), choice, client_ms, client)
         except Forbidden as e:
             with self._tx() as db:
-                db.add(Event(study_id=self.cfg.id, kind="vote_refused",
-                             payload={"trial_id": int(trial_id), "reason": e.message}))
+                _event(db, self.cfg.id, None, "vote_refused", {"trial_id": int(trial_id), "reason": e.message})
             raise
 
     def _vote(self, db, token, trial_id, choice, client_ms, client) -> VoteResult:
-        # The hot path: Core statements on the tables (no ORM unit of work), one transaction.
-        S, T, V = Session.__table__, Trial.__table__, Vote.__table__
-        if not isinstance(token, str) or not 10 <= len(token) <= 64:
-            raise NotFound("unknown session")
-        s = db.execute(select(S.c.id, S.c.token, S.c.status, S.c.next_index, S.c.n_trials, S.c.catch_failures)
-                       .where(S.c.token == token, S.c.study_id == self.cfg.id).with_for_update()).first()
-        if s is None:
-            raise NotFound("unknown session")
-        t = db.execute(select(T.c.id, T.c.session_id, T.c.index, T.c.kind, T.c.correct_side, T.c.first_shown_at)
-                       .where(T.c.id == trial_id)).first()
-        if t is None or t.session_id != s.id:
+        # The hot path: four prepared Core statements (no ORM unit of work), one transaction.
+        row = db.execute(_VOTE_ROW, {"trial_id": trial_id}).first()
+        if row is None or row.study_id != self.cfg.id or not hmac.compare_digest(row.token, token):
+            self._session(db, token)        # 404 for an unknown token, else:
             raise Forbidden("this trial does not belong to your session")
-        stored = db.execute(select(V.c.choice).where(V.c.trial_id == t.id)).scalar()
-        if stored is not None:
-            db.add(Event(study_id=self.cfg.id, session_id=s.id, kind="vote_replayed",
-                         payload={"trial_id": t.id, "choice": choice}))
-            return VoteResult(t.id, stored, True, self._state(db, s, mark_shown=True))
-        if s.status != "active":
-            raise Conflict("this session is finished" if s.status != "consent" else "give consent first")
-        if t.index != s.next_index:
-            raise Conflict(f"this is not the current trial (you are at trial {s.next_index + 1})")
+        s = _Row(id=row.sid, token=row.token, status=row.status, next_index=row.next_index, n_trials=row.n_trials)
+        if row.stored is not None:
+            _event(db, self.cfg.id, s.id, "vote_replayed", {"trial_id": row.id, "choice": choice})
+            return VoteResult(row.id, row.stored, True, self._state(db, s, mark_shown=True))
+        if row.status != "active":
+            raise Conflict("this session is finished" if row.status != "consent" else "give consent first")
+        if row.index != row.next_index:
+            raise Conflict(f"this is not the current trial (you are at trial {row.next_index + 1})")
         now = utcnow()
         server_ms = None
-        if t.first_shown_at is not None:
-            shown = t.first_shown_at
+        if row.first_shown_at is not None:
+            shown = row.first_shown_at
             shown = shown if shown.tzinfo else shown.replace(tzinfo=timezone.utc)   # SQLite drops tz
             server_ms = (now - shown).total_seconds() * 1000
         # The unique trial_id is checked here, before the session moves on.
-        db.execute(insert(V).values(trial_id=t.id, session_id=s.id, choice=choice, server_ms=server_ms,
-                                    client_ms=client_ms, client=client, created_at=now))
-        status, finished = s.status, None
-        failures = s.catch_failures + (t.kind == "catch" and choice != t.correct_side)
+        db.execute(_INSERT_VOTE, {"trial_id": row.id, "session_id": s.id, "choice": choice, "server_ms": server_ms,
+                                  "client_ms": client_ms, "client": client, "created_at": now})
+        status, finished = row.status, None
+        failures = row.catch_failures + (row.kind == "catch" and choice != row.correct_side)
         limit = self.cfg.max_catch_failures
         if limit is not None and failures >= limit:
             status, finished = "screened_out", now
-            db.add(Event(study_id=self.cfg.id, session_id=s.id, kind="screened_out",
-                         payload={"catch_failures": failures}))
-        elif s.next_index + 1 >= s.n_trials:
+            _event(db, self.cfg.id, s.id, "screened_out", {"catch_failures": failures})
+        elif row.next_index + 1 >= row.n_trials:
             status, finished = "completed", now
-            db.add(Event(study_id=self.cfg.id, session_id=s.id, kind="completed"))
-        # Guarded by the index read above: a concurrent vote that moved the session fails here.
-        moved = db.execute(update(S).where(S.c.id == s.id, S.c.next_index == s.next_index)
-                           .values(next_index=s.next_index + 1, status=status, catch_failures=failures,
-                                   finished_at=finished)).rowcount
+            _event(db, self.cfg.id, s.id, "completed")
+        moved = db.execute(_MOVE_ON, {"sid": s.id, "at": row.next_index, "to": row.next_index + 1,
+                                      "new_status": status, "failures": failures, "finished": finished}).rowcount
         if moved != 1:
             raise Conflict("the session moved on meanwhile: reload")
-        db.flush()
-        after = _Row(id=s.id, token=s.token, status=status, next_index=s.next_index + 1, n_trials=s.n_trials)
-        return VoteResult(t.id, choice, False, self._state(db, after, mark_shown=True))
+        after = _Row(id=s.id, token=s.token, status=status, next_index=row.next_index + 1, n_trials=row.n_trials)
+        return VoteResult(row.id, choice, False, self._state(db, after, mark_shown=True, fresh=True))
 
     def log_event(self, token: str, kind: str, payload: dict | None = None) -> None:
         """Client telemetry (zoom, pan, focus changes, ...): appended, never interpreted here."""
@@ -466,7 +477,7 @@ class StudyService:
             raise Invalid(f"unknown event kind; one of {', '.join(sorted(CLIENT_EVENTS))}")
         with self._tx() as db:
             s = self._session(db, token)
-            db.add(Event(study_id=self.cfg.id, session_id=s.id, kind=kind, payload=_small_json(payload)))
+            _event(db, self.cfg.id, s.id, kind, _small_json(payload))
 
     # -- reading the results --------------------------------------------------------------------
 
@@ -498,6 +509,11 @@ class StudyService:
         df["catch_correct"] = df["correct_side"].map(side)
         df["response_ms"] = df["client_ms"].fillna(df["server_ms"])   # the browser's clock when it sent one
         return df.drop(columns=["platform", "external_id", "correct_side"])
+
+
+def _event(db, study_id: str, session_id: int | None, kind: str, payload: dict | None = None) -> None:
+    db.execute(insert(Event.__table__).values(study_id=study_id, session_id=session_id, kind=kind,
+                                              payload=payload, created_at=utcnow()))
 
 
 def _pseudonym(study_id: str, platform: str, external_id: str) -> str:

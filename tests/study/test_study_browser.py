@@ -62,7 +62,8 @@ def app_url(tmp_path, study_dir):
         return {"returned": cc}
 
     app = gr.mount_gradio_app(app, blocks, path="/", run_history=False)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           timeout_graceful_shutdown=1))   # gradio keeps a stream open
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:

@@ -435,3 +435,39 @@ def _naive_result(image: Image.Image, backbone, target_bits, encode) -> Baseline
     return BaselineResult(
         "naive", LABELS["naive"], data, _bpp(data, image), step, decoded, enc_s, dec_s, reached, iterations, search_s
     )
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m codec.baselines", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    fit = sub.add_parser("fit-naive", help="fit and cache the naive baseline's prior for a backbone")
+    fit.add_argument("--backbone", default="demo", help="demo, tiny, a diffusers folder or a hub id")
+    fit.add_argument("--data", required=True, help="folder of training photos (PNG/JPEG)")
+    fit.add_argument("--exclude", default=None, help="comma-separated file names to leave out "
+                     "(default: the demo backbone's six validation photos)")
+    fit.add_argument("--steps", type=int, default=2000)
+    fit.add_argument("--out", default=None, help="output file (default: the user cache, keyed by fingerprint)")
+    args = parser.parse_args(argv)
+
+    from codec.backbone import BackboneUnavailable, load_backbone
+    from codec.train import VALIDATION_PHOTOS
+
+    exclude = set(args.exclude.split(",")) if args.exclude is not None else set(VALIDATION_PHOTOS)
+    files = sorted(p for p in Path(args.data).iterdir()
+                   if p.suffix.lower() in (".png", ".jpg", ".jpeg") and p.name not in exclude)
+    if not files:
+        print(f"error: no training photos in {args.data}", file=sys.stderr)
+        return 2
+    try:
+        backbone = load_backbone(args.backbone)
+    except BackboneUnavailable as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    path = fit_naive_prior(backbone, files, steps=args.steps, path=args.out)
+    print(f"naive prior for {backbone.name} fitted on {len(files)} photos in {time.perf_counter() - start:.0f} s: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

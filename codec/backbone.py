@@ -233,7 +233,11 @@ def _read_json(path: Path) -> dict:
 
 
 def _empty_prompt_embedding(root: Path, cache_dir: Path, dtype) -> torch.Tensor:
-    """The fixed empty-prompt conditioning, computed once with the text encoder and cached."""
+    """The fixed empty-prompt conditioning, computed once with the text encoder and cached.
+
+    Local folders keep the cache next to the weights; hub snapshots get it in CODEC_CACHE_DIR, since
+    the hub cache belongs to huggingface_hub.
+    """
     for candidate in (root / CONDITIONING_FILE, cache_dir / CONDITIONING_FILE):
         if candidate.is_file():
             return load_file(candidate)["conditioning"].to(dtype)
@@ -249,13 +253,11 @@ def _empty_prompt_embedding(root: Path, cache_dir: Path, dtype) -> torch.Tensor:
     ids = tokenizer("", padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
     with torch.no_grad():
         embedding = text_encoder(ids)[0].float().contiguous()
-    for target in (root / CONDITIONING_FILE, cache_dir / CONDITIONING_FILE):
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            save_file({"conditioning": embedding}, target)
-            break
-        except OSError:
-            continue  # read-only model folder: fall back to the cache directory
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        save_file({"conditioning": embedding}, cache_dir / CONDITIONING_FILE)
+    except OSError:
+        pass  # a read-only location only costs recomputing the embedding next time
     return embedding.to(dtype)
 
 

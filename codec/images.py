@@ -50,8 +50,11 @@ def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
                 return to_rgb(im)
         except ImageError:
             raise
-        except Image.DecompressionBombError as exc:
-            raise ImageError(f"Image refused as a decompression bomb: {exc}") from None
+        except Image.DecompressionBombError:
+            raise ImageError(
+                f"The image is far too large (its header declares over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels, "
+                f"a possible decompression bomb); the limit is {max_pixels / 1e6:.1f} megapixels."
+            ) from None
         except UnidentifiedImageError:
             raise ImageError(
                 "Not an image this app can read (supported: PNG, JPEG, WebP, AVIF, HEIC, TIFF, BMP, GIF)."

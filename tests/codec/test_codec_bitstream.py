@@ -1,0 +1,123 @@
+"""Forged, truncated and bit-flipped files must raise BitstreamError and nothing else, quickly."""
+
+import os
+import struct
+import time
+import tracemalloc
+import zlib
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from codec.bitstream import MAGIC, BitstreamError, Header, pack, parse
+
+CASES = 2000 if os.environ.get("CI") else 300
+FUZZ = settings(max_examples=CASES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+
+
+@pytest.fixture(scope="module")
+def valid(tiny_codec, photo):
+    return {mode: tiny_codec.encode(photo, mode=mode, **knob).data
+            for mode, knob in (("learned", {"lam": 10.0}), ("analytic", {"step": 1.0}))}
+
+
+def _with_crc(body: bytes) -> bytes:
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def _only_bitstream_errors(data: bytes) -> None:
+    start = time.perf_counter()
+    tracemalloc.start()
+    try:
+        parse(data)
+    except BitstreamError as exc:
+        assert str(exc) and "\n" not in str(exc)
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert time.perf_counter() - start < 1.0
+    assert peak < 4 * len(data) + 1_000_000  # no allocation driven by a forged length
+
+
+def test_valid_files_parse(valid):
+    for mode, data in valid.items():
+        header, payloads = parse(data)
+        assert header.mode == mode and len(payloads) == (2 if mode == "learned" else 1)
+
+
+@FUZZ
+@given(data=st.data())
+def test_truncated_files(valid, data):
+    mode = data.draw(st.sampled_from(sorted(valid)))
+    blob = valid[mode]
+    cut = data.draw(st.integers(0, len(blob) - 1))
+    with pytest.raises(BitstreamError):
+        parse(blob[:cut])
+
+
+@FUZZ
+@given(data=st.data())
+def test_bit_flipped_files(valid, data):
+    mode = data.draw(st.sampled_from(sorted(valid)))
+    blob = bytearray(valid[mode])
+    for position in data.draw(st.lists(st.integers(0, 8 * len(blob) - 1), min_size=1, max_size=8, unique=True)):
+        blob[position // 8] ^= 1 << (position % 8)
+    with pytest.raises(BitstreamError):  # CRC32 detects every burst of up to 32 bits and all odd-weight errors
+        parse(bytes(blob))
+
+
+@FUZZ
+@given(junk=st.binary(max_size=300), fix_crc=st.booleans(), keep_magic=st.booleans())
+def test_random_files_with_forged_checksums(junk, fix_crc, keep_magic):
+    body = (MAGIC + b"\x01" + junk) if keep_magic else junk
+    _only_bitstream_errors(_with_crc(body) if fix_crc else body)
+
+
+@FUZZ
+@given(data=st.data())
+def test_forged_header_fields_with_valid_checksum(valid, data):
+    """Rewrite header fields (lengths, sizes, t, steps, channels, gamma) and recompute the CRC."""
+    blob = bytearray(valid[data.draw(st.sampled_from(sorted(valid)))][:-4])
+    for _ in range(data.draw(st.integers(1, 4))):
+        offset = data.draw(st.integers(5, min(len(blob) - 1, 80)))
+        blob[offset] = data.draw(st.integers(0, 255))
+    _only_bitstream_errors(_with_crc(bytes(blob)))
+
+
+def test_huge_declared_length_is_refused_without_allocation(valid):
+    header, payloads = parse(valid["analytic"])
+    body = bytearray(valid["analytic"][:-4])
+    length_at = len(body) - len(payloads[0]) - 4
+    body[length_at:length_at + 4] = struct.pack("<I", 0xFFFFFFF0)
+    with pytest.raises(BitstreamError, match="do not match"):
+        parse(_with_crc(bytes(body)))
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda h: {**h, "t": 0}, "timestep"),
+    (lambda h: {**h, "steps": 9}, "steps"),
+    (lambda h: {**h, "scale": (0.0,) * 4}, "gamma"),
+    (lambda h: {**h, "height": 0}, "size"),
+])
+def test_pack_refuses_invalid_headers(change, message):
+    fields = dict(mode="analytic", backbone_fingerprint=bytes(8), adapter_fingerprint=bytes(8), height=8, width=8,
+                  t=5, steps=2, scale=(1.0,) * 4, shift=(0.0,) * 4, prior_scales=(1.0,) * 4)
+    with pytest.raises(ValueError, match=message):
+        pack(Header(**change(fields)), [b"x"])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@given(data=st.data())
+def test_decoder_on_payloads_forged_behind_a_valid_checksum(tiny_codec, valid, data):
+    """Garbage entropy-coded data with a correct CRC decodes to some image or a BitstreamError, never a crash."""
+    mode = data.draw(st.sampled_from(sorted(valid)))
+    header, payloads = parse(valid[mode])
+    body = bytearray(valid[mode][:-4])
+    start = len(body) - sum(len(p) for p in payloads)
+    for _ in range(data.draw(st.integers(1, 6))):
+        body[data.draw(st.integers(start, len(body) - 1))] = data.draw(st.integers(0, 255))
+    try:
+        assert tiny_codec.decode(_with_crc(bytes(body))).image.size == (header.width, header.height)
+    except BitstreamError:
+        pass

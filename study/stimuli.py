@@ -4,7 +4,8 @@ baseline), as PNG files plus the bitstreams, with the measured bpp in manifest.j
 
 Resumable: the manifest is rewritten (atomically) after every file, and a stimulus whose file
 is present with the recorded hash is not built again. Changing an image's source or crop
-rebuilds that image. This is the only module of `study` that imports the codec.
+rebuilds that image; the files of conditions and images the study no longer has are removed.
+This is the only module of `study` that imports the codec.
 """
 from __future__ import annotations
 
@@ -105,9 +106,20 @@ def build(cfg: StudyConfig, log: Callable[[str], None] = print, coder=None) -> d
             _write_manifest(cfg, manifest)
             built += 1
             log(f"{spec.key} {key}: {measured:.4f} bpp (target {bpp:g}) in {time.perf_counter() - started:.1f} s")
+        for key in set(entry["stimuli"]) - {REFERENCE} - {k for k, _, _ in jobs}:
+            _remove(cfg, entry["stimuli"].pop(key))     # a condition the study no longer has
+    for key in set(manifest) - {spec.key for spec in cfg.images}:
+        for st in manifest.pop(key)["stimuli"].values():
+            _remove(cfg, st)
     _write_manifest(cfg, manifest)
     log(f"{built} stimuli built, {sum(len(e['stimuli']) for e in manifest.values())} in {cfg.stimuli_dir}")
     return manifest
+
+
+def _remove(cfg: StudyConfig, st: dict) -> None:
+    for name in (st["file"], st.get("bitstream")):
+        if name:
+            (cfg.stimuli_dir / name).unlink(missing_ok=True)
 
 
 def _present(cfg: StudyConfig, entry: dict, key: str) -> bool:

@@ -78,4 +78,12 @@ def test_build_measures_and_resumes(tmp_path):
     out = subprocess.run([sys.executable, "-m", "study", "build-stimuli", str(path)], cwd=ROOT,
                          capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("0 stimuli built")
+
+    # A condition replaced by another: the old one's files go, the others stay.
+    webp = cfg.stimuli_dir / manifest["creek"]["stimuli"]["webp@0.5"]["file"]
+    path.write_text(YAML.format(crop="[0, 0, 64, 64]").replace("bpp: 0.5}", "bpp: 0.6}"))
+    manifest = stimuli.build(config.load(path), log=lambda m: None)
+    assert not webp.exists() and all("webp@0.5" not in e["stimuli"] and "webp@0.6" in e["stimuli"]
+                                      for e in manifest.values())
+    assert (cfg.stimuli_dir / manifest["creek"]["stimuli"]["jpeg@0.8"]["file"]).exists()
     assert json.loads((cfg.stimuli_dir / "manifest.json").read_text())["study"] == "stim"

@@ -27,10 +27,18 @@ if (!window.__studyView) {
   const S = {trial: null, shownAt: 0, loaded: false, voted: false, z: 1, x: 0, y: 0, zooms: 0, pans: 0};
   const view = () => document.querySelector('#study-view .sv');
   const visible = (el) => el && el.offsetParent !== null;
-  const apply = () => document.querySelectorAll('#study-view .sv-pane img').forEach((img) => {
-    img.style.transform = `translate(${S.x}px, ${S.y}px) scale(${S.z})`;
-    img.classList.toggle('sv-pixels', S.z > 1);
-  });
+  const apply = () => {
+    const pane = document.querySelector('#study-view .sv-pane');
+    const img = pane && pane.querySelector('img');
+    if (img) {      // keep the image covering the pane: no panning into empty space
+      S.x = Math.min(0, Math.max(pane.clientWidth - img.width * S.z, S.x));
+      S.y = Math.min(0, Math.max(pane.clientHeight - img.height * S.z, S.y));
+    }
+    document.querySelectorAll('#study-view .sv-pane img').forEach((im) => {
+      im.style.transform = `translate(${S.x}px, ${S.y}px) scale(${S.z})`;
+      im.classList.toggle('sv-pixels', S.z > 1);
+    });
+  };
   const zoom = (f, cx, cy) => {
     const z = Math.min(16, Math.max(1, S.z * f));
     S.x = cx - (cx - S.x) * (z / S.z); S.y = cy - (cy - S.y) * (z / S.z); S.z = z;
@@ -67,6 +75,15 @@ if (!window.__studyView) {
     else if (k === '-') zoom(1 / 1.5, 0, 0);
     else if (k === '0') { S.z = 1; S.x = 0; S.y = 0; apply(); }
   });
+  document.addEventListener('click', (e) => {
+    const z = e.target.closest('#study-view .sv-zoom');
+    if (!z) return;
+    const pane = document.querySelector('#study-view .sv-pane');
+    const c = [pane.clientWidth / 2, pane.clientHeight / 2];    // zoom around the middle
+    if (z.dataset.zoom === 'in') zoom(1.5, ...c);
+    else if (z.dataset.zoom === 'out') zoom(1 / 1.5, ...c);
+    else { S.z = 1; S.x = 0; S.y = 0; apply(); }
+  });
   document.addEventListener('click', (e) => {       // a mouse click on a vote button counts once too
     const b = e.target.closest('#study-vote-a, #study-vote-b');
     if (b && e.isTrusted) { if (!S.loaded || S.voted) { e.stopPropagation(); e.preventDefault(); } else S.voted = true; }
@@ -79,8 +96,8 @@ if (!window.__studyView) {
     zoom(e.deltaY < 0 ? 1.25 : 0.8, e.clientX - r.left, e.clientY - r.top);
   }, {passive: false});
   let drag = null;
-  document.addEventListener('pointerdown', (e) => {
-    if (e.target.closest('#study-view .sv-pane') && S.z > 1) { drag = [e.clientX - S.x, e.clientY - S.y]; e.preventDefault(); }
+  document.addEventListener('pointerdown', (e) => {   // panning also shows the rest of an image wider than a phone
+    if (e.target.closest('#study-view .sv-pane')) { drag = [e.clientX - S.x, e.clientY - S.y]; e.preventDefault(); }
   });
   document.addEventListener('pointermove', (e) => { if (drag) { S.x = e.clientX - drag[0]; S.y = e.clientY - drag[1]; apply(); } });
   document.addEventListener('pointerup', () => { if (drag) { drag = null; S.pans += 1; } });
@@ -96,13 +113,16 @@ VIEW_CSS = """
 .sv-row { display: flex; flex-wrap: wrap; justify-content: center; gap: 14px; max-width: 100%; }
 .sv-side { display: flex; flex-direction: column; align-items: center; max-width: 100%; }
 .sv-label { font-weight: 600; margin-bottom: 4px; }
-.sv-pane { overflow: hidden; position: relative; max-width: 100%; touch-action: none; cursor: zoom-in;
+.sv-pane { overflow: hidden; position: relative; max-width: 100%; touch-action: pan-y; cursor: zoom-in;
            outline: 1px solid #d4d4d8; background: #f4f4f5; }
 .sv-pane img { display: block; transform-origin: 0 0; max-width: none; user-select: none; -webkit-user-drag: none; }
 .sv-pane img.sv-pixels { image-rendering: pixelated; }
 .sv-hint { color: #71717a; font-size: 0.85rem; text-align: center; }
+.sv-zoom { min-width: 2.2em; padding: 2px 8px; margin-right: 4px; border: 1px solid #d4d4d8; border-radius: 4px;
+           background: #fff; color: #27272a; cursor: pointer; }
 .sv-progress { display: flex; align-items: center; gap: 10px; }
-.sv-progress progress { flex: 1; height: 10px; accent-color: #ea580c; }
+.sv-bar { flex: 1; height: 10px; border-radius: 5px; background: #e4e4e7; overflow: hidden; }
+.sv-bar > div { height: 100%; background: #ea580c; }
 .sv-code { font-size: 1.6rem; font-weight: 700; letter-spacing: 0.08em; }
 """
 
@@ -124,14 +144,18 @@ def trial_html(state: SessionState) -> str:
     ref = f'<div class="sv-row">{_pane("Reference", t.reference, w, h)}</div>' if t.reference else ""
     return (f'<div class="sv" data-trial="{t.id}">{ref}'
             f'<div class="sv-row">{_pane("A &nbsp;(1 or ←)", t.left, w, h)}{_pane("B &nbsp;(2 or →)", t.right, w, h)}</div>'
-            '<div class="sv-hint">Scroll on an image to zoom, drag to pan, double-click to reset: '
-            'all images move together.</div></div>')
+            '<div class="sv-hint"><button class="sv-zoom" data-zoom="in" title="zoom in (+)">+</button>'
+            '<button class="sv-zoom" data-zoom="out" title="zoom out (-)">&minus;</button>'
+            '<button class="sv-zoom" data-zoom="reset" title="native size (0)">1:1</button> '
+            'Zoom with these buttons, the mouse wheel or + and -; drag to pan. All images move together.</div></div>')
 
 
 def progress_html(state: SessionState) -> str:
     n = min(state.index + 1, state.total)
+    done = 100 * state.index / max(1, state.total)
     return (f'<div class="sv-progress" id="study-progress-bar"><span>Trial <b>{n}</b> of <b>{state.total}</b></span>'
-            f'<progress value="{state.index}" max="{state.total}"></progress></div>')
+            f'<div class="sv-bar" role="progressbar" aria-valuenow="{state.index}" aria-valuemax="{state.total}">'
+            f'<div style="width:{done:.1f}%"></div></div></div>')
 
 
 def done_html(state: SessionState, params: dict) -> str:
@@ -192,9 +216,9 @@ def build_study_tab(ctx) -> None:
         progress = gr.HTML("", elem_id="study-progress", css_template=VIEW_CSS)
         gr.Markdown(f"**{cfg.question}**", elem_id="study-question")
         view = gr.HTML("", elem_id="study-view", css_template=VIEW_CSS, js_on_load=VIEW_JS)
-        with gr.Row():
-            vote_a = gr.Button("1 · A", variant="primary", elem_id="study-vote-a")
-            vote_b = gr.Button("2 · B", variant="primary", elem_id="study-vote-b")
+        with gr.Row():     # A left, B right, also on a phone
+            vote_a = gr.Button("1 · A", variant="primary", elem_id="study-vote-a", min_width=80)
+            vote_b = gr.Button("2 · B", variant="primary", elem_id="study-vote-b", min_width=80)
         client = gr.Textbox(visible=False)
 
     with gr.Column(visible=False, elem_id="study-done") as done_box:

@@ -2,6 +2,7 @@
 trial (with a reload in the middle), the completion page. Screenshots go to artifacts/screenshots.
 
 The app is the Study tab alone plus the study router, mounted like the Space mounts them."""
+import contextlib
 import os
 import re
 import shutil
@@ -25,6 +26,7 @@ from ui.study_tab import build_study_tab
 from .conftest import need, make_study
 
 SHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
+DEMO = Path(__file__).resolve().parents[2] / "assets" / "studies" / "demo.yaml"
 pytestmark = pytest.mark.browser
 
 
@@ -43,14 +45,11 @@ def chromium():
         browser.close()
 
 
-@pytest.fixture
-def app_url(tmp_path, study_dir):
+@contextlib.contextmanager
+def serve_tab(svc, port=None):
+    """The Study tab alone plus the study router, mounted the way the Space mounts them."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    port = free_port()
-    study = make_study(study_dir, study_id="browser", trials=8, catch=2, repeats=1, per_rater=1,
-                       platform="{kind: prolific, completion_code: C0DE42, "
-                                f"redirect_url: 'http://127.0.0.1:{port}/returned?cc={{code}}'}}")
-    svc = StudyService.open(study, f"sqlite:///{tmp_path / 'browser.db'}", seed=7)
+    port = port or free_port()
     with gr.Blocks(title="study") as blocks:
         with gr.Tab("Study"):
             build_study_tab(SimpleNamespace(study=svc, settings=None))
@@ -68,9 +67,22 @@ def app_url(tmp_path, study_dir):
     thread.start()
     while not server.started:
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", svc
-    server.should_exit = True
-    thread.join(10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture
+def app_url(tmp_path, study_dir):
+    port = free_port()
+    study = make_study(study_dir, study_id="browser", trials=8, catch=2, repeats=1, per_rater=1,
+                       platform="{kind: prolific, completion_code: C0DE42, "
+                                f"redirect_url: 'http://127.0.0.1:{port}/returned?cc={{code}}'}}")
+    svc = StudyService.open(study, f"sqlite:///{tmp_path / 'browser.db'}", seed=7)
+    with serve_tab(svc, port) as url:
+        yield url, svc
 
 
 def current_trial(page, previous=None, timeout=20_000):
@@ -114,6 +126,9 @@ def test_a_whole_session_with_the_keyboard(chromium, app_url):
             assert len(set(transforms)) == 1 and "scale(1.25" in transforms[0]
             page.screenshot(path=SHOTS / "study-3-trial-zoomed.png", full_page=True)
             page.keyboard.press("0")
+            page.locator("#study-view .sv-zoom[data-zoom=in]").click()     # the touch-friendly way
+            assert "scale(1.5)" in page.eval_on_selector("#study-view .sv-pane img", "e => e.style.transform")
+            page.locator("#study-view .sv-zoom[data-zoom=reset]").click()
         if i == 3:
             page.reload(wait_until="domcontentloaded")      # a reload resumes at the same trial
             assert current_trial(page) == trial
@@ -153,3 +168,26 @@ def test_phone_layout(chromium, app_url):
     assert width <= 390, "the page scrolls sideways on a phone"
     expect(page.locator("#study-vote-a")).to_be_visible()
     page.screenshot(path=SHOTS / "study-5-phone.png", full_page=True)
+
+
+def test_demo_study_on_a_desktop_and_a_phone(chromium, tmp_path):
+    """The shipped demo study (anonymous raters): real stimuli at native size, resume by reload."""
+    from playwright.sync_api import expect
+
+    svc = StudyService.open(DEMO, f"sqlite:///{tmp_path / 'demo.db'}", seed=9)
+    with serve_tab(svc) as url:
+        for name, viewport in (("desktop", {"width": 1280, "height": 800}), ("phone", {"width": 390, "height": 844})):
+            page = chromium.new_context(viewport=viewport).new_page()
+            page.goto(url + "/", wait_until="domcontentloaded")
+            page.locator("#study-agree").click(timeout=30_000)
+            page.locator("#study-begin").click()
+            first = current_trial(page)
+            page.keyboard.press("1")
+            second = current_trial(page, first)
+            natural = page.eval_on_selector_all("#study-view img", "els => els.map(e => [e.naturalWidth, e.width])")
+            assert all(n == w for n, w in natural)      # shown at native resolution
+            page.screenshot(path=SHOTS / f"study-demo-{name}.png", full_page=True)
+            page.reload(wait_until="domcontentloaded")   # the browser keeps the session: same trial
+            assert current_trial(page) == second
+            assert page.evaluate("document.documentElement.scrollWidth") <= viewport["width"]
+            page.context.close()

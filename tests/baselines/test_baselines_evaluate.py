@@ -1,0 +1,100 @@
+"""`python -m codec.evaluate` end to end on two small photos with the tiny random backbone."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from codec import baselines, evaluate
+from codec.adapter import LearnedAdapter
+from codec.backbone import build_tiny_backbone
+
+from .conftest import photo
+
+REPO = Path(__file__).resolve().parents[2]
+TARGETS = (0.3, 0.6)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("evaluate")
+    data = tmp / "data"
+    data.mkdir()
+    photo("kite").crop((300, 200, 460, 320)).save(data / "kite.png")  # 160 x 120
+    photo("wood").crop((100, 100, 228, 196)).save(data / "wood.png")  # 128 x 96
+    photo("moss").save(data / "unused.png")  # left out by --images
+    adapter = tmp / "adapter"
+    torch.manual_seed(0)
+    LearnedAdapter(hyper_channels=32).prepare().save_pretrained(adapter)  # untrained, real bitstreams
+    cache = tmp / "cache"
+    env = {**os.environ, baselines.PRIOR_DIRS_ENV: str(cache), "PYTHONPATH": str(REPO)}
+    os.environ[baselines.PRIOR_DIRS_ENV] = str(cache)
+    try:
+        baselines.fit_naive_prior(build_tiny_backbone(), [photo("storm", 192)], steps=100)
+    finally:
+        del os.environ[baselines.PRIOR_DIRS_ENV]
+    out = tmp / "out"
+    cmd = [sys.executable, "-m", "codec.evaluate", "--data", str(data), "--images", "kite.png,wood.png",
+           "--methods", "jpeg,webp,avif,heic,naive,ours,ours-analytic", "--bpp", ",".join(map(str, TARGETS)),
+           "--out", str(out), "--backbone", "tiny", "--adapter", str(adapter)]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+def test_per_image_csv(run):
+    out, _ = run
+    rows = list(csv.DictReader((out / "per_image.csv").open()))
+    methods = ["ours", "ours-analytic", "jpeg", "webp", "avif", "heic", "naive"]
+    assert len(rows) == 2 * len(TARGETS) * len(methods)
+    assert {r["image"] for r in rows} == {"kite.png", "wood.png"}
+    for r in rows:
+        assert r["lpips"] == r["dists"] == "unavailable"
+        assert 0 < float(r["bpp"]) and 0 < float(r["psnr"]) and 0 < float(r["ms_ssim"]) <= 1
+        if r["method"] in ("ours", "ours-analytic"):
+            assert float(r["aimed_bpp"]) == float(r["target_bpp"])
+        else:  # the baselines aim at the bpp ours reached on that image, never above
+            ours = next(o for o in rows if o["method"] == "ours" and o["image"] == r["image"]
+                        and o["target_bpp"] == r["target_bpp"])
+            assert float(r["aimed_bpp"]) == pytest.approx(float(ours["bpp"]), abs=1e-6)
+            assert (float(r["bpp"]) <= float(r["aimed_bpp"]) + 1e-9) == (r["within_aim"] == "True")
+
+
+def test_results_json_in_compressai_format(run):
+    out, _ = run
+    for method in ("ours", "ours-analytic", "jpeg", "webp", "avif", "heic", "naive"):
+        res = json.loads((out / f"results-{method}.json").read_text())
+        assert res["name"] == method and "unavailable" in res["description"]
+        r = res["results"]
+        assert len(r["bpp"]) == len(r["psnr-rgb"]) == len(r["ms-ssim-rgb"]) == len(TARGETS)
+        assert "lpips" not in r and "fid" not in r
+        assert r["target_bpp"] == list(TARGETS)
+
+
+def test_plots_and_bd_tables(run):
+    out, proc = run
+    for name in ("rd-psnr.png", "rd-ms-ssim.png"):
+        with Image.open(out / name) as im:
+            assert im.size[0] > 500 and im.size[1] > 300
+    tables = json.loads((out / "bd_rate.json").read_text())
+    assert set(tables) == {"psnr", "ms-ssim"}
+    assert tables["psnr"]["jpeg"]["jpeg"] is None
+    assert "BD-rate (%) on PSNR" in (out / "bd_rate.md").read_text()
+    assert "unavailable (no local weights): LPIPS, DISTS, FID, KID" in proc.stdout
+
+
+def test_bad_arguments_give_one_line_errors(tmp_path):
+    # SystemExit with a message: python prints that one line on stderr and exits with 1.
+    for args, message in ((["--data", str(tmp_path / "none")], "not a folder"),
+                          (["--data", str(tmp_path), "--methods", "bpg"], "unknown method"),
+                          (["--data", str(tmp_path), "--bpp", "x"], "--bpp"),
+                          (["--data", str(tmp_path)], "no images")):
+        with pytest.raises(SystemExit) as exit_info:
+            evaluate.main(["--out", str(tmp_path / "o"), *args])
+        assert message in str(exit_info.value.code) and str(exit_info.value.code).startswith("error: ")

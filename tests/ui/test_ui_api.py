@@ -82,6 +82,27 @@ def test_baselines_endpoint(client, small_png):
     assert table["data"][0][2] <= 0.5
 
 
+def test_a_baseline_that_cannot_run_is_a_table_note(client, small_png):
+    """The naive latent baseline needs a prior fitted for the backbone; without one the row says so
+    and the other baselines still come back."""
+    from codec.backbone import build_tiny_backbone
+    from codec.baselines import NaivePriorMissing, load_naive_prior
+
+    try:
+        load_naive_prior(build_tiny_backbone())
+        fitted = True
+    except NaivePriorMissing:
+        fitted = False
+    gallery, table = client.predict(handle_file(str(small_png)), 0.5, ["naive", "jpeg"], api_name="/baselines")
+    naive, jpeg = table["data"]
+    assert jpeg[0] == "JPEG" and jpeg[1] > 0
+    if fitted:
+        assert naive[1] > 0 and len(gallery) == 2
+    else:
+        assert "unavailable" in naive[-1] and naive[1] is None
+        assert [item["caption"].split(" · ")[0] for item in gallery] == ["JPEG"]
+
+
 def _error(client, *args, api_name: str) -> str:
     with pytest.raises(AppError) as info:
         client.predict(*args, api_name=api_name)

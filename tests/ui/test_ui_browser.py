@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from codec.bitstream import MAGIC
 from tests.ui.conftest import ROOT
 
 pytestmark = pytest.mark.browser
@@ -51,6 +52,7 @@ def _shoot(page, name: str) -> None:
 def test_upload_compress_download_decode(browser, server, small_png, tmp_path):
     from playwright.sync_api import expect
 
+    expect.set_options(timeout=120_000)  # the first compression on a busy 2-core CI machine is slow
     page = browser.new_page(viewport=VIEWPORTS["desktop"], accept_downloads=True)
     page.set_default_timeout(120_000)
     page.goto(server + "/", wait_until="domcontentloaded")
@@ -61,14 +63,23 @@ def test_upload_compress_download_decode(browser, server, small_png, tmp_path):
     expect(page.locator("#compress-input img").first).to_be_visible()
     page.locator("#compress-btn").click()
 
-    # The slider shows two images, the gallery one per baseline, the table one row per method.
+    # The slider shows two images; the table has a row per method (ours + each checked baseline); the
+    # gallery and the crops show every baseline that could run here (the tiny test backbone has no
+    # fitted prior for the naive latent baseline, which the table then marks as unavailable).
     expect(page.locator("#compare-slider img")).to_have_count(2)
-    n_baselines = page.locator("#methods input[type=checkbox]:checked").count()
-    expect(page.locator("#baseline-gallery img")).to_have_count(n_baselines)
-    expect(page.locator("#results-table")).to_contain_text("JPEG")
-    expect(page.locator("#results-table tbody tr")).to_have_count(n_baselines + 1)
+    n_checked = page.locator("#methods input[type=checkbox]:checked").count()
+    assert n_checked == 5
+    table = page.locator("#results-table")
+    expect(table.locator("[role=grid]")).to_have_attribute("aria-rowcount", str(n_checked + 2))  # + header row
+    expect(table).to_contain_text("JPEG")
+    gallery = page.locator("#baseline-gallery img")
+    expect(gallery.first).to_be_visible()
+    n_ran = gallery.count()
+    assert n_ran in (n_checked - 1, n_checked)  # JPEG, WebP, AVIF and HEIC always run
+    if n_ran < n_checked:
+        expect(table).to_contain_text("unavailable")
     expect(page.locator("#trajectory img")).to_be_visible()
-    expect(page.locator("#crop-gallery img")).to_have_count(n_baselines + 2)  # original + ours + baselines
+    expect(page.locator("#crop-gallery img")).to_have_count(n_ran + 2)  # original + ours + baselines
     expect(page.locator("#compress-summary")).to_contain_text("bpp")
     _shoot(page, "compressed")
 
@@ -76,7 +87,7 @@ def test_upload_compress_download_decode(browser, server, small_png, tmp_path):
         page.locator("#bitstream-file a").first.click()
     bitstream = tmp_path / info.value.suggested_filename
     info.value.save_as(bitstream)
-    assert bitstream.read_bytes()[:4] == b"DFCX"
+    assert bitstream.read_bytes().startswith(MAGIC) and bitstream.suffix == ".dfcx"
     with page.expect_download() as info:
         page.locator("#png-file a").first.click()
     ours_png = tmp_path / "ours.png"

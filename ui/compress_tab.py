@@ -293,6 +293,6 @@ def _summary(codec, ours: Entry, res, target_bpp: float) -> str:
         notice = f"⚠️ **{notice}**"
     return (
         f"{notice}\n\n**Ours:** {ours.data_bytes:,} bytes = **{ours.bpp:.4f} bpp** (target {target_bpp:.3f}); "
-        f"predicted timestep **t = {res.t}**, {res.steps} denoising steps; encode {1000 * ours.encode_s:.0f} ms, "
+        f"predicted timestep **t = {res.t}**, {res.steps} denoising step{'s' if res.steps != 1 else ''}; encode {1000 * ours.encode_s:.0f} ms, "
         f"decode {1000 * ours.decode_s:.0f} ms."
     )

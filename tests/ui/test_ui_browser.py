@@ -44,7 +44,13 @@ def _shoot(page, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     for label, size in VIEWPORTS.items():
         page.set_viewport_size(size)
-        page.wait_for_timeout(400)  # let the layout settle after the resize
+        # Gallery images load lazily: scroll through the page so every one is there in the shot.
+        height = page.evaluate("document.body.scrollHeight")
+        for y in range(0, height, size["height"] // 2):
+            page.evaluate(f"window.scrollTo(0, {y})")
+            page.wait_for_timeout(150)
+        page.evaluate("window.scrollTo(0, 0)")
+        page.wait_for_timeout(300)
         page.screenshot(path=str(SHOTS / f"ui-{name}-{label}.png"), full_page=True)
     page.set_viewport_size(VIEWPORTS["desktop"])
 

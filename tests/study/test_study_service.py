@@ -187,3 +187,30 @@ def test_export_votes_then_scores_from_the_command_line(tmp_path, study_file):
     assert out.returncode == 0, out.stderr
     for cond in ("jpeg@0.5", "jpeg@1.5", "webp@0.5", "webp@2"):
         assert cond in out.stdout
+
+
+def test_sqlite_wal_is_checkpointed_in_the_background(tmp_path, study_file):
+    import shutil
+    import sqlite3
+    import time
+
+    db = tmp_path / "wal.db"
+    svc = StudyService.open(study_file, f"sqlite:///{db}", seed=9)
+    st = start(svc)
+    for _ in range(10):
+        st = svc.vote(st.token, st.trial.id, "left").state
+    with svc.engine.connect() as conn:      # no checkpoint inside a request
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+    deadline = time.time() + 10
+    while True:     # the database file alone (without its WAL) catches up within seconds
+        shutil.copy(db, tmp_path / "alone.db")
+        con = sqlite3.connect(tmp_path / "alone.db")
+        try:
+            n = con.execute("SELECT count(*) FROM votes").fetchone()[0]
+        except sqlite3.OperationalError:    # not even the tables are in the file yet
+            n = 0
+        con.close()
+        if n == 10 or time.time() > deadline:
+            break
+        time.sleep(0.2)
+    assert n == 10

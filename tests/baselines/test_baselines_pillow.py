@@ -49,16 +49,26 @@ def test_unreachable_target_reports_the_bpp_actually_reached(bee, method):
     r = encode_at_bpp(bee, method, 0.001)
     assert not r.reached
     assert r.quality == baselines._PILLOW[method].q_min
-    assert r.iterations == (2 if method == "avif" else 1)  # AVIF: search speed, then final speed
+    assert r.iterations == 1
     assert r.bpp == 8 * len(r.data) / (bee.width * bee.height) > 0.001
     _check_real_decode(r, bee)
 
 
-def test_avif_final_encode_uses_the_final_speed(bee):
+def test_avif_is_encoded_at_speed_6(bee):
     r = encode_at_bpp(bee, "avif", 0.3)
     buf = io.BytesIO()
     bee.save(buf, "AVIF", quality=int(r.quality), speed=6, subsampling="4:2:0")
     assert r.data == buf.getvalue()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_fast_settings_hit_the_target_and_say_so(bee, method):
+    r = encode_at_bpp(bee, method, 0.3, fast=True)
+    assert r.reached and r.bpp <= 0.3
+    _check_real_decode(r, bee)
+    if method != "jpeg":
+        assert r.label != encode_at_quality(bee, method, 10).label
+        assert r.label == encode_at_quality(bee, method, 10, fast=True).label
 
 
 def test_metadata_is_not_counted():

@@ -16,9 +16,12 @@ from ui.context import AppContext
 from ui.decode_tab import build_decode_tab
 from ui.results_tab import build_results_tab
 from ui.settings import ROOT, Settings, load_settings
+from ui.study_tab import build_study_tab
 
 log = logging.getLogger(__name__)
 
+TAB_IDS = ("compress", "decode", "study", "results")
+PLATFORM_PARAMS = ("PROLIFIC_PID", "workerId", "assignmentId")  # what study.service.Participant reads
 EXAMPLES_DIR = ROOT / "assets" / "examples"
 CSS_PATH = Path(__file__).with_name("style.css")
 INTRO = """# Lossy image compression with foundation diffusion models
@@ -33,19 +36,24 @@ def build_app(settings: Settings) -> tuple[FastAPI, gr.Blocks]:
     # Scratch files and gradio's cache copies live at most 30 minutes, checked every 10 minutes.
     with gr.Blocks(title="Diffusion codec", delete_cache=(600, 1800)) as blocks:
         gr.Markdown(INTRO, elem_id="intro")
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("Compress", id="compress") as compress_tab:
                 build_compress_tab(ctx, examples=sorted(str(p) for p in EXAMPLES_DIR.glob("*.png")))
             with gr.Tab("Decode", id="decode") as decode_tab:
                 build_decode_tab(ctx)
+            with gr.Tab("Study", id="study") as study_tab:
+                build_study_tab(ctx)
             with gr.Tab("Results", id="results") as results_tab:
                 timer = build_results_tab(ctx)
         if timer is not None:
             # Only a page showing the Results tab polls the database (raters' pages never do).
             results_tab.select(lambda: gr.Timer(active=True), None, timer, api_visibility="private")
-            for other in (compress_tab, decode_tab):
+            for other in (compress_tab, decode_tab, study_tab):
                 other.select(lambda: gr.Timer(active=False), None, timer, api_visibility="private")
-    blocks.queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency)
+        blocks.load(_initial_tab, None, tabs, api_visibility="private", queue=False)
+    # The model events set their own limit (settings.concurrency, shared through concurrency_id
+    # "model"); everything else (study clicks, crops) is light and must not wait behind a model run.
+    blocks.queue(max_size=settings.queue_size, default_concurrency_limit=None)
 
     app = FastAPI(title="Diffusion codec Space")
 
@@ -65,6 +73,16 @@ def build_app(settings: Settings) -> tuple[FastAPI, gr.Blocks]:
     )
     app.state.ctx = ctx
     return app, blocks
+
+
+def _initial_tab(request: gr.Request):
+    """`?tab=decode` opens that tab; a crowd-platform link (Prolific, MTurk ids) opens the Study tab."""
+    params = request.query_params
+    if params.get("tab") in TAB_IDS:
+        return gr.Tabs(selected=params["tab"])
+    if any(key in params for key in PLATFORM_PARAMS):
+        return gr.Tabs(selected="study")
+    return gr.skip()
 
 
 def _study_service(settings: Settings):

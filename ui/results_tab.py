@@ -97,7 +97,8 @@ def build_results_tab(ctx: AppContext) -> gr.Timer | None:
     inputs = [exclude, bootstrap, score]
     outputs = [status, panel, board, preference, matrix, bitrate, raters]
     for event in (refresh.click, timer.tick, exclude.change, bootstrap.change, score.change):
-        event(show, inputs, outputs, api_visibility="private", show_progress="minimal", concurrency_id="results")
+        event(show, inputs, outputs, api_visibility="private", show_progress="minimal", concurrency_id="results",
+              concurrency_limit=1)
     return timer
 
 

@@ -25,7 +25,7 @@ from compressai.models import CompressionModel, get_scale_table
 from safetensors.torch import load_file, save, save_file
 from torch import nn
 
-from codec.bitstream import quantize_side_info
+from codec.bitstream import FINGERPRINT_BYTES, quantize_side_info
 
 CONFIG_FILE = "adapter.json"
 WEIGHTS_FILE = "adapter.safetensors"
@@ -177,7 +177,7 @@ class LearnedAdapter(CompressionModel):
     def fingerprint(self) -> bytes:
         if self._fingerprint is None:
             state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-            self._fingerprint = hashlib.sha256(save(state)).digest()[:8]
+            self._fingerprint = hashlib.sha256(save(state)).digest()[:FINGERPRINT_BYTES]
         return self._fingerprint
 
     def save_pretrained(self, folder) -> None:
@@ -203,7 +203,7 @@ class AnalyticAdapter:
     """Training-free mode: per-channel whitening with step `step` (in channel standard deviations)."""
 
     mode = "analytic"
-    fingerprint = bytes(8)
+    fingerprint = bytes(FINGERPRINT_BYTES)
     step_min, step_max = 0.05, 64.0
 
     def __init__(self, alphas_cumprod: torch.Tensor, t_max: int):

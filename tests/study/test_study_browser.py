@@ -190,4 +190,13 @@ def test_demo_study_on_a_desktop_and_a_phone(chromium, tmp_path):
             page.reload(wait_until="domcontentloaded")   # the browser keeps the session: same trial
             assert current_trial(page) == second
             assert page.evaluate("document.documentElement.scrollWidth") <= viewport["width"]
+            if name == "desktop":       # finish, then start a second session (the demo allows 3)
+                trial, left = second, svc.cfg.trials_per_session - 1    # one vote is in
+                for k in range(left):
+                    page.keyboard.press("2")
+                    if k < left - 1:
+                        trial = current_trial(page, trial)
+                expect(page.locator("#study-done-page")).to_contain_text("Thank you")
+                page.locator("#study-again").click()
+                expect(page.locator("#study-consent")).to_be_visible()
             page.context.close()

@@ -249,16 +249,12 @@ class DiffusionCodec:
         if header.t > t_max:
             raise BitstreamError(f"Timestep t={header.t} exceeds this adapter's maximum {t_max}.")
 
-    def decode(self, data: bytes, intermediates: bool = False, progress=None) -> DecodeResult:
-        report = progress or (lambda stage, fraction: None)
-        timings = {}
-        start = time.perf_counter()
+    def dequantize(self, data: bytes) -> tuple[Header, torch.Tensor]:
+        """Validate, entropy-decode and invert gamma: the header and y_hat (before any denoising)."""
         header, payloads = bitstream.parse(data, self.max_pixels)
         self._check_compatible(header)
         latent_size = (_ceil_to(header.height, PAD_MULTIPLE) // self.backbone.downsample,
                        _ceil_to(header.width, PAD_MULTIPLE) // self.backbone.downsample)
-        report("entropy decoding", 0.0)
-        tick = time.perf_counter()
         try:
             if header.mode == "learned":
                 z_hat = self.learned.decompress(payloads, latent_size)
@@ -267,8 +263,15 @@ class DiffusionCodec:
                 z_hat = self.analytic.decompress(payloads, shape, header.prior_scales)
         except (RuntimeError, ValueError, OverflowError) as exc:
             raise BitstreamError(f"The entropy-coded data is corrupt ({exc}).") from None
-        y_hat = Quantization(header.scale, header.shift, header.t).invert(z_hat.float())
-        timings["entropy_decode"] = time.perf_counter() - tick
+        return header, Quantization(header.scale, header.shift, header.t).invert(z_hat.float())
+
+    def decode(self, data: bytes, intermediates: bool = False, progress=None) -> DecodeResult:
+        report = progress or (lambda stage, fraction: None)
+        timings = {}
+        start = time.perf_counter()
+        report("entropy decoding", 0.0)
+        header, y_hat = self.dequantize(data)
+        timings["entropy_decode"] = time.perf_counter() - start
 
         result = denoise(self.backbone, y_hat, header.t, header.steps,
                          progress=lambda stage, f: report(stage, 0.1 + 0.7 * f))

@@ -127,7 +127,8 @@ def build_compress_tab(ctx: AppContext, examples: list[str]) -> None:
     def compress(image, target_bpp: float, methods: list[str], progress=gr.Progress()):
         """Compress `image` with the diffusion codec at `target_bpp`, then each baseline in `methods` at
         the bpp the diffusion codec reached. Returns the comparison slider, the baselines gallery, the
-        table, the decoding trajectory, the bitstream and PNG files, and a summary."""
+        table, the bitstream and PNG files, and a summary. (The decoding trajectory comes from
+        `/trajectory`, which the page calls next, so the comparison shows without waiting for it.)"""
         original = _load(ctx, image)
         progress(0.0, desc="Loading the model")
         codec = ctx.codec()
@@ -143,12 +144,10 @@ def build_compress_tab(ctx: AppContext, examples: list[str]) -> None:
         original_png = out / "original.png"
         original.save(original_png)
         saved = _save_entries(out, entries)
-        strip = views.trajectory_strip(dec.intermediates) if dec.intermediates else None
         state = {"original": str(original_png), "entries": saved}
         progress(1.0, desc="Done")
         return (
-            (str(original_png), str(png)), saved[1:], _table(original, entries), strip,
-            str(bitstream), str(png), _summary(codec, entries[0], res, float(target_bpp)), state,
+            (str(original_png), str(png)), saved[1:], _table(original, entries), str(bitstream), str(png), _summary(codec, entries[0], res, float(target_bpp)), state,
         )
 
     @friendly_errors
@@ -161,6 +160,16 @@ def build_compress_tab(ctx: AppContext, examples: list[str]) -> None:
         backbone = ctx.codec().backbone if "naive" in methods else None
         entries = _run_baselines(original, methods, float(target_bpp), backbone, progress)
         return _save_entries(ctx.scratch_dir(), entries), _table(original, entries)
+
+    @friendly_errors
+    def trajectory_of(bitstream, progress=gr.Progress()):
+        """The decoding trajectory of a bitstream: the predicted clean image after each denoising step,
+        from the transmitted timestep t (highlighted) to t=0, side by side in one PNG."""
+        if not bitstream:
+            raise gr.Error("Compress an image first.")
+        ctx.check_upload(bitstream)
+        frames = _trajectory(ctx.codec(), Path(bitstream).read_bytes(), progress)
+        return views.trajectory_strip(frames) if frames else None
 
     def update_crops(state, x: float, y: float, size: int):
         if not state:
@@ -175,12 +184,14 @@ def build_compress_tab(ctx: AppContext, examples: list[str]) -> None:
         x, y = 100 * evt.index[0] / width, 100 * evt.index[1] / height
         return round(x), round(y), *_crops(state, x / 100, y / 100, int(size))
 
-    outputs = [slider, gallery, table, trajectory, bitstream_file, png_file, summary, shown]
-    run.click(
-        compress, [image_in, bpp, methods], outputs, api_name="compress", concurrency_id="model",
-        concurrency_limit=limit,
-    ).then(update_crops, [shown, crop_x, crop_y, crop_size], [overview, crops], api_visibility="private")
+    outputs = [slider, gallery, table, bitstream_file, png_file, summary, shown]
     crop_inputs = [shown, crop_x, crop_y, crop_size]
+    run.click(lambda: None, None, trajectory, queue=False, api_visibility="private")  # no stale trajectory
+    compressed = run.click(compress, [image_in, bpp, methods], outputs, api_name="compress", concurrency_id="model",
+                           concurrency_limit=limit)
+    compressed.success(update_crops, crop_inputs, [overview, crops], api_visibility="private")
+    compressed.success(trajectory_of, bitstream_file, trajectory, api_name="trajectory", concurrency_id="model",
+                       concurrency_limit=limit)
     for event in (crop_x.release, crop_y.release, crop_size.change):
         event(update_crops, crop_inputs, [overview, crops], api_visibility="private")
     overview.select(click_crop, [shown, crop_size], [crop_x, crop_y, overview, crops], api_visibility="private")
@@ -212,8 +223,15 @@ def _ours(codec, original: Image.Image, target_bpp: float, progress):
     started = time.perf_counter()
     res = codec.encode(original, target_bpp=target_bpp, progress=report(0.0, 0.35, "Encoding"))
     encoded = time.perf_counter()
-    dec = codec.decode(res.data, intermediates=True, progress=report(0.35, 0.7, "Decoding"))
+    dec = codec.decode(res.data, intermediates=False, progress=report(0.35, 0.7, "Decoding"))
     return res, dec, encoded - started, time.perf_counter() - encoded
+
+
+@gpu
+def _trajectory(codec, data: bytes, progress) -> list:
+    """Decode again, keeping the x0 prediction of every step (each costs one more VAE decode)."""
+    dec = codec.decode(data, intermediates=True, progress=lambda stage, f: progress(f, desc=f"Trajectory: {stage}"))
+    return dec.intermediates
 
 
 def _run_baselines(original, methods, bpp, backbone, progress, start=0.0) -> list[Entry]:

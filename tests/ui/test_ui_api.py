@@ -37,14 +37,14 @@ def test_health(server):
 
 def test_api_lists_the_named_endpoints(client):
     names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
-    assert {"/compress", "/decode", "/baselines"} <= names
+    assert {"/compress", "/decode", "/baselines", "/trajectory"} <= names
 
 
 def test_compress_returns_every_output_losslessly(compressed, small_png):
-    comparison, gallery, table, trajectory, bitstream, png, summary = compressed
+    comparison, gallery, table, bitstream, png, summary = compressed
     original, ours = comparison
     # Every image the page shows is PNG (gradio would otherwise re-encode as lossy WebP).
-    for path in (original, ours, trajectory, png, *[item["image"] for item in gallery]):
+    for path in (original, ours, png, *[item["image"] for item in gallery]):
         assert _is_png(path), path
     with Image.open(small_png) as src, Image.open(original) as shown:
         assert np.array_equal(np.asarray(src.convert("RGB")), np.asarray(shown.convert("RGB")))
@@ -64,8 +64,16 @@ def test_compress_returns_every_output_losslessly(compressed, small_png):
     assert "bpp" in summary and "t =" in summary
 
 
+def test_trajectory_of_a_bitstream(client, compressed):
+    strip = client.predict(handle_file(compressed[3]), api_name="/trajectory")
+    assert _is_png(strip)
+    with Image.open(strip) as im:
+        # one tile per denoising step, each scaled to 160 px high (+ frame and label)
+        assert im.height > 160 and im.width >= 160 * 256 / 160
+
+
 def test_decode_reproduces_the_compressed_image(client, compressed):
-    _, _, table, _, bitstream, png, _ = compressed
+    _, _, table, bitstream, png, _ = compressed
     image, header, summary, decoded_png = client.predict(handle_file(bitstream), api_name="/decode")
     with Image.open(png) as a, Image.open(image) as b:
         assert np.array_equal(np.asarray(a), np.asarray(b))  # decoding is deterministic
@@ -143,7 +151,7 @@ def test_wrong_file_is_refused_by_decode(client, small_png):
 
 
 def test_truncated_bitstream_is_refused(client, compressed, tmp_path):
-    data = Path(compressed[4]).read_bytes()
+    data = Path(compressed[3]).read_bytes()
     cut = tmp_path / "cut.dfcx"
     cut.write_bytes(data[: len(data) // 2])
     message = _error(client, handle_file(str(cut)), api_name="/decode")
@@ -151,7 +159,7 @@ def test_truncated_bitstream_is_refused(client, compressed, tmp_path):
 
 
 def test_corrupt_bitstream_is_refused(client, compressed, tmp_path):
-    data = bytearray(Path(compressed[4]).read_bytes())
+    data = bytearray(Path(compressed[3]).read_bytes())
     data[len(data) // 2] ^= 0xFF
     bad = tmp_path / "flipped.dfcx"
     bad.write_bytes(bytes(data))

@@ -232,7 +232,12 @@ class StudyService:
         self._public = {sid: pid for sid, _, _, pid, _ in rows}
         self._reference = {iid: pid for _, iid, key, pid, _ in rows if key == scheduler.REFERENCE}
         with self.Session() as db:
-            self._sizes = {i.id: (i.width, i.height) for i in db.scalars(select(Image).where(Image.study_id == cfg.id))}
+            images = db.scalars(select(Image).where(Image.study_id == cfg.id)).all()
+        self._sizes = {i.id: (i.width, i.height) for i in images}
+        key_of = {i.id: i.key for i in images}
+        self._stimuli_keys: dict[str, set[str]] = {}
+        for _, iid, key, _, _ in rows:
+            self._stimuli_keys.setdefault(key_of[iid], set()).add(key)
 
     def example(self) -> tuple[str, str, int, int] | None:
         """Public ids of the reference and the catch copy of an image, and its size, for the
@@ -254,13 +259,16 @@ class StudyService:
             raise NotFound("no such image")
         return path
 
-    def _ready_images(self) -> list[str]:
-        """Images whose reference, catch copy (if needed) and every condition are built."""
+    def _images(self) -> list[str]:
+        """Images whose reference, catch copy (if needed) and every condition are registered."""
         need = {c.key for c in self.cfg.conditions} | {scheduler.REFERENCE}
         if self.cfg.catch_trials:
             need.add(scheduler.CATCH)
-        manifest = read_manifest(self.cfg.stimuli_dir)
-        return [im.key for im in self.cfg.images if need <= set(manifest.get(im.key, {}).get("stimuli", {}))]
+        ready = [key for key, have in self._stimuli_keys.items() if need <= have]
+        if not ready:
+            raise Conflict(f"the stimuli of study {self.cfg.id!r} are not built yet: "
+                           f"run `python -m study build-stimuli {self.cfg.source}`")
+        return ready
 
     # -- sessions -------------------------------------------------------------------------------
 
@@ -299,10 +307,7 @@ class StudyService:
         if len(sessions) >= cfg.sessions_per_rater:
             _event(db, cfg.id, sessions[-1].id, "limit_reached")
             return self._state(db, sessions[-1])
-        images = self._ready_images()
-        if not images:
-            raise Conflict(f"the stimuli of study {cfg.id!r} are not built yet: "
-                           f"run `python -m study build-stimuli {cfg.source}`")
+        self._images()      # refuse now, not after the consent, when the study cannot run
         s = Session(token=secrets.token_urlsafe(32), study_id=cfg.id, rater_id=rater.id,
                     ordinal=len(sessions) + 1, status="consent", next_index=0,
                     n_trials=cfg.trials_per_session, catch_failures=0,
@@ -310,7 +315,6 @@ class StudyService:
                     user_agent=(user_agent or "")[:400] or None)
         db.add(s)
         db.flush()
-        self._plan(db, s, images)
         _event(db, cfg.id, s.id, "start", {"platform": who.platform, "ordinal": s.ordinal})
         return self._state(db, s)
 
@@ -401,6 +405,9 @@ class StudyService:
                 raise Conflict("the consent text has changed: reload the page")
             now = utcnow()
             if agree:
+                # The trials are planned now, not at the start: pages opened and left without
+                # consent neither hold trials nor count in the balance of the pairs.
+                self._plan(db, s, self._images())
                 s.status, s.consent_version, s.consented_at = "active", self.cfg.consent_version, now
             else:
                 s.status, s.finished_at = "declined", now
@@ -443,7 +450,7 @@ class StudyService:
             _event(db, self.cfg.id, s.id, "vote_replayed", {"trial_id": row.id, "choice": choice})
             return VoteResult(row.id, row.stored, True, self._state(db, s, mark_shown=True))
         if row.status != "active":
-            raise Conflict("this session is finished" if row.status != "consent" else "give consent first")
+            raise Conflict("this session is finished")  # (a session waiting for consent has no trials)
         if row.index != row.next_index:
             raise Conflict(f"this is not the current trial (you are at trial {row.next_index + 1})")
         now = utcnow()

@@ -162,7 +162,7 @@ def done_html(state: SessionState, params: dict) -> str:
     if state.status == "completed":
         head = "<h2>Thank you, you are done!</h2>"
     elif state.status == "declined":
-        head = "<h2>You did not give consent, so the study ends here.</h2><p>Nothing was recorded.</p>"
+        head = "<h2>You did not give consent, so the study ends here.</h2><p>No answers were recorded.</p>"
     else:
         head = "<h2>Thank you for your time.</h2><p>The study ends here for you.</p>"
     body = head
@@ -229,8 +229,10 @@ def build_study_tab(ctx) -> None:
 
     outputs = [token, message, consent_box, intro_box, trial_box, done_box, progress, view, done]
 
-    def render(st: SessionState | None, page_params: dict, note: str = "", intro: bool = False):
-        show = {"consent": st is not None and st.status == "consent",
+    def render(st: SessionState | None, page_params: dict, note: str = "", intro: bool = False,
+               ask_consent: bool = False):
+        """The page for session state `st`; ask_consent: the consent page of a session to come."""
+        show = {"consent": ask_consent or (st is not None and st.status == "consent"),
                 "intro": st is not None and st.status == "active" and intro,
                 "trial": st is not None and st.status == "active" and not intro and st.trial is not None,
                 "done": st is not None and st.status not in ("consent", "active")}
@@ -248,13 +250,17 @@ def build_study_tab(ctx) -> None:
             who = Participant.from_params(page, anonymous_id=browser)
             if who.preview:
                 return (*render(None, page, "This is a preview: accept the task to take part."), page, browser)
-            st = None
-            if saved_token and who.platform == "anonymous":
+            if who.platform == "anonymous":
+                # A visitor of an open study gets a session only when they agree (on_consent):
+                # opening the Space creates nothing. A reload finds the session in the browser.
                 try:
-                    st = svc.state(saved_token)      # a reload: the same session, the same trial
+                    st = svc.state(saved_token) if saved_token else None
                 except StudyError:
                     st = None
-            st = st or svc.start_session(who, request.headers.get("user-agent"))
+                if st is None:
+                    return (*render(None, page, ask_consent=True), page, browser)
+            else:
+                st = svc.start_session(who, request.headers.get("user-agent"))
             return (*render(st, page, intro=st.status == "active" and st.index == 0), page, browser)
         except StudyError as e:
             return (*render(None, page, f"**{html.escape(e.message)}**"), page, browser)
@@ -266,16 +272,18 @@ def build_study_tab(ctx) -> None:
     Context.root_block.load(on_load, inputs=[token, browser_id], outputs=[*outputs, params, browser_id], **quick)
 
     def on_consent(agreed: bool):
-        def handler(tok, page):
+        def handler(tok, page, browser, request: gr.Request):
             try:
+                if not tok:     # an open study's visitor: the session starts with the answer
+                    tok = svc.start_session(Participant("anonymous", browser), request.headers.get("user-agent")).token
                 st = svc.consent(tok, agreed, cfg.consent_version)
                 return render(st, page, intro=st.status == "active" and st.index == 0)
             except StudyError as e:
                 return render(None, page, f"**{html.escape(e.message)}** Reload the page.")
         return handler
 
-    agree.click(on_consent(True), [token, params], outputs, **quick)
-    decline.click(on_consent(False), [token, params], outputs, **quick)
+    agree.click(on_consent(True), [token, params, browser_id], outputs, **quick)
+    decline.click(on_consent(False), [token, params, browser_id], outputs, **quick)
 
     def on_begin(tok, page):
         try:

@@ -15,11 +15,11 @@ import gradio as gr
 import pytest
 import uvicorn
 from fastapi import FastAPI
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from benchmarks.study_load import free_port
 from study.http import API_PREFIX, build_router
-from study.models import Vote
+from study.models import Session, Vote
 from study.service import StudyService
 from ui.study_tab import build_study_tab
 
@@ -179,7 +179,11 @@ def test_demo_study_on_a_desktop_and_a_phone(chromium, tmp_path):
         for name, viewport in (("desktop", {"width": 1280, "height": 800}), ("phone", {"width": 390, "height": 844})):
             page = chromium.new_context(viewport=viewport).new_page()
             page.goto(url + "/", wait_until="domcontentloaded")
-            page.locator("#study-agree").click(timeout=30_000)
+            expect(page.locator("#study-consent")).to_be_visible(timeout=30_000)
+            if name == "desktop":   # opening the page creates nothing; agreeing starts the session
+                with svc.Session() as db:
+                    assert db.scalar(select(func.count()).select_from(Session)) == 0
+            page.locator("#study-agree").click()
             page.locator("#study-begin").click()
             first = current_trial(page)
             page.keyboard.press("1")

@@ -37,11 +37,9 @@ def test_a_whole_session(db_url, study_file):
     svc = StudyService.open(study_file, db_url, seed=1)
     st = svc.start_session(Participant("anonymous", "p1"), user_agent="pytest")
     assert st.status == "consent" and st.trial is None and st.total == 40
-    with pytest.raises(Conflict, match="consent first"):
-        with svc.Session() as db:
-            first = db.scalar(select(Trial.id).join(Session).where(Session.token == st.token, Trial.index == 0))
-        svc.vote(st.token, first, "left")
+    assert count(svc, Trial) == 0           # planned at consent: pages left unanswered hold none
     st = svc.consent(st.token, True, "2")
+    assert count(svc, Trial) == 40
     seen = []
     while st.trial is not None:
         assert st.trial.index == st.index == len(seen)
@@ -117,11 +115,9 @@ def test_session_limit_and_declined_consent(db_url, study_dir):
     assert last.token == st.token and last.status == "completed" and last.trial is None
     assert count(svc, Session) == 2
     declined = start(svc, "q", agree=False)
-    assert declined.status == "declined" and declined.trial is None
-    with svc.Session() as db:
-        t0 = db.scalar(select(Trial.id).join(Session).where(Session.token == declined.token, Trial.index == 0))
-    with pytest.raises(Conflict, match="finished"):
-        svc.vote(declined.token, t0, "left")
+    assert declined.status == "declined" and declined.trial is None and declined.code is None
+    assert count(svc, Trial, Trial.session_id == select(Session.id).where(Session.token == declined.token)
+                 .scalar_subquery()) == 0
 
 
 def test_catch_failures_screen_out(db_url, study_dir):
@@ -142,6 +138,11 @@ def test_catch_failures_screen_out(db_url, study_dir):
     assert st.status == "screened_out" and st.code == "OUT1"
     assert st.redirect_url == "https://app.prolific.com/submissions/complete?cc=OUT1"
     assert count(svc, Vote) < 12
+    with svc.Session() as db:
+        voted = set(db.scalars(select(Vote.trial_id)))
+    left = min(set(trials) - voted)
+    with pytest.raises(Conflict, match="finished"):     # a finished session takes no more votes
+        svc.vote(st.token, left, "left")
 
 
 def test_participant_ids_from_the_page_url():

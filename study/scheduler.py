@@ -1,6 +1,6 @@
 """Which pairs a session shows, in which order and on which side (pure functions, no database).
 
-A session's whole plan is made at once when it starts (a batch, in the spirit of ASAP), from
+A session's whole plan is made at once when its rater consents (a batch, in the spirit of ASAP), from
 the pair counts of every planned trial so far and the votes so far:
 - "balanced": the least-compared (image, condition pair) first, ties broken at random;
 - "active": greedy expected-information-gain batch under a Bradley-Terry posterior fitted to

@@ -281,6 +281,7 @@ def fit_naive_prior(backbone, images, steps: int = 2000, path: str | Path | None
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp), metadata={"fingerprint": _fingerprint_hex(backbone), "train_steps": str(steps)})
     os.replace(tmp, path)
+    _NAIVE_CACHE.pop(_fingerprint_hex(backbone), None)  # the next use reads the new prior
     return path
 
 
@@ -404,14 +405,18 @@ class NaiveCodec:
             return images.to_pil(images.crop(self.backbone.decode(z * step), h, w))
 
 
-_NAIVE_CACHE: dict[int, NaiveCodec] = {}
+_NAIVE_CACHE: dict[str, NaiveCodec] = {}
 
 
 def _naive_for(backbone) -> NaiveCodec:
-    """One NaiveCodec per backbone object, so the prior is read from disk once."""
-    codec = _NAIVE_CACHE.get(id(backbone))
+    """The NaiveCodec of this backbone: the prior is read from disk once per fingerprint, and
+    only the latest backbone object of a fingerprint is kept alive."""
+    if backbone is None:
+        raise ValueError("the naive baseline needs the codec's backbone (backbone=...)")
+    key = _fingerprint_hex(backbone)
+    codec = _NAIVE_CACHE.get(key)
     if codec is None or codec.backbone is not backbone:
-        codec = _NAIVE_CACHE[id(backbone)] = NaiveCodec(backbone)
+        codec = _NAIVE_CACHE[key] = NaiveCodec(backbone, codec.prior if codec else None)
     return codec
 
 

@@ -328,11 +328,14 @@ def _ensure_naive_prior(runner: Runner, train_dir: str | None, files, log) -> No
     except baselines.NaivePriorMissing as err:
         if not train_dir:
             raise SystemExit(f"error: {err} (or pass --naive-train DIR to fit it now)")
+    from codec.train import VALIDATION_PHOTOS
+
     evaluated = {p.resolve() for p in files}
-    train = [p for p in _image_files(Path(train_dir), None, None) if p.resolve() not in evaluated]
+    train = [p for p in _image_files(Path(train_dir), None, None)
+             if p.resolve() not in evaluated and p.name not in VALIDATION_PHOTOS]
     if not train:
         raise SystemExit("error: --naive-train has no photos besides the evaluated ones")
-    log(f"fitting the naive prior on {len(train)} photos from {train_dir} (evaluated images excluded)")
+    log(f"fitting the naive prior on {len(train)} photos from {train_dir} (evaluated and validation photos excluded)")
     baselines.fit_naive_prior(runner.codec.backbone, train)
 
 
@@ -357,7 +360,7 @@ def main(argv=None) -> int:
     parser.add_argument("--images", default=None, help="comma-separated file names inside --data")
     parser.add_argument("--max-images", type=int, default=None)
     parser.add_argument("--naive-train", default=None,
-                        help="photos to fit the naive prior on when none is cached (evaluated images are excluded)")
+                        help="photos to fit the naive prior on when none is cached (evaluated and validation photos are excluded)")
     args = parser.parse_args(argv)
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

@@ -52,7 +52,7 @@ def _pair(a, b) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _nchw(arr: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].float()
+    return torch.tensor(arr).permute(2, 0, 1)[None].float()  # a copy: PIL arrays are read-only
 
 
 def psnr(a, b) -> float:

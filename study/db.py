@@ -51,7 +51,9 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _begin(conn):
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # A read-only engine (read_only() below) begins DEFERRED: a WAL reader takes no lock.
+            conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("study_read_only") else
+                                 "BEGIN IMMEDIATE")
 
         _checkpointer(engine)
         return engine
@@ -89,3 +91,8 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
 def session_factory(engine: Engine) -> sessionmaker:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def read_only(engine: Engine) -> Engine:
+    """The same engine for transactions that only read (on SQLite they take no write lock)."""
+    return engine.execution_options(study_read_only=True)

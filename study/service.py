@@ -165,6 +165,7 @@ class StudyService:
         self.cfg = cfg
         self.engine = engine
         self.Session = dbmod.session_factory(engine)
+        self.Reader = dbmod.session_factory(dbmod.read_only(engine))
         self._rng = random.Random(seed)
         # SQLite has one writer at a time. Threads of this process queue on a lock instead of
         # polling the busy timeout (whose sleeps of up to 100 ms would dominate the tail latency);
@@ -235,6 +236,8 @@ class StudyService:
             images = db.scalars(select(Image).where(Image.study_id == cfg.id)).all()
         self._sizes = {i.id: (i.width, i.height) for i in images}
         key_of = {i.id: i.key for i in images}
+        self._image_ids = {i.key: i.id for i in images}
+        self._stimulus_ids = {(key_of[iid], key): sid for sid, iid, key, _, _ in rows}
         self._stimuli_keys: dict[str, set[str]] = {}
         for _, iid, key, _, _ in rows:
             self._stimuli_keys.setdefault(key_of[iid], set()).add(key)
@@ -318,26 +321,28 @@ class StudyService:
         _event(db, cfg.id, s.id, "start", {"platform": who.platform, "ordinal": s.ordinal})
         return self._state(db, s)
 
-    def _plan(self, db, s: Session, images: list[str]) -> None:
+    def _plan(self) -> list[scheduler.PlannedTrial]:
+        """A new session's trials, from the history so far. Reads only, outside the write lock:
+        the planning takes milliseconds that queued votes should not wait for."""
         cfg = self.cfg
-        counts, wins = self._history(db)
-        plan = scheduler.plan_session(
+        images = self._images()
+        with self.Reader() as db:
+            counts, wins = self._history(db)
+        return scheduler.plan_session(
             images=images, conditions=[c.key for c in cfg.conditions], regular=cfg.regular_trials,
             catch=cfg.catch_trials, repeats=cfg.repeat_trials, strategy=cfg.scheduler,
             randomise_sides=cfg.randomise_sides, counts=counts, wins=wins, rng=self._rng)
-        stim = {(k, key): (sid, iid) for sid, iid, k, key in db.execute(
-            select(Stimulus.id, Image.id, Image.key, Stimulus.key).join(Image).where(Image.study_id == cfg.id))}
-        rows = []
+
+    def _store_plan(self, db, session_id: int, plan: list[scheduler.PlannedTrial]) -> None:
+        rows = [{"session_id": session_id, "index": i, "kind": t.kind, "image_id": self._image_ids[t.image],
+                 "left_id": self._stimulus_ids[(t.image, t.left)], "right_id": self._stimulus_ids[(t.image, t.right)],
+                 "swapped": t.swapped, "correct_side": t.correct_side, "repeat_of": None, "first_shown_at": None}
+                for i, t in enumerate(plan)]
+        db.execute(insert(_T), rows)    # one executemany
+        ids = dict(db.execute(select(_T.c.index, _T.c.id).where(_T.c.session_id == session_id)).all())
         for i, t in enumerate(plan):
-            left, image_id = stim[(t.image, t.left)]
-            right, _ = stim[(t.image, t.right)]
-            rows.append(Trial(session_id=s.id, index=i, kind=t.kind, image_id=image_id, left_id=left,
-                              right_id=right, swapped=t.swapped, correct_side=t.correct_side))
-        db.add_all(rows)
-        db.flush()
-        for row, t in zip(rows, plan):
             if t.repeat_of is not None:
-                row.repeat_of = rows[t.repeat_of].id
+                db.execute(update(_T).where(_T.c.id == ids[i]).values(repeat_of=ids[t.repeat_of]))
 
     def _history(self, db):
         """Planned regular comparisons per (image, pair), and wins per ordered condition pair."""
@@ -397,6 +402,12 @@ class StudyService:
             return self._state(db, self._session(db, token), mark_shown=True)
 
     def consent(self, token: str, agree: bool, version: str) -> SessionState:
+        # The trials are planned now, not at the start: pages opened and left without consent
+        # neither hold trials nor count in the balance of the pairs. A plan made for a session
+        # that another request consented meanwhile is dropped below.
+        with self.Reader() as db:
+            waiting = self._session(db, token).status == "consent"     # 404 for an unknown token
+        plan = self._plan() if agree and waiting else None
         with self._tx() as db:
             s = self._session(db, token, lock=True)
             if s.status != "consent":
@@ -405,9 +416,7 @@ class StudyService:
                 raise Conflict("the consent text has changed: reload the page")
             now = utcnow()
             if agree:
-                # The trials are planned now, not at the start: pages opened and left without
-                # consent neither hold trials nor count in the balance of the pairs.
-                self._plan(db, s, self._images())
+                self._store_plan(db, s.id, plan)
                 s.status, s.consent_version, s.consented_at = "active", self.cfg.consent_version, now
             else:
                 s.status, s.finished_at = "declined", now

@@ -246,17 +246,17 @@ def _new_bottleneck() -> EntropyBottleneck:
     return EntropyBottleneck(len(NAIVE_STEPS) * _LATENT_CHANNELS)
 
 
-def fit_naive_prior(backbone, images, steps: int = 2000, path: str | Path | None = None, seed: int = 0) -> Path:
-    """Fit the factorized prior on latents of ``images`` (training photos, never test images).
+def fit_naive_prior(backbone, photos, steps: int = 2000, path: str | Path | None = None, seed: int = 0) -> Path:
+    """Fit the factorized prior on latents of ``photos`` (training photos, never test images).
 
-    ``images``: PIL images or paths. Saves the EntropyBottleneck (CDF tables included) as
+    ``photos``: PIL images or paths. Saves the EntropyBottleneck (CDF tables included) as
     safetensors at ``path`` (default `naive_prior_path(backbone)`) and returns that path.
     """
     from safetensors.torch import save_file
 
     torch.manual_seed(seed)
     latents = []
-    for im in images:
+    for im in photos:
         if not isinstance(im, Image.Image):
             with Image.open(im) as f:
                 im = f.convert("RGB")
@@ -333,10 +333,13 @@ def load_naive_prior(backbone):
     tensors = load_file(str(found))
     if not torch.equal(tensors.pop("steps"), NAIVE_STEPS):
         raise ValueError(f"{found} was fitted for another step table; fit it again")
-    eb = _new_bottleneck()
+    return _load_bottleneck(_new_bottleneck(), tensors)
+
+
+def _load_bottleneck(eb: EntropyBottleneck, state: dict) -> EntropyBottleneck:
     for name in ("_quantized_cdf", "_offset", "_cdf_length"):  # sized by update(), empty until then
-        getattr(eb, name).resize_(tensors[name].shape)
-    eb.load_state_dict(tensors)
+        getattr(eb, name).resize_(state[name].shape)
+    eb.load_state_dict(state)
     return eb.eval()
 
 
@@ -344,8 +347,6 @@ class NaiveCodec:
     """Encode/decode with the naive baseline on one backbone (its prior loaded once)."""
 
     def __init__(self, backbone, prior=None):
-        if backbone is None:
-            raise ValueError("the naive baseline needs the codec's backbone (backbone=...)")
         self.backbone = backbone
         self.prior = prior if prior is not None else load_naive_prior(backbone)
         self._per_step = {}
@@ -353,14 +354,10 @@ class NaiveCodec:
     def _bottleneck(self, k: int):
         """The 4-channel EntropyBottleneck of step k, sliced out of the joint one (cached)."""
         if k not in self._per_step:
-            eb = EntropyBottleneck(_LATENT_CHANNELS)
             channels = slice(k * _LATENT_CHANNELS, (k + 1) * _LATENT_CHANNELS)
             per_channel = lambda v: v.dim() > 0 and v.shape[0] == self.prior.channels  # noqa: E731
             state = {n: v[channels] if per_channel(v) else v for n, v in self.prior.state_dict().items()}
-            for name in ("_quantized_cdf", "_offset", "_cdf_length"):
-                getattr(eb, name).resize_(state[name].shape)
-            eb.load_state_dict(state)
-            self._per_step[k] = eb.eval()
+            self._per_step[k] = _load_bottleneck(EntropyBottleneck(_LATENT_CHANNELS), state)
         return self._per_step[k]
 
     def _pack(self, y: torch.Tensor, k: int, size) -> bytes:

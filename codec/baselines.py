@@ -438,7 +438,8 @@ def main(argv=None) -> int:
     fit.add_argument("--exclude", default=None, help="comma-separated file names to leave out "
                      "(default: the demo backbone's six validation photos)")
     fit.add_argument("--steps", type=int, default=2000)
-    fit.add_argument("--out", default=None, help="output file (default: the user cache, keyed by fingerprint)")
+    fit.add_argument("--dir", default=None, help="folder for the prior file, named by the backbone's fingerprint "
+                     f"(default: ${PRIOR_DIRS_ENV} or ~/.cache/diffusion-codec; assets/models/naive ships it with the repo)")
     args = parser.parse_args(argv)
 
     from codec.backbone import BackboneUnavailable, load_backbone
@@ -456,7 +457,7 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     start = time.perf_counter()
-    path = fit_naive_prior(backbone, files, steps=args.steps, path=args.out)
+    path = fit_naive_prior(backbone, files, steps=args.steps, path=naive_prior_path(backbone, args.dir))
     print(f"naive prior for {backbone.name} fitted on {len(files)} photos in {time.perf_counter() - start:.0f} s: {path}")
     return 0
 

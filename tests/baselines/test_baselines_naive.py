@@ -78,9 +78,9 @@ def test_fit_naive_cli(tmp_path, capsys):
     data.mkdir()
     for name in ("wood", "kite"):  # kite is a validation photo: left out by default
         photo(name, 128).save(data / f"{name}.png")
-    out = tmp_path / "prior.safetensors"
-    args = ["fit-naive", "--backbone", "tiny", "--data", str(data), "--steps", "5", "--out", str(out)]
+    args = ["fit-naive", "--backbone", "tiny", "--data", str(data), "--steps", "5", "--dir", str(tmp_path / "priors")]
     assert baselines.main(args) == 0
+    out = baselines.naive_prior_path(build_tiny_backbone(), tmp_path / "priors")
     assert out.is_file() and "fitted on 1 photos" in capsys.readouterr().out
     empty = tmp_path / "empty"
     empty.mkdir()

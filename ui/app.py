@@ -44,12 +44,7 @@ def build_app(settings: Settings) -> tuple[FastAPI, gr.Blocks]:
             with gr.Tab("Study", id="study") as study_tab:
                 build_study_tab(ctx)
             with gr.Tab("Results", id="results") as results_tab:
-                timer = build_results_tab(ctx)
-        if timer is not None:
-            # Only a page showing the Results tab polls the database (raters' pages never do).
-            results_tab.select(lambda: gr.Timer(active=True), None, timer, api_visibility="private")
-            for other in (compress_tab, decode_tab, study_tab):
-                other.select(lambda: gr.Timer(active=False), None, timer, api_visibility="private")
+                build_results_tab(ctx, blocks, results_tab, [compress_tab, decode_tab, study_tab])
         blocks.load(_initial_tab, None, tabs, api_visibility="private", queue=False)
     # The model events set their own limit (settings.concurrency, shared through concurrency_id
     # "model"); everything else (study clicks, crops) is light and must not wait behind a model run.

@@ -41,11 +41,12 @@ class _Cache:
             return self._entries[key]
 
 
-def build_results_tab(ctx: AppContext) -> gr.Timer | None:
-    """Lays out the tab; returns its refresh timer (the app starts it when the tab is selected)."""
+def build_results_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab, other_tabs: list[gr.Tab]) -> None:
+    """Lays out the tab (call inside it). Only a page showing it polls the database: the refresh
+    timer runs while the tab is selected (raters' pages never query the votes)."""
     if ctx.study is None:
         gr.Markdown("No study is configured on this Space (setting `study_file`).")
-        return None
+        return
     study = ctx.study
     rules = exclusion_rules(study)
     gr.Markdown(f"### {study.cfg.title}\nScores with 95% bootstrap intervals. Catch trials never enter the scores; "
@@ -94,12 +95,24 @@ def build_results_tab(ctx: AppContext) -> gr.Timer | None:
         return (summary, gr.Column(visible=True), _rounded(result.board), curve, heatmap, _bitrate_text(result),
                 _rounded(result.raters))
 
+    def open_tab(apply_rules: bool, rounds: int, score_key: str):
+        return *show(apply_rules, rounds, score_key), gr.Timer(active=True)
+
+    def open_if_linked(apply_rules: bool, rounds: int, score_key: str, request: gr.Request):
+        """A page opened at ?tab=results shows the results at once (no select event fires there)."""
+        if request.query_params.get("tab") != "results":
+            return [gr.skip()] * (len(outputs) + 1)
+        return open_tab(apply_rules, rounds, score_key)
+
     inputs = [exclude, bootstrap, score]
     outputs = [status, panel, board, preference, matrix, bitrate, raters]
+    common = dict(api_visibility="private", show_progress="minimal", concurrency_id="results", concurrency_limit=1)
     for event in (refresh.click, timer.tick, exclude.change, bootstrap.change, score.change):
-        event(show, inputs, outputs, api_visibility="private", show_progress="minimal", concurrency_id="results",
-              concurrency_limit=1)
-    return timer
+        event(show, inputs, outputs, **common)
+    tab.select(open_tab, inputs, [*outputs, timer], **common)
+    blocks.load(open_if_linked, inputs, [*outputs, timer], **common)
+    for other in other_tabs:
+        other.select(lambda: gr.Timer(active=False), None, timer, api_visibility="private", queue=False)
 
 
 def _rounded(frame: pd.DataFrame) -> pd.DataFrame:

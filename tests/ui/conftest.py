@@ -1,5 +1,6 @@
 """The real app, started as `python app.py` in a subprocess on 127.0.0.1 with the tiny random
-backbone, shared by the API tests and the browser test of this folder."""
+backbone and the demo study (votes in a fresh SQLite file), shared by the API tests and the
+browser test of this folder."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "assets" / "examples" / "coffee.png"
 MAX_PIXELS = 1_000_000
 MAX_UPLOAD_MB = 2
+ADMIN_TOKEN = "test-admin-token-3f9a"
 
 
 def _free_port() -> int:
@@ -34,9 +36,9 @@ def server(tmp_path_factory):
     env = dict(
         os.environ,
         APP_BACKBONE="tiny", APP_MODE="analytic", APP_MAX_PIXELS=str(MAX_PIXELS), APP_MAX_UPLOAD_MB=str(MAX_UPLOAD_MB),
-        APP_STUDY_FILE="none", RESULTS_DIR=str(tmp / "results"), GRADIO_TEMP_DIR=str(tmp / "gradio"),
+        APP_STUDY_FILE="assets/studies/demo.yaml", RESULTS_DIR=str(tmp / "results"), GRADIO_TEMP_DIR=str(tmp / "gradio"),
         GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port), GRADIO_ANALYTICS_ENABLED="False",
-        HF_HUB_OFFLINE="1",
+        HF_HUB_OFFLINE="1", ADMIN_TOKEN=ADMIN_TOKEN,
     )
     log = open(tmp / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -76,3 +78,27 @@ def small_png(tmp_path_factory) -> Path:
     with Image.open(EXAMPLE) as im:
         im.convert("RGB").crop((128, 80, 384, 240)).save(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def study_votes(server) -> int:
+    """Three anonymous raters finish a demo-study session each through the mounted study API;
+    returns the number of votes acknowledged."""
+    import httpx
+
+    api = server + "/api/study"
+    acknowledged = 0
+    with httpx.Client(timeout=30) as http:
+        info = http.get(api + "/").raise_for_status().json()
+        for rater in range(3):
+            st = http.post(api + "/sessions", json={"anonymous_id": f"ui-test-rater-{rater}"}).raise_for_status().json()
+            token = st["token"]
+            http.post(f"{api}/sessions/{token}/consent",
+                      json={"agree": True, "version": info["consent_version"]}).raise_for_status()
+            while (trial := http.get(f"{api}/sessions/{token}/trial")).status_code == 200:
+                choice = "left" if (trial.json()["id"] + rater) % 3 else "right"
+                vote = http.post(f"{api}/sessions/{token}/votes", json={"trial_id": trial.json()["id"], "choice": choice})
+                vote.raise_for_status()
+                acknowledged += 1
+            assert trial.status_code == 409  # finished: no more trials
+    return acknowledged

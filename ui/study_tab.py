@@ -188,8 +188,11 @@ def build_study_tab(ctx) -> None:
         gr.Markdown("No study is configured on this Space.", elem_id="study-none")
         return
     cfg = svc.cfg
-    token = gr.BrowserState(None, storage_key=f"study-{cfg.id}-token")
-    browser_id = gr.BrowserState(None, storage_key="study-browser-id")
+    # Kept in localStorage. BrowserState encrypts with a key that gradio sends to the page; the
+    # default key changes at every server start, which would make a restarted Space forget
+    # every visitor's session. The study file's hash stays the same across restarts.
+    token = gr.BrowserState(None, storage_key=f"study-{cfg.id}-token", secret=cfg.digest[:32])
+    browser_id = gr.BrowserState(None, storage_key="study-browser-id", secret=cfg.digest[:32])
     params = gr.State({})
     gr.Markdown(f"## {html.escape(cfg.title)}", elem_id="study-title")
     message = gr.Markdown("", elem_id="study-message")

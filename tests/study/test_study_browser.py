@@ -204,3 +204,19 @@ def test_demo_study_on_a_desktop_and_a_phone(chromium, tmp_path):
                 page.locator("#study-again").click()
                 expect(page.locator("#study-consent")).to_be_visible()
             page.context.close()
+
+
+def test_a_restarted_server_resumes_an_open_study_visitor(chromium, tmp_path):
+    url_db = f"sqlite:///{tmp_path / 'restart.db'}"
+    port = free_port()
+    page = chromium.new_page(viewport={"width": 1280, "height": 800})
+    with serve_tab(StudyService.open(DEMO, url_db, seed=10), port) as url:
+        page.goto(url + "/", wait_until="domcontentloaded")
+        page.locator("#study-agree").click(timeout=30_000)
+        page.locator("#study-begin").click()
+        first = current_trial(page)
+        page.keyboard.press("1")
+        second = current_trial(page, first)
+    with serve_tab(StudyService.open(DEMO, url_db), port) as url:     # a new process, same database
+        page.reload(wait_until="domcontentloaded")
+        assert current_trial(page) == second

@@ -3,8 +3,8 @@ the current trial, record a vote. Every state change is one transaction; the HTT
 the Gradio tab both call this and hold no logic of their own.
 
 Session life: consent -> active -> completed | screened_out; consent can also end in declined.
-A session's trials are planned when it starts (study.scheduler) and stored, so a reload or a
-dropped connection resumes at the same trial. A vote must name the session's current trial;
+A session's trials are planned when its rater consents (study.scheduler) and stored, so a
+reload or a dropped connection resumes at the same trial. A vote must name the session's current trial;
 the same vote sent again returns the stored vote and adds nothing.
 """
 from __future__ import annotations
@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import hmac
 import json
-import logging
 import random
 import re
 import secrets
@@ -33,7 +32,6 @@ from study.stimuli import read_manifest
 from study.models import (CHOICES, Condition, Event, Image, Rater, Session, Stimulus, Study,
                           Trial, Vote, utcnow)
 
-log = logging.getLogger(__name__)
 _ID = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
 CLIENT_EVENTS = {"zoom", "pan", "blur", "focus", "resize", "reload", "instructions", "example"}
 MAX_EVENT_BYTES = 2000
@@ -229,31 +227,24 @@ class StudyService:
             rows = db.execute(select(Stimulus.id, Stimulus.image_id, Stimulus.key, Stimulus.public_id,
                                      Stimulus.path).join(Image).where(Image.study_id == cfg.id)).all()
         # Stimuli never change once registered: the hot paths look them up here, not in the db.
+        key_of = {im.id: im.key for im in images.values()}
         self._files = {pid: cfg.stimuli_dir / path for _, _, _, pid, path in rows}
         self._public = {sid: pid for sid, _, _, pid, _ in rows}
         self._reference = {iid: pid for _, iid, key, pid, _ in rows if key == scheduler.REFERENCE}
-        with self.Session() as db:
-            images = db.scalars(select(Image).where(Image.study_id == cfg.id)).all()
-        self._sizes = {i.id: (i.width, i.height) for i in images}
-        key_of = {i.id: i.key for i in images}
-        self._image_ids = {i.key: i.id for i in images}
+        self._sizes = {im.id: (im.width, im.height) for im in images.values()}
+        self._image_ids = {key: im.id for key, im in images.items()}
         self._stimulus_ids = {(key_of[iid], key): sid for sid, iid, key, _, _ in rows}
         self._stimuli_keys: dict[str, set[str]] = {}
-        for _, iid, key, _, _ in rows:
-            self._stimuli_keys.setdefault(key_of[iid], set()).add(key)
+        for image, key in self._stimulus_ids:
+            self._stimuli_keys.setdefault(image, set()).add(key)
 
     def example(self) -> tuple[str, str, int, int] | None:
         """Public ids of the reference and the catch copy of an image, and its size, for the
         instructions; None when the study has no catch copies."""
-        with self.Session() as db:
-            rows = db.execute(select(Stimulus.image_id, Stimulus.key, Stimulus.public_id).join(Image)
-                              .where(Image.study_id == self.cfg.id).order_by(Image.id)).all()
-        by_image: dict = {}
-        for image_id, key, pid in rows:
-            by_image.setdefault(image_id, {})[key] = pid
-        for image_id, keys in by_image.items():
-            if scheduler.REFERENCE in keys and scheduler.CATCH in keys:
-                return keys[scheduler.REFERENCE], keys[scheduler.CATCH], *self._sizes[image_id]
+        for im in self.cfg.images:
+            ref, bad = (self._stimulus_ids.get((im.key, k)) for k in (scheduler.REFERENCE, scheduler.CATCH))
+            if ref and bad:
+                return self._public[ref], self._public[bad], *self._sizes[self._image_ids[im.key]]
         return None
 
     def stimulus_file(self, public_id: str) -> Path:

@@ -7,7 +7,6 @@ import io
 import os
 import secrets
 import shutil
-import textwrap
 from pathlib import Path
 
 import pytest

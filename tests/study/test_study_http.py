@@ -9,7 +9,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from benchmarks.study_load import Load, Server, rater, run_load
+from benchmarks.study_load import Load, Server, run_load
 
 RATERS, TRIALS = 50, 40
 

@@ -13,7 +13,7 @@ from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from tests.ui.conftest import MAX_UPLOAD_MB
+from tests.ui.conftest import MAX_UPLOAD_MB, QUEUE_SIZE
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 METHODS = ["jpeg", "webp"]
@@ -177,3 +177,23 @@ def test_other_backbone_bitstream_is_refused(client, small_png, tmp_path):
     path.write_bytes(other.encode(Image.open(small_png), target_bpp=0.3).data)
     message = _error(client, handle_file(str(path)), api_name="/decode")
     assert "different backbone" in message
+
+
+def test_a_burst_of_requests_queues_then_refuses_and_the_server_stays_up(server, client, small_png):
+    """Twice the queue's size of compressions at once: the model runs one at a time, the queue
+    holds QUEUE_SIZE, the rest are told the queue is full; /health answers throughout."""
+    jobs = [client.submit(handle_file(str(small_png)), 0.3, ["jpeg"], api_name="/compress")
+            for _ in range(2 * QUEUE_SIZE + 1)]
+    with urllib.request.urlopen(server + "/health", timeout=5) as r:
+        assert r.status == 200
+    done, refused = 0, []
+    for job in jobs:
+        try:
+            job.result(timeout=300)
+            done += 1
+        except Exception as exc:  # gradio_client raises its own error types for a full queue
+            refused.append(str(exc))
+    assert done >= 1 and refused, (done, refused)
+    assert all("queue" in message.lower() for message in refused), refused
+    with urllib.request.urlopen(server + "/health", timeout=5) as r:
+        assert json.load(r)["status"] == "ok"

@@ -2,12 +2,15 @@
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
-from sqlalchemy import func, select, text
+from sqlalchemy import func, inspect, select, text
 from sqlalchemy.exc import DBAPIError
 
 from study import quality
+from study.db import ALEMBIC_INI, upgrade
 from study.models import Base, Event, Session, Trial, Vote
 from study.service import (Conflict, Forbidden, Invalid, NotFound, Participant, StudyService)
 
@@ -31,6 +34,14 @@ def test_schema_from_migrations_matches_the_models(db_url, study_file):
         if conn.dialect.name == "sqlite":
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
             assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 5000
+    # the migration goes down (tables and triggers) and up again
+    cfg = Config(str(ALEMBIC_INI))
+    with svc.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "base")
+    assert set(inspect(svc.engine).get_table_names()) == {"alembic_version"}
+    upgrade(svc.engine)
+    assert len(inspect(svc.engine).get_table_names()) == len(Base.metadata.tables) + 1
 
 
 def test_a_whole_session(db_url, study_file):

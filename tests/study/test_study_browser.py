@@ -184,6 +184,8 @@ def test_demo_study_on_a_desktop_and_a_phone(chromium, tmp_path):
                 with svc.Session() as db:
                     assert db.scalar(select(func.count()).select_from(Session)) == 0
             page.locator("#study-agree").click()
+            expect(page.locator("#study-example img")).to_have_count(3)
+            page.screenshot(path=SHOTS / f"study-demo-{name}-instructions.png", full_page=True)
             page.locator("#study-begin").click()
             first = current_trial(page)
             page.keyboard.press("1")

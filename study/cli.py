@@ -1,11 +1,12 @@
 """`python -m study ...`: validate a study file, build its stimuli, migrate a database, serve the
-study's JSON API on its own, export the votes, and (study.scores_cli) compute scores."""
+study's JSON API on its own, export the votes, (study.scores_cli) compute scores and
+(study.export_cli) export the author's bundle."""
 from __future__ import annotations
 
 import argparse
 import sys
 
-from study import scores_cli
+from study import export_cli, scores_cli
 from study.config import ConfigError, load
 
 
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_serve)
 
     scores_cli.register(sub)
+    export_cli.register(sub)
 
     args = parser.parse_args(argv)
     return args.func(args)

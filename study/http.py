@@ -30,7 +30,7 @@ class ConsentRequest(BaseModel):
 
 
 class VoteRequest(BaseModel):
-    trial_id: int
+    trial_id: int = Field(ge=1, le=2**62)
     choice: str = Field(description="left or right, as shown")
     client_ms: float | None = Field(None, description="images loaded -> answer, measured in the browser")
     client: dict | None = Field(None, description="viewport, devicePixelRatio, zoom count, ...")

@@ -442,7 +442,7 @@ class StudyService:
     def _vote(self, db, token, trial_id, choice, client_ms, client) -> VoteResult:
         # The hot path: four prepared Core statements (no ORM unit of work), one transaction.
         row = db.execute(_VOTE_ROW, {"trial_id": trial_id}).first()
-        if row is None or row.study_id != self.cfg.id or not hmac.compare_digest(row.token, token):
+        if row is None or row.study_id != self.cfg.id or not hmac.compare_digest(row.token.encode(), token.encode()):
             self._session(db, token)        # 404 for an unknown token, else:
             raise Forbidden("this trial does not belong to your session")
         s = _Row(id=row.sid, token=row.token, status=row.status, next_index=row.next_index, n_trials=row.n_trials)

@@ -81,6 +81,8 @@ def test_forged_foreign_and_replayed_votes_are_refused(db_url, study_file):
         vote = lambda tok, tid, choice="left": http.post(f"/sessions/{tok}/votes",
                                                           json={"trial_id": tid, "choice": choice})
         assert vote("x" * 43, mine).status_code == 404                 # forged token
+        assert vote("é" * 43, mine).status_code == 404
+        assert vote(me["token"], 2**70).status_code == 422
         assert vote(me["token"], theirs).status_code == 403             # someone else's trial
         assert vote(me["token"], mine, "up").status_code == 422
         assert http.post(f"/sessions/{me['token']}/votes", json={"choice": "left"}).status_code == 422

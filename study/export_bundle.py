@@ -1,8 +1,8 @@
 """Everything an author takes away from a study, in one folder and one zip.
 
 ``build_bundle`` reads the study database and writes the raw tables (votes, trials, sessions,
-raters) and the leaderboard in CSV, JSON and Parquet, the full analysis of ``study.analysis``
-(scores, tests, LaTeX table, plots in PNG and PDF) in ``analysis/``, and ``manifest.json`` with the
+raters) in CSV, JSON and Parquet, the full analysis of ``study.analysis``
+(scores, tests, LaTeX table, plots in PNG and PDF) in ``scores/``, and ``manifest.json`` with the
 study YAML, the software version and the SHA-256 of every file; then zips it all. Both
 ``python -m study export`` and the Admin tab call it; ``status`` is what the Admin tab shows.
 
@@ -37,7 +37,7 @@ KEY_EVENT = "pseudonym_key"   # the event that holds the study's pseudonym key
 class Bundle:
     folder: Path
     files: list[Path]          # every file the manifest lists (the manifest itself last)
-    zip_path: Path             # the folder zipped (not listed in the manifest: it holds it)
+    zip_path: Path             # the files under a folder named as ``folder`` (not in the manifest: it holds it)
     manifest: dict
     note: str                  # why there are no scores, when there are none; else ""
 
@@ -170,14 +170,14 @@ def build_bundle(service, out: str | Path, *, formats=FORMATS, bootstrap: int = 
             result = analysis.analyse(votes, rules=rules, drop_excluded=exclusions, bootstrap=bootstrap, seed=seed)
             stats = result.raters
             votes = result.votes   # with the excluded / exclusion_reason marks
-            files += analysis.write_files(result, out / "analysis")
+            files += analysis.write_files(result, out / "scores")   # scores.csv and .json among them
         except ratings.VoteTableError as e:
             note = str(e)
     for name, frame in (("votes", votes), ("trials", trials), ("sessions", sessions),
                         ("raters", _raters(sessions, stats))):
         files += _write_table(frame, out / name, formats)
-    if result is not None:
-        files += _write_table(result.board, out / "scores", formats)
+    if result is not None and "parquet" in formats:
+        files += _write_table(result.board, out / "scores" / "scores", ["parquet"])
 
     study_yaml = cfg.source.read_text(encoding="utf-8")
     extra = {"study_id": cfg.id, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -192,8 +192,8 @@ def build_bundle(service, out: str | Path, *, formats=FORMATS, bootstrap: int = 
 
     zip_path = out / f"{cfg.id}-export.zip"
     with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as zf:
-        for path in files:
-            zf.write(path, path.relative_to(out).as_posix())
+        for path in files:   # under one folder, as unzip should leave it
+            zf.write(path, f"{out.name}/{path.relative_to(out).as_posix()}")
     return Bundle(out, files, zip_path, manifest, note)
 
 

@@ -10,7 +10,7 @@ import pytest
 from study.models import Trial
 from study.service import Participant, StudyService
 from tests.study.conftest import make_study, postgres_url  # noqa: F401  (fixture)
-from tests.ui.conftest import server, study_votes  # noqa: F401  (fixtures)
+from tests.ui.conftest import client, server, study_votes  # noqa: F401  (fixtures)
 
 PLATFORM = "{kind: prolific, completion_code: C0MPL3TE}"
 EXCLUSION = "exclusion: {max_catch_failure_rate: 0.5}\n"

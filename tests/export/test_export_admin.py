@@ -1,0 +1,93 @@
+"""The Admin tab of the real app server (tests/ui's, ADMIN_TOKEN set): its events are not in the
+API and gradio_client refuses them; a caller who posts to the queue directly, as the page does,
+gets the same "Wrong token." and nothing else for a wrong or missing token, and the status and
+the zip for the right one."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import secrets
+import zipfile
+
+import httpx
+import pandas as pd
+import pytest
+
+from tests.ui.conftest import ADMIN_TOKEN
+from ui.admin_tab import WRONG_TOKEN
+
+
+@pytest.fixture(scope="module")
+def admin(server):
+    """fn_index and trigger id of the Admin tab's events, by the elem_id of their buttons."""
+    config = httpx.get(server + "/config", timeout=30).raise_for_status().json()
+    ids = {c["props"].get("elem_id"): c["id"] for c in config["components"]}
+    events = {}
+    for dep in config["dependencies"]:
+        for target, _ in dep["targets"]:
+            for name in ("admin-status-btn", "admin-export-btn"):
+                if target == ids.get(name):
+                    events[name] = (dep["id"], target, dep)
+    assert set(events) == {"admin-status-btn", "admin-export-btn"}
+    return events
+
+
+def call(server: str, event, *data) -> dict:
+    """One event through the queue endpoints the browser uses (no client library)."""
+    fn_index, trigger, _ = event
+    session = secrets.token_hex(8)
+    with httpx.Client(base_url=server, timeout=180) as http:
+        http.post("/gradio_api/queue/join", json={"data": list(data), "fn_index": fn_index, "trigger_id": trigger,
+                                                  "session_hash": session, "event_data": None}).raise_for_status()
+        with http.stream("GET", "/gradio_api/queue/data", params={"session_hash": session}) as stream:
+            for line in stream.iter_lines():
+                if line.startswith("data:"):
+                    message = json.loads(line[5:])
+                    if message.get("msg") == "process_completed":
+                        return message
+    raise AssertionError("the event never completed")
+
+
+def test_admin_events_are_private(client, admin):
+    info = client.view_api(print_info=False, return_format="dict")
+    listed = set(info["named_endpoints"]) | set(info["unnamed_endpoints"])
+    for fn_index, _, dep in admin.values():
+        assert dep["api_visibility"] == "private"
+        assert fn_index not in listed and str(fn_index) not in listed
+        with pytest.raises(ValueError):
+            client.predict(ADMIN_TOKEN, fn_index=fn_index)
+
+
+def test_a_wrong_or_missing_token_reveals_nothing(server, admin, study_votes):
+    status, export = admin["admin-status-btn"], admin["admin-export-btn"]
+    answers = [call(server, status, "wrong"), call(server, status, ""),
+               call(server, export, None, True, 200), call(server, export, ADMIN_TOKEN[:-1], True, 200),
+               call(server, export, ADMIN_TOKEN + " ", True, 200)]
+    for answer in answers:
+        assert answer["success"] is False
+        assert answer["output"].get("error") == WRONG_TOKEN     # the same words whatever was sent
+        assert set(answer["output"]) <= {"error", "duration", "visible", "title"}   # no data: no counts, no file
+
+
+def test_the_right_token_gets_the_status_and_the_zip(server, admin, study_votes):
+    answer = call(server, admin["admin-status-btn"], ADMIN_TOKEN)
+    assert answer["success"], answer
+    assert f"{study_votes} votes from 3 raters in 3 sessions" in answer["output"]["data"][0]
+
+    answer = call(server, admin["admin-export-btn"], ADMIN_TOKEN, True, 200)
+    assert answer["success"], answer
+    message, download = answer["output"]["data"]
+    assert "manifest.json" in message and download["orig_name"] == "demo-export.zip"
+    archive = httpx.get(download["url"], timeout=60).raise_for_status().content
+    with zipfile.ZipFile(io.BytesIO(archive)) as zf:
+        root = zf.namelist()[0].split("/")[0]
+        manifest = json.loads(zf.read(f"{root}/manifest.json"))
+        listed = {e["path"]: e["sha256"] for e in manifest["files"]}
+        assert {"votes.csv", "votes.parquet", "trials.json", "raters.csv", "scores/scores.tex",
+                "scores/preference_vs_bitrate.pdf"} <= set(listed)
+        for path, digest in listed.items():
+            assert hashlib.sha256(zf.read(f"{root}/{path}")).hexdigest() == digest, path
+        votes = pd.read_parquet(io.BytesIO(zf.read(f"{root}/votes.parquet")))
+    assert len(votes) == study_votes == manifest["counts"]["votes"]
+    assert not votes["rater"].str.contains("ui-test-rater").any()   # the raters' own ids never leave

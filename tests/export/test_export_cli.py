@@ -150,3 +150,25 @@ def test_export_refuses_bad_options_and_a_used_folder(export_study, filled_db, t
     used.mkdir()
     (used / "old.csv").write_text("x\n")
     assert "not an empty folder" in _fails(capsys, *args, "--out", str(used))
+
+
+def test_status_counts_and_exclusions(export_study, filled_db):
+    from study.export_bundle import status
+    from study.service import StudyService
+
+    s = status(StudyService.open(export_study, filled_db))
+    assert (s["votes"], s["raters"], s["sessions"]) == (N_VOTES, len(RATERS), len(RATERS))
+    assert s["sessions_by_status"] == {"completed": len(RATERS)} and s["catch_votes"] == 2 * len(RATERS)
+    assert s["excluded_raters"] == 1 and s["exclusion_rules"] == {"max_catch_failure_rate": 0.5}
+
+
+def test_a_study_without_votes_exports_its_empty_tables(export_study, tmp_path, capsys):
+    from study.service import StudyService
+
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    StudyService.open(export_study, url).engine.dispose()   # registered, nobody took part yet
+    run_export(export_study, url, tmp_path / "out")
+    assert "no scores: no votes yet" in capsys.readouterr().out
+    assert not (tmp_path / "out/scores").exists()
+    assert pd.read_csv(tmp_path / "out/votes.csv").empty and "rater" in pd.read_csv(tmp_path / "out/votes.csv").columns
+    assert json.loads((tmp_path / "out/manifest.json").read_text())["note"] == "no votes yet"

@@ -11,6 +11,7 @@ from pathlib import Path
 import gradio as gr
 from fastapi import FastAPI
 
+from ui.admin_tab import build_admin_tab
 from ui.compress_tab import build_compress_tab
 from ui.context import AppContext
 from ui.decode_tab import build_decode_tab
@@ -20,7 +21,7 @@ from ui.study_tab import build_study_tab
 
 log = logging.getLogger(__name__)
 
-TAB_IDS = ("compress", "decode", "study", "results")
+TAB_IDS = ("compress", "decode", "study", "results", "admin")
 PLATFORM_PARAMS = ("PROLIFIC_PID", "workerId", "assignmentId")  # what study.service.Participant reads
 EXAMPLES_DIR = ROOT / "assets" / "examples"
 CSS_PATH = Path(__file__).with_name("style.css")
@@ -44,7 +45,12 @@ def build_app(settings: Settings) -> tuple[FastAPI, gr.Blocks]:
             with gr.Tab("Study", id="study") as study_tab:
                 build_study_tab(ctx)
             with gr.Tab("Results", id="results") as results_tab:
-                build_results_tab(ctx, blocks, results_tab, [compress_tab, decode_tab, study_tab])
+                timer = build_results_tab(ctx, blocks, results_tab)
+            with gr.Tab("Admin", id="admin") as admin_tab:
+                build_admin_tab(ctx)
+        if timer is not None:  # leaving the Results tab stops its polling
+            for other in (compress_tab, decode_tab, study_tab, admin_tab):
+                other.select(lambda: gr.Timer(active=False), None, timer, api_visibility="private", queue=False)
         blocks.load(_initial_tab, None, tabs, api_visibility="private", queue=False)
     # The model events set their own limit (settings.concurrency, shared through concurrency_id
     # "model"); everything else (study clicks, crops) is light and must not wait behind a model run.

@@ -41,12 +41,12 @@ class _Cache:
             return self._entries[key]
 
 
-def build_results_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab, other_tabs: list[gr.Tab]) -> None:
-    """Lays out the tab (call inside it). Only a page showing it polls the database: the refresh
-    timer runs while the tab is selected (raters' pages never query the votes)."""
+def build_results_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab) -> gr.Timer | None:
+    """Lays out the tab (call inside it) and returns its refresh timer, which starts when the tab
+    is selected; the app stops it when another tab is (raters' pages never query the votes)."""
     if ctx.study is None:
         gr.Markdown("No study is configured on this Space (setting `study_file`).")
-        return
+        return None
     study = ctx.study
     rules = exclusion_rules(study)
     gr.Markdown(f"### {study.cfg.title}\nScores with 95% bootstrap intervals. Catch trials never enter the scores; "
@@ -111,8 +111,7 @@ def build_results_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab, other_tab
         event(show, inputs, outputs, **common)
     tab.select(open_tab, inputs, [*outputs, timer], **common)
     blocks.load(open_if_linked, inputs, [*outputs, timer], **common)
-    for other in other_tabs:
-        other.select(lambda: gr.Timer(active=False), None, timer, api_visibility="private", queue=False)
+    return timer
 
 
 def _rounded(frame: pd.DataFrame) -> pd.DataFrame:

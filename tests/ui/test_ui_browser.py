@@ -132,3 +132,45 @@ def test_results_tab_shows_the_study_votes(browser, server, study_votes):
     expect(page.locator("#rater-stats")).to_contain_text("catch_failure_rate")
     _shoot(page, "results")
     page.close()
+
+
+def test_admin_export_needs_the_token(browser, server, study_votes, tmp_path):
+    """A wrong token gets "Wrong token." and no file; the right one a zip whose manifest lists the
+    SHA-256 of every file in it."""
+    import hashlib
+    import json
+    import zipfile
+
+    from playwright.sync_api import expect
+
+    from tests.ui.conftest import ADMIN_TOKEN
+
+    expect.set_options(timeout=120_000)
+    page = browser.new_page(viewport=VIEWPORTS["desktop"], accept_downloads=True)
+    page.goto(server + "/?tab=admin", wait_until="domcontentloaded")
+    page.locator("#admin-token input").fill("not-the-token")
+    page.locator("#admin-export-btn").click()
+    expect(page.get_by_text("Wrong token.").first).to_be_visible()
+    expect(page.locator("#admin-export a")).to_have_count(0)
+
+    page.locator("#admin-token input").fill(ADMIN_TOKEN)
+    page.locator("#admin-status-btn").click()
+    expect(page.locator("#admin-message")).to_contain_text("from 3 raters")
+    page.locator("#admin-export-btn").click()
+    expect(page.locator("#admin-export a").first).to_be_visible()
+    _shoot(page, "admin")
+    with page.expect_download() as info:
+        page.locator("#admin-export a").first.click()
+    archive = tmp_path / "export.zip"
+    info.value.save_as(archive)
+    with zipfile.ZipFile(archive) as zf:
+        names = zf.namelist()
+        root = names[0].split("/")[0]
+        manifest = json.loads(zf.read(f"{root}/manifest.json"))
+        listed = {entry["path"]: entry["sha256"] for entry in manifest["files"]}
+        assert {"votes.csv", "votes.parquet", "scores/scores.csv", "scores/scores.tex",
+                "scores/preference_vs_bitrate.pdf"} <= set(listed)
+        for path, digest in listed.items():
+            assert hashlib.sha256(zf.read(f"{root}/{path}")).hexdigest() == digest, path
+        assert "conditions:" in manifest["study_yaml"]
+    page.close()

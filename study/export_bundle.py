@@ -50,7 +50,7 @@ def exclusion_rules(cfg) -> dict | None:
 
 def pseudonym_key(service) -> bytes:
     """The study's secret pseudonym key, made and stored on first use. Two first exports at once
-    may both append one; both then read the oldest, so every export uses the same key."""
+    may both append one; the oldest is the key from then on."""
     def oldest(db):
         return db.scalar(select(Event.payload).where(Event.study_id == service.cfg.id, Event.kind == KEY_EVENT)
                          .order_by(Event.id).limit(1))

@@ -52,7 +52,7 @@ def open_existing(study_file: Path, url: str):
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise LookupError(f"not a database URL: {url!r}") from None
+        raise LookupError("--db is not a database URL (e.g. sqlite:///study.db)") from None
     shown = parsed.render_as_string(hide_password=True)
     if parsed.get_backend_name() == "sqlite" and not (parsed.database and Path(parsed.database).is_file()):
         raise LookupError(f"no such SQLite database file: {parsed.database or '(none given)'}")
@@ -64,6 +64,8 @@ def open_existing(study_file: Path, url: str):
             raise LookupError(f"study {cfg.id!r} is not in the database {shown}")
         dbmod.upgrade(engine)
         return StudyService(cfg, engine)
+    except ImportError as e:
+        raise LookupError(f"no driver installed for {parsed.drivername} ({e.name})") from None
     except SQLAlchemyError as e:
         detail = str(getattr(e, "orig", None) or e).splitlines()[0]
         raise LookupError(f"cannot read the database {shown}: {detail}") from None
@@ -80,8 +82,8 @@ def run(args: argparse.Namespace) -> int:
     except (LookupError, ValueError, OSError) as e:
         return _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
     counts = bundle.manifest["counts"]
-    print(f"study {service.cfg.id!r}: {counts['votes']} votes, {counts['trials']} trials, {counts['sessions']} sessions, "
-          f"{counts['raters']} raters -> {len(bundle.files)} files in {bundle.folder}")
+    print(f"study {service.cfg.id!r}: {counts['votes']} votes, {counts['trials']} trials, "
+          f"{counts['sessions']} sessions, {counts['raters']} raters -> {len(bundle.files)} files in {bundle.folder}")
     if bundle.note:
         print(f"no scores: {bundle.note}")
     print(f"zip: {bundle.zip_path}")

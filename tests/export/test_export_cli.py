@@ -10,7 +10,6 @@ import zipfile
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 from study import export
 from study.cli import main
@@ -129,7 +128,8 @@ def _fails(capsys, *argv) -> str:
 def test_export_errors_are_one_line(export_study, tmp_path, capsys):
     out = str(tmp_path / "out")
     missing_db = f"sqlite:///{tmp_path / 'nope.db'}"
-    assert "no such SQLite database file" in _fails(capsys, "--study", str(export_study), "--db", missing_db, "--out", out)
+    err = _fails(capsys, "--study", str(export_study), "--db", missing_db, "--out", out)
+    assert "no such SQLite database file" in err
     assert not (tmp_path / "nope.db").exists()        # nothing created on the way
     assert "cannot read the file" in _fails(capsys, "--study", str(tmp_path / "none.yaml"), "--db", missing_db,
                                             "--out", out)

@@ -60,7 +60,8 @@ def build_app(settings: Settings) -> tuple[FastAPI, gr.Blocks]:
 
     @app.get("/health")
     def health() -> dict:
-        return {"status": "ok", "codec_loaded": ctx.codec_loaded, "study": ctx.study is not None}
+        return {"status": "ok", "codec_loaded": ctx.codec_loaded, "backbone": ctx.backbone_notice,
+                "study": ctx.study is not None}
 
     if ctx.study is not None:
         from study.http import API_PREFIX, build_router

@@ -40,6 +40,13 @@ class AppContext:
     def codec_loaded(self) -> bool:
         return self._codec is not None
 
+    @property
+    def backbone_notice(self) -> str | None:
+        """Which backbone serves (a warning for the tiny random one), once loaded; else None."""
+        if self._codec_error is not None:
+            return f"failed to load: {self._codec_error}"
+        return self._codec.backbone_notice if self._codec is not None else None
+
     def codec(self):
         """The DiffusionCodec, loaded on the first call; a failed load is re-raised every time."""
         with self._lock:

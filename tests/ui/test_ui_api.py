@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import urllib.request
 from pathlib import Path
 
@@ -197,3 +198,39 @@ def test_a_burst_of_requests_queues_then_refuses_and_the_server_stays_up(server,
     assert all("queue" in message.lower() for message in refused), refused
     with urllib.request.urlopen(server + "/health", timeout=5) as r:
         assert json.load(r)["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_python_app_py_starts_offline_with_the_shipped_settings(tmp_path):
+    """`python app.py` with Space.yaml as shipped (backbone auto) and no network: it serves at once,
+    then loads the demo backbone (the tiny random one, with its warning, if the demo is missing)."""
+    import subprocess
+    import sys
+    import time
+
+    from tests.ui.conftest import ROOT, _free_port
+
+    port = _free_port()
+    env = dict(os.environ, GRADIO_SERVER_PORT=str(port), RESULTS_DIR=str(tmp_path / "results"),
+               GRADIO_TEMP_DIR=str(tmp_path / "gradio"), HF_HUB_OFFLINE="1")
+    for var in ("APP_BACKBONE", "APP_MODE", "APP_ADAPTER", "APP_STUDY_FILE"):
+        env.pop(var, None)
+    with open(tmp_path / "server.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline, health = time.time() + 180, {}
+            while not health.get("codec_loaded") and "failed" not in str(health.get("backbone")):
+                assert proc.poll() is None and time.time() < deadline, (tmp_path / "server.log").read_text()[-3000:]
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                        health = json.load(r)
+                except OSError:
+                    pass
+                time.sleep(0.5)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    demo_shipped = (ROOT / "assets" / "models" / "demo" / "vae" / "config.json").is_file()
+    assert health["codec_loaded"], health
+    assert ("demo" in health["backbone"]) if demo_shipped else ("RANDOM" in health["backbone"]), health
+    assert health["study"] is True  # the demo study of Space.yaml

@@ -169,7 +169,9 @@ class LearnedAdapter(CompressionModel):
     # -- persistence --------------------------------------------------------------------------
     def prepare(self) -> "LearnedAdapter":
         """Build the CDF tables that real entropy coding needs, and switch to inference."""
-        self.update(scale_table=get_scale_table(), force=True)
+        # update_quantiles refits the hyper-latent's CDF range by bisection, so coding does not
+        # depend on how far the slow aux-loss fit of the quantiles got during training.
+        self.update(scale_table=get_scale_table(), force=True, update_quantiles=True)
         self._fingerprint = None
         return self.eval().requires_grad_(False)
 

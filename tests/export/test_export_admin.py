@@ -91,3 +91,11 @@ def test_the_right_token_gets_the_status_and_the_zip(server, admin, study_votes)
         votes = pd.read_parquet(io.BytesIO(zf.read(f"{root}/votes.parquet")))
     assert len(votes) == study_votes == manifest["counts"]["votes"]
     assert not votes["rater"].str.contains("ui-test-rater").any()   # the raters' own ids never leave
+
+
+def test_token_matches_only_the_exact_token():
+    from ui.admin_tab import token_matches
+
+    assert token_matches(ADMIN_TOKEN, ADMIN_TOKEN)
+    for given in (None, "", ADMIN_TOKEN[:-1], ADMIN_TOKEN + "x", ADMIN_TOKEN.upper(), 12345):
+        assert not token_matches(given, ADMIN_TOKEN), given

@@ -4,16 +4,17 @@
                                                          [--trials 40] [--think-ms 0 150]
 
 Starts `python -m study serve` (uvicorn, one process) on 127.0.0.1 over a fresh database for
-every row, runs N raters at once (one thread and one keep-alive connection each; every rater
-starts a session, consents and votes through all its trials, pausing think-ms between votes)
-and prints vote latency p50/p99, throughput and the server's CPU time per vote. PostgreSQL
-rows run when --postgres or TEST_POSTGRES_URL is given. The load generator shares the
-machine with the server, so on a small machine its CPU counts against the server's.
-The tests (tests/study) use the same server and rater code.
+every row, runs N raters at once (one thread each, with a keep-alive http.client connection:
+the lightest client, since it shares the CPU with the server). Every rater starts a session,
+consents and votes through all its trials, pausing think-ms between votes. Prints vote latency
+p50/p99, throughput and the server's CPU time per vote. PostgreSQL rows run when --postgres or
+TEST_POSTGRES_URL is given. The tests (tests/study) use the same server and rater code.
 """
 from __future__ import annotations
 
 import argparse
+import http.client
+import json
 import os
 import random
 import signal
@@ -26,6 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -121,26 +123,31 @@ def rater(base: str, pid: str, load: Load, stop: threading.Event | None = None, 
     an answer and the next vote the rater pauses think_s (x 0.5 to 1.5, at random).
     """
     rng = random.Random(seed)
-    with httpx.Client(base_url=base, timeout=30) as http:
-        def ok(r: httpx.Response) -> dict | None:
-            if r.status_code == 200:
-                return r.json()
-            with load.lock:
-                load.errors.append((pid, r.request.url.path, r.status_code, r.text[:200]))
+    url = urlsplit(base)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)   # keep-alive, light on CPU
 
-        st = ok(http.post("/sessions", json={"params": {"PROLIFIC_PID": pid, "SESSION_ID": f"s-{pid}"}}))
+    def post(path: str, body: dict) -> dict | None:
+        conn.request("POST", url.path + path, json.dumps(body), {"Content-Type": "application/json"})
+        r = conn.getresponse()
+        data = r.read()
+        if r.status == 200:
+            return json.loads(data)
+        with load.lock:
+            load.errors.append((pid, path.split("/")[-1], r.status, data[:200]))
+
+    try:
+        st = post("/sessions", {"params": {"PROLIFIC_PID": pid, "SESSION_ID": f"s-{pid}"}})
         if st and st["status"] == "consent":
-            st = ok(http.post(f"/sessions/{st['token']}/consent", json={"agree": True, "version": st["consent_version"]}))
+            st = post(f"/sessions/{st['token']}/consent", {"agree": True, "version": st["consent_version"]})
         if st is None:
             return "error"
         while st["trial"] is not None and not (stop and stop.is_set()):
             trial = st["trial"]
             choice = rng.choice(["left", "right"])
             t0 = time.perf_counter()
-            r = http.post(f"/sessions/{st['token']}/votes",
-                          json={"trial_id": trial["id"], "choice": choice, "client_ms": rng.uniform(500, 3000)})
+            body = post(f"/sessions/{st['token']}/votes",
+                        {"trial_id": trial["id"], "choice": choice, "client_ms": rng.uniform(500, 3000)})
             ms = (time.perf_counter() - t0) * 1000
-            body = ok(r)
             if body is None:
                 return "error"
             with load.lock:
@@ -151,6 +158,8 @@ def rater(base: str, pid: str, load: Load, stop: threading.Event | None = None, 
             if think_s:
                 time.sleep(think_s * rng.uniform(0.5, 1.5))
         return st["status"]
+    finally:
+        conn.close()
 
 
 def run_load(base: str, n_raters: int, prefix: str = "r", stop: threading.Event | None = None,
@@ -162,7 +171,7 @@ def run_load(base: str, n_raters: int, prefix: str = "r", stop: threading.Event 
         for f in futures:
             try:
                 f.result()
-            except httpx.TransportError as e:   # the server went away (the crash test does that)
+            except (OSError, http.client.HTTPException) as e:   # the server went away (the crash test)
                 with load.lock:
                     load.errors.append(("transport", repr(e)))
     load.wall_s = time.perf_counter() - t0

@@ -4,6 +4,7 @@ study's JSON API on its own, export the votes, (study.scores_cli) compute scores
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 
 from study import export_cli, scores_cli
@@ -62,6 +63,9 @@ def _serve(args) -> int:
     service = StudyService.open(args.file, args.db)
     app = FastAPI(title=f"study {service.cfg.id}")
     app.include_router(build_router(service), prefix=API_PREFIX)
+    # Everything loaded so far lives as long as the server: moved out of the collector's reach,
+    # a full collection scans only what requests create (we saw 90 ms pauses stall every vote).
+    gc.freeze()
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     return 0
 

@@ -79,10 +79,12 @@ def _entropy(p: np.ndarray) -> np.ndarray:
     return -(p * np.log(p) + (1 - p) * np.log(1 - p))
 
 
-def expected_information_gain(mean: float, var: float) -> float:
-    """Mutual information (nats) between one vote and the strength difference ~ N(mean, var)."""
-    p = 1.0 / (1.0 + np.exp(-(mean + np.sqrt(var) * _GH_X)))
-    return float(_entropy(np.array([(_GH_W * p).sum()]))[0] - (_GH_W * _entropy(p)).sum())
+def expected_information_gain(mean, var) -> np.ndarray:
+    """Mutual information (nats) between one vote and the strength difference ~ N(mean, var);
+    element-wise over arrays of means and variances."""
+    mean, var = np.asarray(mean, dtype=float), np.asarray(var, dtype=float)
+    p = 1.0 / (1.0 + np.exp(-(mean[..., None] + np.sqrt(var)[..., None] * _GH_X)))
+    return _entropy(p @ _GH_W) - _entropy(p) @ _GH_W
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,12 +126,14 @@ def _active(images, conditions, n, counts, wins, rng):
         if pending > 0:
             precision = expect(precision, i, j, pending)
     counts = dict(counts)
+    first, second = np.array(pairs).T
     out, previous = [], None
     for _ in range(n):
         cov = np.linalg.inv(precision)
-        gains = [(expected_information_gain(theta[i] - theta[j], cov[i, i] + cov[j, j] - 2 * cov[i, j]),
-                  rng.random(), i, j) for i, j in pairs]
-        _, _, i, j = max(gains)
+        gain = expected_information_gain(theta[first] - theta[second],
+                                          cov[first, first] + cov[second, second] - 2 * cov[first, second])
+        best = np.flatnonzero(gain >= gain.max() - 1e-12)     # ties broken at random
+        i, j = pairs[best[rng.randrange(len(best))]]
         precision = expect(precision, i, j, 1)   # the next pick sees this one as done
         a, b = conditions[i], conditions[j]
         im = _least_used_image(images, a, b, counts, previous, rng)

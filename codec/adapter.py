@@ -64,18 +64,20 @@ def noise_matched_timestep(alphas_cumprod: torch.Tensor, noise_variance: float, 
 class ParameterNet(nn.Module):
     """P(y, lambda) -> per-channel (log a, b) and a continuous timestep in (0, t_max).
 
-    The lambda dependence has a monotone part (log a rises and t falls with log lambda, with
-    learned positive slopes), so the rate grows with lambda for every image and rate control by
-    bisection is well posed; the image-dependent part comes from a small CNN over concat(y, log lambda).
+    Image features are the global average of two unpadded convolutions over y: unpadded, so that
+    the average does not depend on the image size (zero padding made features of small training
+    crops differ from those of full images). They do not depend on lambda, so rate control computes
+    them once per image. An MLP maps (features, log lambda) to the outputs; log a and the t logit
+    also have a monotone term in log lambda with learned positive slopes, so the rate rises with
+    lambda for every image and rate control by bisection is well posed.
     """
 
     def __init__(self, channels: int = 4, hidden: int = 64, t_max: int = 100):
         super().__init__()
         self.channels, self.t_max = channels, t_max
-        self.features = nn.Sequential(
-            nn.Conv2d(channels + 1, hidden, 3, stride=2, padding=1), nn.SiLU(),
-            nn.Conv2d(hidden, hidden, 3, stride=2, padding=1), nn.SiLU(),
-            nn.Conv2d(hidden, hidden, 3, stride=2, padding=1), nn.SiLU(),
+        self.conv = nn.Sequential(
+            nn.Conv2d(channels, hidden, 3), nn.SiLU(),
+            nn.Conv2d(hidden, hidden, 3), nn.SiLU(),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         )
         self.head = nn.Sequential(nn.Linear(hidden + 1, hidden), nn.SiLU(), nn.Linear(hidden, 2 * channels + 1))
@@ -84,10 +86,13 @@ class ParameterNet(nn.Module):
         self.log_a_slope = nn.Parameter(torch.zeros(channels))  # softplus(0) ~ 0.69 > 0
         self.t_slope = nn.Parameter(torch.zeros(1))
 
-    def forward(self, y: torch.Tensor, lam: torch.Tensor):
-        log_lam = torch.log(lam).view(-1, 1).to(y)
-        features = self.features(torch.cat([y, log_lam.view(-1, 1, 1, 1).expand(-1, 1, *y.shape[-2:])], dim=1))
-        out = self.head(torch.cat([features, log_lam], dim=1))
+    def features(self, y: torch.Tensor) -> torch.Tensor:
+        return self.conv(y)
+
+    def forward(self, y: torch.Tensor, lam: torch.Tensor, features: torch.Tensor | None = None):
+        features = self.features(y) if features is None else features
+        log_lam = torch.log(lam).view(-1, 1).to(features)
+        out = self.head(torch.cat([features.expand(len(log_lam), -1), log_lam], dim=1))
         c = self.channels
         log_a = out[:, :c] + nn.functional.softplus(self.log_a_slope) * log_lam
         shift = out[:, c:2 * c]
@@ -123,9 +128,10 @@ class LearnedAdapter(CompressionModel):
         self._fingerprint = None
 
     # -- parameters ---------------------------------------------------------------------------
-    def quantization(self, y: torch.Tensor, lam: float) -> Quantization:
+    def quantization(self, y: torch.Tensor, lam: float, features: torch.Tensor | None = None) -> Quantization:
+        """gamma and t for one image; pass `param_net.features(y)` to reuse them across lambdas."""
         with torch.no_grad():
-            log_a, shift, t_cont = self.param_net(y, torch.tensor([lam], dtype=y.dtype, device=y.device))
+            log_a, shift, t_cont = self.param_net(y, torch.tensor([lam], dtype=y.dtype, device=y.device), features)
         t = min(max(int(round(float(t_cont[0]))), 1), self.t_max)
         return Quantization(quantize_side_info(log_a[0].exp().cpu()), quantize_side_info(shift[0].cpu()), t)
 

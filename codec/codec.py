@@ -118,10 +118,16 @@ class DiffusionCodec:
 
         report("rate control" if target_bpp is not None else "quantization", 0.3)
         timings.update(adapter=0.0, entropy_encode=0.0, rate_control_probes=0)
+        features = None
+        if mode == "learned":  # the parameter network's image features do not depend on lambda
+            tick = time.perf_counter()
+            with torch.no_grad():
+                features = self.learned.param_net.features(y)
+            timings["adapter"] += time.perf_counter() - tick
 
         def candidate(knob: float) -> _Candidate:  # P(y, lambda) or the analytic rule, and the estimate
             tick = time.perf_counter()
-            result = self._candidate(y, mode, knob)
+            result = self._candidate(y, mode, knob, features)
             timings["adapter"] += time.perf_counter() - tick
             timings["rate_control_probes"] += 1
             return result
@@ -159,9 +165,9 @@ class DiffusionCodec:
     def _adapter(self, mode: str):
         return self.learned if mode == "learned" else self.analytic
 
-    def _candidate(self, y: torch.Tensor, mode: str, knob: float) -> _Candidate:
+    def _candidate(self, y: torch.Tensor, mode: str, knob: float, features=None) -> _Candidate:
         if mode == "learned":
-            q = self.learned.quantization(y, knob)
+            q = self.learned.quantization(y, knob, features)
             z = q.apply(y)
             return _Candidate(knob, q, (), z, self.learned.estimate_bits(z))
         q, prior_scales = self.analytic.quantization(y, knob)

@@ -216,13 +216,16 @@ class StudyService:
                                                   height=entry["height"], credit=spec.credit)
                     db.add(im)
                     db.flush()
-                have = set(db.scalars(select(Stimulus.key).where(Stimulus.image_id == im.id)))
+                have = {x.key: x for x in db.scalars(select(Stimulus).where(Stimulus.image_id == im.id))}
                 for key, st in entry["stimuli"].items():
-                    if key not in have:
+                    old = have.get(key)
+                    if old is None:
                         cond = conds.get(key)
                         db.add(Stimulus(image_id=im.id, key=key, condition_id=cond.id if cond else None,
                                         public_id=secrets.token_hex(12), path=st["file"], bpp=st.get("bpp"),
                                         sha256=st["sha256"]))
+                    elif old.sha256 != st["sha256"]:
+                        self._replace_stimulus(db, spec.key, old, st)
             db.flush()
             rows = db.execute(select(Stimulus.id, Stimulus.image_id, Stimulus.key, Stimulus.public_id,
                                      Stimulus.path).join(Image).where(Image.study_id == cfg.id)).all()
@@ -237,6 +240,16 @@ class StudyService:
         self._stimuli_keys: dict[str, set[str]] = {}
         for image, key in self._stimulus_ids:
             self._stimuli_keys.setdefault(image, set()).add(key)
+
+    def _replace_stimulus(self, db, image: str, old: Stimulus, st: dict) -> None:
+        """A rebuilt stimulus: fine while no trial shows it; after that, votes refer to the old
+        pixels, and the study must go on under a new id instead."""
+        shown = select(func.count()).select_from(Trial).where((Trial.left_id == old.id) | (Trial.right_id == old.id))
+        if db.scalar(shown):
+            raise RuntimeError(f"the stimulus {image}/{old.key} of study {self.cfg.id!r} was rebuilt after raters "
+                               "saw it: votes refer to the old image. Restore the old files, or give the study a new id.")
+        old.path, old.sha256, old.bpp = st["file"], st["sha256"], st.get("bpp")
+        _event(db, self.cfg.id, None, "stimulus_replaced", {"image": image, "key": old.key, "sha256": st["sha256"]})
 
     def example(self) -> tuple[str, str, int, int] | None:
         """Public ids of the reference and the catch copy of an image, and its size, for the

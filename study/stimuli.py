@@ -4,7 +4,8 @@ baseline), as PNG files plus the bitstreams, with the measured bpp in manifest.j
 
 Resumable: the manifest is rewritten (atomically) after every file, and a stimulus whose file
 is present with the recorded hash is not built again. Changing an image's source or crop
-rebuilds that image; the files of conditions and images the study no longer has are removed.
+rebuilds that image, a changed recipe (method, target, codec settings) that stimulus; the
+files of conditions and images the study no longer has are removed.
 This is the only module of `study` that imports the codec.
 """
 from __future__ import annotations
@@ -81,6 +82,10 @@ def build(cfg: StudyConfig, log: Callable[[str], None] = print, coder=None) -> d
     jobs = [(c.key, c.method, c.bpp) for c in cfg.conditions]
     if cfg.catch_trials:
         jobs.append((CATCH, cfg.catch_method, cfg.catch_bpp))
+    # What made a stimulus: when it changes (say the catch bpp, or the codec's mode), rebuild.
+    codec = {"backbone": cfg.codec_backbone, "adapter": cfg.codec_adapter, "mode": cfg.codec_mode}
+    recipe = {key: {"method": method, "target_bpp": bpp, **({"codec": codec} if method == "diffusion" else {})}
+              for key, method, bpp in jobs}
     built = 0
     for spec in cfg.images:
         signature = {"source": spec.path.name, "source_sha256": _sha256(spec.path),
@@ -92,17 +97,17 @@ def build(cfg: StudyConfig, log: Callable[[str], None] = print, coder=None) -> d
         folder.mkdir(exist_ok=True)
         ref = source_image(spec)
         entry["width"], entry["height"] = ref.size
-        if not _present(cfg, entry, REFERENCE):
+        if not _present(cfg, entry, REFERENCE, {}):
             entry["stimuli"][REFERENCE] = _save(cfg, folder, REFERENCE, ref, None, None)
             _write_manifest(cfg, manifest)
         for key, method, bpp in jobs:
-            if _present(cfg, entry, key):
+            if _present(cfg, entry, key, recipe[key]):
                 continue
             started = time.perf_counter()
             decoded, data, measured = coder(ref, method, bpp)
             if decoded.size != ref.size:
                 raise RuntimeError(f"{method} returned {decoded.size} for a {ref.size} image")
-            entry["stimuli"][key] = _save(cfg, folder, key, decoded, data, measured, method=method, target_bpp=bpp)
+            entry["stimuli"][key] = _save(cfg, folder, key, decoded, data, measured, **recipe[key])
             _write_manifest(cfg, manifest)
             built += 1
             log(f"{spec.key} {key}: {measured:.4f} bpp (target {bpp:g}) in {time.perf_counter() - started:.1f} s")
@@ -122,10 +127,13 @@ def _remove(cfg: StudyConfig, st: dict) -> None:
             (cfg.stimuli_dir / name).unlink(missing_ok=True)
 
 
-def _present(cfg: StudyConfig, entry: dict, key: str) -> bool:
+def _present(cfg: StudyConfig, entry: dict, key: str, recipe: dict) -> bool:
+    """Built with this recipe, and the file is still the one built."""
     st = entry["stimuli"].get(key)
-    path = cfg.stimuli_dir / st["file"] if st else None
-    return bool(st) and path.is_file() and _sha256(path) == st["sha256"]
+    if not st or any(st.get(k) != v for k, v in recipe.items()):
+        return False
+    path = cfg.stimuli_dir / st["file"]
+    return path.is_file() and _sha256(path) == st["sha256"]
 
 
 def _save(cfg, folder: Path, key: str, image: Image.Image, data: bytes | None, bpp: float | None,

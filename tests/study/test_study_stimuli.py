@@ -87,3 +87,27 @@ def test_build_measures_and_resumes(tmp_path):
                                       for e in manifest.values())
     assert (cfg.stimuli_dir / manifest["creek"]["stimuli"]["jpeg@0.8"]["file"]).exists()
     assert json.loads((cfg.stimuli_dir / "manifest.json").read_text())["study"] == "stim"
+
+
+def test_a_changed_recipe_rebuilds_and_a_running_study_refuses_it(tmp_path):
+    from study.service import Participant, StudyService
+
+    shutil.copytree(PHOTOS, tmp_path / "images")
+    path = tmp_path / "stim.yaml"
+    path.write_text(YAML.format(crop="[0, 0, 64, 64]"))
+    stimuli.build(config.load(path), log=lambda m: None)
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    StudyService.open(path, url)                    # registers the stimuli
+
+    path.write_text(YAML.format(crop="[0, 0, 64, 64]").replace("bpp: 0.3}", "bpp: 0.2}"))  # catch copy
+    logs = []
+    stimuli.build(config.load(path), log=logs.append)
+    assert sorted(m.split(":")[0] for m in logs[:-1]) == ["astro catch", "creek catch"]
+    svc = StudyService.open(path, url)              # nobody saw the old catch copies: replaced
+    st = svc.start_session(Participant("anonymous", "p"))
+    svc.consent(st.token, True, "1")                # trials now show the stimuli
+
+    path.write_text(YAML.format(crop="[0, 0, 64, 64]").replace("method: jpeg, bpp: 0.3}", "method: webp, bpp: 0.3}"))
+    stimuli.build(config.load(path), log=lambda m: None)    # other pixels
+    with pytest.raises(RuntimeError, match="rebuilt after raters saw it"):
+        StudyService.open(path, url)

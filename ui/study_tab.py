@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import json
 import secrets
+from urllib.parse import urlsplit
 
 import gradio as gr
 from gradio.context import Context
@@ -172,8 +173,9 @@ def done_html(state: SessionState, params: dict) -> str:
         url = html.escape(state.redirect_url, quote=True)
         body += (f'<p data-redirect="{url}">You will be taken back in a few seconds, or '
                  f'<a href="{url}" id="study-return">return now</a>.</p>')
-    submit = params.get("turkSubmitTo")
-    if submit and params.get("assignmentId") and state.status == "completed":
+    submit = params.get("turkSubmitTo", "")
+    to_mturk = urlsplit(submit).scheme == "https" and (urlsplit(submit).hostname or "").endswith(".mturk.com")
+    if to_mturk and params.get("assignmentId") and state.status == "completed":   # no form to other sites
         action = html.escape(submit.rstrip("/") + "/mturk/externalSubmit", quote=True)
         body += (f'<form method="POST" action="{action}"><input type="hidden" name="assignmentId" '
                  f'value="{html.escape(params["assignmentId"], quote=True)}"><input type="hidden" name="code" '

@@ -1,7 +1,8 @@
 """Compress tab: upload -> our codec at a target bpp -> the baselines at the bpp we reached.
 
-Named API endpoints: `/compress` (ours + baselines, everything the tab shows) and `/baselines`
-(the baseline codecs alone, no diffusion model).
+Named API endpoints: `/compress` (ours + baselines, everything the tab shows except the
+trajectory), `/trajectory` (the decoding trajectory of a bitstream; the page calls it right after
+`/compress`) and `/baselines` (the baseline codecs alone, no diffusion model).
 """
 
 from __future__ import annotations
@@ -113,13 +114,13 @@ def build_compress_tab(ctx: AppContext, examples: list[str]) -> None:
             with gr.Column(scale=1, min_width=260):
                 overview = gr.Image(label="Overview (click to move the crop)", format="png", interactive=False,
                                     elem_id="crop-overview", height=260)
-                crop_x = gr.Slider(0, 100, value=50, step=1, label="Crop centre, x (%)")
-                crop_y = gr.Slider(0, 100, value=50, step=1, label="Crop centre, y (%)")
+                crop_x = gr.Slider(0, 100, value=50, step=1, label="Crop centre, x (%)", elem_id="crop-x")
+                crop_y = gr.Slider(0, 100, value=50, step=1, label="Crop centre, y (%)", elem_id="crop-y")
                 crop_size = gr.Radio(CROP_SIZES, value=96, label="Crop size (pixels)")
             with gr.Column(scale=2, min_width=300):
                 crops = gr.Gallery(label="Crops (3x, nearest neighbour)", format="png", columns=3, height="auto",
                                    object_fit="contain", elem_id="crop-gallery")
-    shown = gr.State(None)  # {"original": path, "entries": [(caption, path), ...]} of the last run
+    shown = gr.State(None)  # {"original": path, "entries": [(path, caption), ...]} of the last run
 
     for button, value in preset_buttons:
         button.click(lambda v=value: v, None, bpp, queue=False, api_visibility="private")

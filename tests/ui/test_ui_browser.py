@@ -87,6 +87,15 @@ def test_upload_compress_download_decode(browser, server, small_png, tmp_path):
     expect(page.locator("#trajectory img")).to_be_visible()
     expect(page.locator("#crop-gallery img")).to_have_count(n_ran + 2)  # original + ours + baselines
     expect(page.locator("#compress-summary")).to_contain_text("bpp")
+    # A click on the overview up and left of its centre moves the crop there (the sliders follow).
+    # (gradio draws the 256x160 overview unscaled in the middle of its frame)
+    crop_x, crop_y = page.locator("#crop-x input[type=number]"), page.locator("#crop-y input[type=number]")
+    assert crop_x.input_value() == crop_y.input_value() == "50"
+    overview = page.locator("#crop-overview img")
+    box = overview.bounding_box()
+    overview.click(position={"x": box["width"] / 2 - 64, "y": box["height"] / 2 - 40})
+    expect(crop_y).not_to_have_value("50")
+    assert abs(int(crop_x.input_value()) - 25) <= 2 and abs(int(crop_y.input_value()) - 25) <= 2
     _shoot(page, "compressed")
 
     with page.expect_download() as info:

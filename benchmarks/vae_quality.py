@@ -21,7 +21,7 @@ from codec.demo_models import DemoAutoencoder  # noqa: E402
 from codec.train import VALIDATION_PHOTOS, box_bicubic_reference, load_photos, msssim, psnr, vae_round_trip  # noqa: E402
 
 
-def best_time(fn, repeats: int = 5) -> float:
+def best_time(fn, repeats: int) -> float:
     fn()  # warm-up (oneDNN picks its kernels on the first call)
     times = []
     for _ in range(repeats):
@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--backbone", type=Path, default=root / "assets/models/demo")
     parser.add_argument("--data", type=Path, default=root.parent / "shared/data/photos")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=10, help="timings report the best of this many runs")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -62,9 +63,9 @@ def main() -> None:
     with torch.no_grad():
         z = vae.encode(x).latents
         y = z * vae.config.scaling_factor
-        t_enc = best_time(lambda: vae.encode(x))
-        t_dec = best_time(lambda: vae.decode(z))
-        t_unet = best_time(lambda: unet(y, torch.tensor([100])).sample)
+        t_enc = best_time(lambda: vae.encode(x), args.repeats)
+        t_dec = best_time(lambda: vae.decode(z), args.repeats)
+        t_unet = best_time(lambda: unet(y, torch.tensor([100])).sample, args.repeats)
     n_params = sum(p.numel() for p in vae.parameters()), sum(p.numel() for p in unet.parameters())
     print(f"\n768x512 on {args.threads} threads: VAE encode {t_enc * 1000:.0f} ms, VAE decode {t_dec * 1000:.0f} ms, "
           f"one UNet call on {tuple(y.shape[-2:])} latent {t_unet * 1000:.0f} ms")

@@ -121,7 +121,7 @@ def load_default_backbone(device=None, dtype=None, allow_tiny: bool = False) -> 
     try:
         return load_backbone(SD_HUB_ID, device, dtype), f"Backbone: Stable Diffusion 2.1 ({SD_HUB_ID})."
     except BackboneUnavailable as sd_error:
-        reason = str(sd_error).split(".")[0]
+        reason = str(sd_error).split(". ")[0]
     try:
         return load_backbone("demo", device, dtype), (
             f"Backbone: bundled demo model (Stable Diffusion unavailable: {reason})."

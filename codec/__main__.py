@@ -50,13 +50,9 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "info":
-            from codec.bitstream import parse
+            from codec.bitstream import describe
 
-            header, payloads = parse(_read(args.input))
-            fields = header.as_dict()
-            size = args.input.stat().st_size
-            fields.update(bytes=size, bpp=8 * size / (header.width * header.height), payload_bytes=[len(p) for p in payloads])
-            print(json.dumps(fields, indent=2))
+            print(json.dumps(describe(_read(args.input)), indent=2))
             return 0
 
         from codec.codec import DiffusionCodec

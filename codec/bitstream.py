@@ -168,6 +168,15 @@ def _read_varint(body: bytes, offset: int) -> tuple[int, int]:
     raise BitstreamError("Invalid payload length in the header.")
 
 
+def describe(data: bytes, max_pixels: int | None = None) -> dict:
+    """Header fields, size and bpp of a bitstream (validated, without decoding)."""
+    header, payloads = parse(data, max_pixels)
+    fields = header.as_dict()
+    fields.update(bytes=len(data), bpp=8 * len(data) / (header.width * header.height),
+                  payload_bytes=[len(p) for p in payloads])
+    return fields
+
+
 def _validate_header(h: Header, max_pixels: int | None = None) -> None:
     if h.mode not in MODES:
         raise ValueError(f"Unknown coding mode {h.mode!r}.")

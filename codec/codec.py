@@ -303,11 +303,7 @@ class DiffusionCodec:
 
     def info(self, data: bytes) -> dict:
         """Header fields and bpp of a bitstream (validated, without decoding)."""
-        header, payloads = bitstream.parse(data, self.max_pixels)
-        fields = header.as_dict()
-        fields.update(bytes=len(data), bpp=8 * len(data) / (header.width * header.height),
-                      payload_bytes=[len(p) for p in payloads])
-        return fields
+        return bitstream.describe(data, self.max_pixels)
 
 
 def _ceil_to(value: int, multiple: int) -> int:

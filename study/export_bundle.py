@@ -1,21 +1,19 @@
 """Everything an author takes away from a study, in one folder and one zip.
 
 ``build_bundle`` reads the study database and writes the raw tables (votes, trials, sessions,
-raters) in CSV, JSON and Parquet, the full analysis of ``study.analysis``
-(scores, tests, LaTeX table, plots in PNG and PDF) in ``scores/``, and ``manifest.json`` with the
-study YAML, the software version and the SHA-256 of every file; then zips it all. Both
-``python -m study export`` and the Admin tab call it; ``status`` is what the Admin tab shows.
+raters) in CSV, JSON and Parquet, the full analysis of ``study.analysis`` (scores, tests,
+per-image breakdown, LaTeX table, plots in PNG and PDF) in ``scores/``, the study file, a
+README with the column dictionary (study.codebook) and the command that recomputes the scores,
+``manifest.json`` with the software version and the SHA-256 of every file; then zips it all.
+Both ``python -m study export`` and the Admin tab call it; ``status`` is what the Admin tab shows.
 
-Rater ids are keyed pseudonyms: HMAC-SHA256 of the platform id under a random key kept in the
-study's own event log (one per study, made at its first export). Whoever holds the exported
-files cannot test a known Prolific or MTurk id against them; whoever holds the database holds
-the raw ids anyway. The same rater keeps the same pseudonym from one export to the next.
+Rater ids are study.pseudonym's keyed pseudonyms everywhere but in ``payments.csv``: the one
+file with the raters' real Prolific or MTurk ids, for paying them, written only when asked
+(``payments=True``: the admin's export; leave it out of a bundle meant for sharing).
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
-import secrets
+import shlex
 import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -26,11 +24,13 @@ import yaml
 from sqlalchemy import func, select
 from sqlalchemy.orm import aliased
 
-from study import analysis, export, quality, ratings
-from study.models import Event, Image, Rater, Session, Stimulus, Trial, Vote
+from study import analysis, codebook, export, quality, ratings
+from study.models import Image, Rater, Session, Stimulus, Trial, Vote
+from study.pseudonym import pseudonym, study_key
 
 FORMATS = ("csv", "json", "parquet")
-KEY_EVENT = "pseudonym_key"   # the event that holds the study's pseudonym key
+PAYMENT_STATUS = {"completed": "completed", "screened_out": "screened_out", "declined": "no_consent",
+                  "consent": "returned_or_timed_out", "active": "returned_or_timed_out"}
 
 
 @dataclass(frozen=True)
@@ -40,33 +40,13 @@ class Bundle:
     zip_path: Path             # the files under a folder named as ``folder`` (not in the manifest: it holds it)
     manifest: dict
     note: str                  # why there are no scores, when there are none; else ""
+    payments: Path | None = None   # payments.csv (real platform ids), when asked for
 
 
 def exclusion_rules(cfg) -> dict | None:
     """The study YAML's ``exclusion:`` mapping (e.g. max_catch_failure_rate: 0.5), or None."""
     data = yaml.safe_load(cfg.source.read_text(encoding="utf-8")) or {}
     return data.get("exclusion") or None
-
-
-def pseudonym_key(service) -> bytes:
-    """The study's secret pseudonym key, made and stored on first use. Two first exports at once
-    may both append one; the oldest is the key from then on."""
-    def oldest(db):
-        return db.scalar(select(Event.payload).where(Event.study_id == service.cfg.id, Event.kind == KEY_EVENT)
-                         .order_by(Event.id).limit(1))
-
-    with service.Reader() as db:
-        payload = oldest(db)
-    if payload is None:
-        with service.Session.begin() as db:
-            db.add(Event(study_id=service.cfg.id, kind=KEY_EVENT, payload={"key": secrets.token_hex(32)}))
-        with service.Reader() as db:
-            payload = oldest(db)
-    return bytes.fromhex(payload["key"])
-
-
-def pseudonym(key: bytes, platform: str, external_id: str) -> str:
-    return "r" + hmac.new(key, f"{platform}\0{external_id}".encode(), hashlib.sha256).hexdigest()[:16]
 
 
 def _sessions(service, key: bytes) -> pd.DataFrame:
@@ -134,13 +114,48 @@ def _write_table(frame: pd.DataFrame, stem: Path, formats) -> list[Path]:
     return paths
 
 
+def _payments(service, stats: pd.DataFrame | None, key: bytes) -> pd.DataFrame:
+    """One row per Prolific submission or MTurk assignment (session) with the real platform ids.
+
+    The first two columns are what Prolific's bulk bonus takes (``<participant_id>,<amount>`` a
+    line, once ``bonus`` is filled in); ``participant_id`` alone is its bulk-approve list, and
+    ``submission_id`` the submission ids its API prefers. For MTurk: workerId, assignmentId, hitId."""
+    plat = service.cfg.platform
+    codes = {"completed": plat.completion_code, "screened_out": plat.screenout_code,
+             "no_consent": getattr(plat, "no_consent_code", "") or plat.screenout_code}
+    last_vote = (select(Vote.session_id, func.count().label("n"), func.max(Vote.created_at).label("last"))
+                 .group_by(Vote.session_id).subquery())
+    q = (select(Rater.platform, Rater.external_id, Session.platform_session_id, Session.platform_study_id,
+                Session.status, last_vote.c.n, Session.catch_failures, Session.created_at, last_vote.c.last,
+                Session.finished_at)
+         .join(Rater, Session.rater_id == Rater.id).outerjoin(last_vote, last_vote.c.session_id == Session.id)
+         .where(Session.study_id == service.cfg.id, Rater.platform.in_(("prolific", "mturk"))).order_by(Session.id))
+    cols = ["platform", "participant_id", "submission_id", "study_id", "status", "votes", "catch_failures",
+            "started_at", "last_activity_at", "finished_at"]
+    with service.Reader() as db:
+        df = pd.DataFrame(db.execute(q).all(), columns=cols)
+    df["status"] = df["status"].map(lambda s: PAYMENT_STATUS.get(s, s))
+    df["completion_code"] = df["status"].map(codes).fillna("")
+    df["votes"] = df["votes"].fillna(0).astype(int)
+    df["last_activity_at"] = df["last_activity_at"].fillna(df["started_at"])
+    df["bonus"] = ""
+    rater = pd.Series([pseudonym(key, p, e) for p, e in zip(df["platform"], df["participant_id"])], index=df.index,
+                      dtype=object)
+    for column in ("careless_reason", "excluded", "exclusion_reason"):   # joined on the pseudonym, not exported
+        known = stats is not None and column in stats.columns
+        df[column] = rater.map(stats.set_index("rater")[column]) if known else None
+    return df[list(codebook.COLUMNS["payments"])]
+
+
 def build_bundle(service, out: str | Path, *, formats=FORMATS, bootstrap: int = 1000,
-                 exclusions: bool = True, seed: int = 0) -> Bundle:
+                 exclusions: bool = True, seed: int = 0, payments: bool = True) -> Bundle:
     """Write the bundle into ``out`` (created; must be new or empty) and zip it.
 
     ``exclusions``: apply the study YAML's exclusion rules (excluded raters are marked in the
     tables either way when rules exist, and left out of the scores only when this is True).
-    With no votes to score, the tables are still written and ``note`` says why scores are missing."""
+    ``payments``: add payments.csv, the one file with real platform ids (the admin's export;
+    False for a bundle to share). With no votes to score, the tables are still written and
+    ``note`` says why scores are missing."""
     formats = tuple(formats)
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown or not formats:
@@ -154,11 +169,10 @@ def build_bundle(service, out: str | Path, *, formats=FORMATS, bootstrap: int = 
     cfg = service.cfg
     rules = exclusion_rules(cfg)
 
-    key = pseudonym_key(service)
+    key = study_key(service)
     sessions = _sessions(service, key)
     rater_of = sessions.set_index("session")["rater"]
-    votes = service.votes_frame()
-    votes["rater"] = votes["session"].map(rater_of)   # the keyed pseudonym replaces the plain hash
+    votes = service.votes_frame()   # pseudonymised with the same key
     trials = _trials(service, rater_of)
 
     note, stats, result = "", None, None
@@ -173,28 +187,53 @@ def build_bundle(service, out: str | Path, *, formats=FORMATS, bootstrap: int = 
             files += analysis.write_files(result, out / "scores")   # scores.csv and .json among them
         except ratings.VoteTableError as e:
             note = str(e)
-    for name, frame in (("votes", votes), ("trials", trials), ("sessions", sessions),
-                        ("raters", _raters(sessions, stats))):
+    tables = {"votes": votes, "trials": trials, "sessions": sessions, "raters": _raters(sessions, stats)}
+    for name, frame in tables.items():
         files += _write_table(frame, out / name, formats)
-    if result is not None and "parquet" in formats:
-        files += _write_table(result.board, out / "scores" / "scores", ["parquet"])
-
+    if result is not None:
+        if "parquet" in formats:
+            files += _write_table(result.board, out / "scores" / "scores", ["parquet"])
+        written = {p.relative_to(out).with_suffix("").as_posix() for p in files}
+        tables.update({stem: frame for stem, frame in
+                       (("scores/scores", result.board), ("scores/pairwise_tests", result.tests),
+                        ("scores/raters", result.raters), ("scores/per_image", result.images),
+                        ("scores/leave_one_image_out", result.without_image),
+                        ("scores/bitrate_controlled", None if result.bitrate is None else result.bitrate.pairs))
+                       if stem in written})
+    if payments:
+        tables["payments"] = _payments(service, stats, key)
+        files.append(export.write_csv(tables["payments"], out / "payments.csv"))
+    study_file = out / "study.yaml"
     study_yaml = cfg.source.read_text(encoding="utf-8")
+    study_file.write_text(study_yaml, encoding="utf-8")
+    files.append(study_file)
+
+    version = export.software_version()
+    applied = bool(exclusions and rules)
+    recompute = None
+    if result is not None and "csv" in formats:
+        recompute = shlex.join(["python", "-m", "study", "scores", "votes.csv", "--bootstrap", str(bootstrap),
+                                "--seed", str(seed), *(["--exclusions", "study.yaml"] if applied else []),
+                                "--out", "recomputed"])
+    names = [p.relative_to(out).as_posix() for p in files] + ["README.md", "manifest.json"]
+    files.append(codebook.write_readme(
+        out / "README.md", study_id=cfg.id, title=cfg.title, tables=tables, files=names, formats=formats,
+        software_version=version, recompute=recompute,
+        settings={"bootstrap": bootstrap, "seed": seed, "applied": applied, "rules": quality.check_rules(rules)}))
     extra = {"study_id": cfg.id, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
              "formats": list(formats), "bootstrap": bootstrap, "seed": seed,
-             "exclusion_rules": quality.check_rules(rules), "exclusions_applied": bool(exclusions and rules),
+             "exclusion_rules": quality.check_rules(rules), "exclusions_applied": applied,
              "counts": {"votes": len(votes), "trials": len(trials), "sessions": len(sessions),
                         "raters": int(sessions["rater"].nunique())},
-             "note": note}
-    manifest = export.build_manifest(files, root=out, study_yaml=study_yaml,
-                                     software_version=export.software_version(), extra=extra)
+             "recompute": recompute, "payments": bool(payments), "note": note}
+    manifest = export.build_manifest(files, root=out, study_yaml=study_yaml, software_version=version, extra=extra)
     files.append(export.write_json(manifest, out / "manifest.json"))
 
     zip_path = out / f"{cfg.id}-export.zip"
     with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as zf:
         for path in files:   # under one folder, as unzip should leave it
             zf.write(path, f"{out.name}/{path.relative_to(out).as_posix()}")
-    return Bundle(out, files, zip_path, manifest, note)
+    return Bundle(out, files, zip_path, manifest, note, out / "payments.csv" if payments else None)
 
 
 def status(service) -> dict:

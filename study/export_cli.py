@@ -1,5 +1,7 @@
 """`python -m study export --study FILE.yaml --db URL --out DIR`: the author's bundle of a study
-(study.export_bundle): raw tables, scores, LaTeX, plots, a SHA-256 manifest, and one zip."""
+(study.export_bundle): raw tables, scores, LaTeX, plots, a README with the column dictionary, a
+SHA-256 manifest, and one zip. payments.csv (the raters' real platform ids, to pay them) is in it
+unless --no-payments: use that for a bundle you share."""
 from __future__ import annotations
 
 import argparse
@@ -24,6 +26,8 @@ def register(subparsers) -> argparse.ArgumentParser:
                        help="score without the raters the study's exclusion rules exclude (the default)")
     which.add_argument("--no-exclusions", dest="exclusions", action="store_false",
                        help="score every rater (excluded ones are still marked in the tables)")
+    p.add_argument("--no-payments", dest="payments", action="store_false",
+                   help="leave out payments.csv (the only file with real platform ids): a bundle to share")
     p.set_defaults(func=run)
     return p
 
@@ -78,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         service = open_existing(args.study, args.db)
         bundle = build_bundle(service, args.out, formats=formats, bootstrap=args.bootstrap,
-                              exclusions=args.exclusions, seed=args.seed)
+                              exclusions=args.exclusions, seed=args.seed, payments=args.payments)
     except (LookupError, ValueError, OSError) as e:
         return _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
     counts = bundle.manifest["counts"]
@@ -86,5 +90,7 @@ def run(args: argparse.Namespace) -> int:
           f"{counts['sessions']} sessions, {counts['raters']} raters -> {len(bundle.files)} files in {bundle.folder}")
     if bundle.note:
         print(f"no scores: {bundle.note}")
+    if bundle.payments is not None:
+        print(f"payments.csv holds the raters' real platform ids: keep the zip private ({bundle.payments})")
     print(f"zip: {bundle.zip_path}")
     return 0

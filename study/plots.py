@@ -11,20 +11,26 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, NullFormatter
+from matplotlib.ticker import NullFormatter, NullLocator
 
 _LABELS = {"elo": "Elo", "bt": "Bradley-Terry score (Elo scale)", "jod": "JOD"}
 
 
 def preference_vs_bitrate(board: pd.DataFrame, score: str = "bt", title: str | None = None) -> Figure:
-    """One line per method: score against bpp (log axis) with CI bars, from ``ratings.leaderboard``."""
+    """One line per method: score against bpp (log axis) with CI bars, from ``ratings.leaderboard``.
+
+    Points sit at the measured bitrates; the axis is labelled once per bitrate group (the target
+    bpp when the board has ``target_bpp``, else measured rates within 10% of each other), rounded
+    to two significant digits, and a label that would overlap its neighbour is left out."""
     if score not in _LABELS or score not in board.columns:
         raise ValueError(f"the leaderboard has no {score!r} score")
     data = board.dropna(subset=["bpp", score])
     if data.empty:
         raise ValueError("no condition has a bitrate (columns bpp_a, bpp_b) to plot against")
     fig = Figure(figsize=(6.0, 4.2), layout="constrained")
+    FigureCanvasAgg(fig)  # a renderer, to measure the tick labels
     ax = fig.add_subplot()
     markers = "osD^v<>ph*"
     for k, (method, rows) in enumerate(data.sort_values("bpp").groupby("method", sort=True)):
@@ -33,18 +39,53 @@ def preference_vs_bitrate(board: pd.DataFrame, score: str = "bt", title: str | N
         ax.errorbar(rows["bpp"], y, yerr=None if np.isnan(err).all() else err, marker=markers[k % len(markers)],
                     capsize=3, linewidth=1.5, markersize=5, label=str(method))
     ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
-    rates = np.unique(data["bpp"].round(6))
-    if len(rates) <= 8:  # label the bitrates actually tested
-        ax.set_xticks(rates)
-    ax.set_xlabel("bits per pixel (bpp, log scale)")
+    ax.xaxis.set_minor_locator(NullLocator())
+    targets = data["target_bpp"] if "target_bpp" in data.columns else pd.Series(np.nan, index=data.index)
+    ticks = bitrate_groups(targets.where(targets.notna(), data["bpp"]).to_numpy(float))
+    ax.set_xticks(ticks, labels=[f"{t:.2g}" for t in ticks])
+    low, high = min(ticks.min(), data["bpp"].min()), max(ticks.max(), data["bpp"].max())
+    ax.set_xlim(low / 1.25, high * 1.25)
+    ax.set_xlabel("bits per pixel (bpp, log scale; points at the measured rates"
+                  + (", ticks at the targets)" if targets.notna().any() else ")"))
     ax.set_ylabel(f"{_LABELS[score]}, 95% CI")
-    ax.grid(True, which="both", alpha=0.3)
+    ax.grid(True, which="major", alpha=0.3)
     ax.legend(title="method", fontsize="small")
     if title:
         ax.set_title(title)
+    drop_overlapping_labels(fig, ax.xaxis)
     return fig
+
+
+def bitrate_groups(rates: np.ndarray, within: float = 1.1) -> np.ndarray:
+    """Sorted distinct rates, a rate within ``within`` times the first of its group joining it;
+    each group is represented by its median."""
+    rates = np.sort(rates[np.isfinite(rates) & (rates > 0)])
+    groups: list[list[float]] = []
+    for r in rates:
+        if groups and r <= groups[-1][0] * within:
+            groups[-1].append(r)
+        else:
+            groups.append([r])
+    return np.array([float(np.median(g)) for g in groups])
+
+
+def drop_overlapping_labels(fig: Figure, axis) -> None:
+    """Blank every tick label of ``axis`` that would overlap the last one kept (left to right),
+    measured as drawn; constrained layout only ever makes room, so what is apart stays apart."""
+    fig.draw_without_rendering()
+    ticks = axis.get_major_ticks()
+    kept = None
+    labels = []
+    for tick in ticks:
+        label = tick.label1
+        box = label.get_window_extent().expanded(1.15, 1.0) if label.get_text() else None
+        if box is not None and kept is not None and box.overlaps(kept):
+            labels.append("")
+            continue
+        labels.append(label.get_text())
+        kept = box if box is not None else kept
+    axis.set_ticks(axis.get_ticklocs(), labels=labels)
 
 
 def win_matrix_heatmap(win_rate: pd.DataFrame, counts: pd.DataFrame | None = None, title: str | None = None) -> Figure:

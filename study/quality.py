@@ -1,7 +1,11 @@
-"""Rater quality: catch trials, repeat consistency, response time, outlier score; exclusions.
+"""Rater quality: catch trials, repeat consistency, response time, side bias, outlier score;
+careless-rater flags; exclusions.
 
-Exclusion never deletes a vote: ``apply_exclusions`` marks rows (``excluded``,
-``exclusion_reason``) and ``ratings.scoring_votes`` leaves them out of the scores.
+Flags and exclusions are different things. ``rater_stats`` flags every rater who looks careless
+by fixed, lenient limits (``CARELESS``), so an author sees them whatever the study file says;
+only the study's own ``exclusion:`` rules exclude anyone. Exclusion never deletes a vote:
+``apply_exclusions`` marks rows (``excluded``, ``exclusion_reason``) and
+``ratings.scoring_votes`` leaves them out of the scores.
 """
 
 from __future__ import annotations
@@ -17,6 +21,17 @@ RULES = {
     "min_repeat_consistency": ("repeat_consistency", "min"),
     "min_median_response_ms": ("median_response_ms", "min"),
     "max_outlier_score": ("outlier_score", "max"),
+}
+
+
+# Limits beyond which a rater is flagged as careless (never excluded by these: see the docstring).
+# statistic -> ("max" or "min" allowed value, the limit, (the count it needs, at least), the words).
+CARELESS = {
+    "catch_failure_rate": ("max", 0.5, ("catch_trials", 1), "failed {v:.0%} of the catch trials (limit {l:.0%})"),
+    "repeat_consistency": ("min", 0.5, ("repeats", 2), "answered {v:.0%} of the repeats alike (limit {l:.0%})"),
+    "median_response_ms": ("min", 600.0, ("votes", 1), "median response {v:.0f} ms (limit {l:.0f} ms)"),
+    "side_bias": ("max", 0.9, ("votes", 10), "chose the same side {v:.0%} of the time (limit {l:.0%})"),
+    "outlier_score": ("max", 1.5, ("votes", 1), "outlier score {v:.2f} (limit {l:g}): disagrees with the others"),
 }
 
 
@@ -75,11 +90,11 @@ def repeat_consistency(votes: pd.DataFrame) -> pd.DataFrame:
             .reset_index())
 
 
-def outlier_scores(votes: pd.DataFrame, prior_sd: float | None = 2.0) -> pd.DataFrame:
+def outlier_scores(votes: pd.DataFrame) -> pd.DataFrame:
     """pwcmp's leave-one-rater-out score: (Q1 - L) / IQR for raters below the first quartile
     of per-trial log10-likelihoods L, else 0. Values above 1.5 deserve a look (Tukey's fence).
     Needs at least 3 raters; otherwise the score is NaN."""
-    lik = ratings.leave_one_rater_out_likelihood(votes, prior_sd)
+    lik = ratings.leave_one_rater_out_likelihood(votes)
     L = lik["log10_likelihood"].to_numpy()
     q1, q3 = np.percentile(L, [25, 75])
     iqr = q3 - q1
@@ -90,9 +105,29 @@ def outlier_scores(votes: pd.DataFrame, prior_sd: float | None = 2.0) -> pd.Data
     return lik[["rater", "log10_likelihood", "outlier_score"]]
 
 
-def rater_stats(votes: pd.DataFrame, prior_sd: float | None = 2.0) -> pd.DataFrame:
+def side_bias(votes: pd.DataFrame) -> pd.Series:
+    """Per rater: the share of decided votes on the side the rater picked more often (0.5 =
+    balanced, 1 = always the same side; side a is the left image as shown)."""
+    decided = votes.loc[votes["winner"] != "tie"]
+    share_a = (decided["winner"] == "a").groupby(decided["rater"]).mean()
+    return np.maximum(share_a, 1 - share_a)
+
+
+def careless_flags(stats: pd.DataFrame) -> pd.Series:
+    """Per row of ``rater_stats``: why the rater looks careless ("" when not), by ``CARELESS``."""
+    reasons = pd.Series([[] for _ in range(len(stats))], index=stats.index)
+    for column, (kind, limit, (evidence, least), words) in CARELESS.items():
+        value = pd.to_numeric(stats[column], errors="coerce")
+        broken = (value > limit if kind == "max" else value < limit) & (stats[evidence] >= least)
+        for i in stats.index[broken.fillna(False).to_numpy()]:
+            reasons[i].append(words.format(v=value[i], l=limit))
+    return reasons.map("; ".join)
+
+
+def rater_stats(votes: pd.DataFrame) -> pd.DataFrame:
     """One row per rater: votes, catch failure rate, repeat consistency, median response time,
-    outlier score (computed on the scoring votes, i.e. without catch trials)."""
+    side bias, outlier score (computed on the scoring votes, i.e. without catch trials), and
+    ``careless`` / ``careless_reason`` by the fixed limits of ``CARELESS``."""
     stats = votes.groupby("rater").size().rename("votes").reset_index()
     stats = stats.merge(catch_failures(votes), on="rater", how="left")
     stats["catch_trials"] = stats["catch_trials"].fillna(0).astype(int)
@@ -109,7 +144,10 @@ def rater_stats(votes: pd.DataFrame, prior_sd: float | None = 2.0) -> pd.DataFra
     if scoring.empty:
         stats[["log10_likelihood", "outlier_score"]] = np.nan
     else:
-        stats = stats.merge(outlier_scores(scoring, prior_sd), on="rater", how="left")
+        stats = stats.merge(outlier_scores(scoring), on="rater", how="left")
+    stats["side_bias"] = stats["rater"].map(side_bias(votes))
+    stats["careless_reason"] = careless_flags(stats)
+    stats["careless"] = stats["careless_reason"] != ""
     return stats
 
 

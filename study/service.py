@@ -10,7 +10,6 @@ the same vote sent again returns the stored vote and adds nothing.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import hmac
 import json
 import random
@@ -503,14 +502,16 @@ class StudyService:
 
     def votes_frame(self):
         """One row per vote in the table layout of study.ratings / study.quality (a = left as
-        shown). Rater ids are pseudonyms: a hash of the study and the platform id."""
+        shown). Rater ids are study.pseudonym's keyed pseudonyms, never the platform's ids."""
         import pandas as pd
+
+        from study.pseudonym import pseudonym, study_key
 
         L, R = aliased(Stimulus), aliased(Stimulus)
         LC, RC = aliased(Condition), aliased(Condition)
         q = (select(Rater.platform, Rater.external_id, Session.id, Image.key, Trial.id, Trial.index, Trial.kind,
                     Trial.repeat_of, Trial.correct_side, L.key, R.key, LC.method, RC.method, L.bpp, R.bpp,
-                    Vote.choice, Vote.server_ms, Vote.client_ms, Vote.created_at)
+                    LC.target_bpp, RC.target_bpp, Vote.choice, Vote.server_ms, Vote.client_ms, Vote.created_at)
              .select_from(Vote).join(Trial, Vote.trial_id == Trial.id)
              .join(Session, Trial.session_id == Session.id).join(Rater, Session.rater_id == Rater.id)
              .join(Image, Trial.image_id == Image.id)
@@ -519,12 +520,13 @@ class StudyService:
              .where(Session.study_id == self.cfg.id).order_by(Vote.id))
         cols = ["platform", "external_id", "session", "image", "trial_id", "trial_index", "trial_kind",
                 "repeat_of", "correct_side", "condition_a", "condition_b", "method_a", "method_b", "bpp_a",
-                "bpp_b", "choice", "server_ms", "client_ms", "timestamp"]
+                "bpp_b", "target_bpp_a", "target_bpp_b", "choice", "server_ms", "client_ms", "timestamp"]
         with self.Session() as db:
             df = pd.DataFrame(db.execute(q).all(), columns=cols)
         side = {"left": "a", "right": "b"}
-        df.insert(0, "rater", [_pseudonym(self.cfg.id, p, e) for p, e in zip(df["platform"], df["external_id"])])
-        df["winner"] = df["choice"].map(side)
+        key = study_key(self)
+        df.insert(0, "rater", [pseudonym(key, p, e) for p, e in zip(df["platform"], df["external_id"])])
+        df["winner"] = df["choice"].map({**side, "tie": "tie"})
         df["is_catch"] = df["trial_kind"] == "catch"
         df["catch_correct"] = df["correct_side"].map(side)
         df["response_ms"] = df["client_ms"].fillna(df["server_ms"])   # the browser's clock when it sent one
@@ -534,10 +536,6 @@ class StudyService:
 def _event(db, study_id: str, session_id: int | None, kind: str, payload: dict | None = None) -> None:
     db.execute(insert(Event.__table__).values(study_id=study_id, session_id=session_id, kind=kind,
                                               payload=payload, created_at=utcnow()))
-
-
-def _pseudonym(study_id: str, platform: str, external_id: str) -> str:
-    return "r" + hashlib.sha256(f"{study_id}\0{platform}\0{external_id}".encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)

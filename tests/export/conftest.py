@@ -12,7 +12,7 @@ from study.service import Participant, StudyService
 from tests.study.conftest import make_study, postgres_url  # noqa: F401  (fixture)
 from tests.ui.conftest import client, server, study_votes  # noqa: F401  (fixtures)
 
-PLATFORM = "{kind: prolific, completion_code: C0MPL3TE}"
+PLATFORM = "{kind: prolific, completion_code: C0MPL3TE, screenout_code: SCR33N, no_consent_code: N0C0NS3NT}"
 EXCLUSION = "exclusion: {max_catch_failure_rate: 0.5}\n"
 # Raw Prolific ids (24 hex digits) and what each rater's browser sends as its user agent: text a
 # spreadsheet would run as a formula if the export did not neutralise it.
@@ -60,3 +60,82 @@ def filled_db(request, export_study, tmp_path) -> str:
     svc = fill(export_study, url)
     svc.engine.dispose()
     return url
+
+
+@pytest.fixture(scope="session")
+def results_app(tmp_path_factory, export_study):
+    """The real app (`python app.py`) serving the export study, its SQLite database filled by
+    `fill` first: (base URL, database URL). Results are private (the study file says nothing)."""
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from tests.ui.conftest import ADMIN_TOKEN, ROOT, _free_port
+
+    tmp = tmp_path_factory.mktemp("results_app")
+    url = f"sqlite:///{tmp / 'study.db'}"
+    fill(export_study, url).engine.dispose()
+    port = _free_port()
+    env = dict(os.environ, APP_BACKBONE="tiny", APP_MODE="analytic", APP_STUDY_FILE=str(export_study),
+               DATABASE_URL=url, RESULTS_DIR=str(tmp / "results"), GRADIO_TEMP_DIR=str(tmp / "gradio"),
+               GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port), GRADIO_ANALYTICS_ENABLED="False",
+               HF_HUB_OFFLINE="1", ADMIN_TOKEN=ADMIN_TOKEN)
+    with open(tmp / "server.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.time() + 120
+            while True:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"app did not start:\n{(tmp / 'server.log').read_text()[-4000:]}")
+                try:
+                    with urllib.request.urlopen(base + "/health", timeout=2):
+                        break
+                except OSError:
+                    time.sleep(0.5)
+            yield base, url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def events_by_trigger(server: str, *elem_ids: str) -> dict:
+    """fn_index, trigger id and config of the events fired by the components with these elem_ids."""
+    import httpx
+
+    config = httpx.get(server + "/config", timeout=30).raise_for_status().json()
+    ids = {c["props"].get("elem_id"): c["id"] for c in config["components"]}
+    events = {}
+    for dep in config["dependencies"]:
+        for target, _ in dep["targets"]:
+            for name in elem_ids:
+                if target == ids.get(name):
+                    events[name] = (dep["id"], target, dep)
+    assert set(events) == set(elem_ids), set(elem_ids) - set(events)
+    return events
+
+
+def call(server: str, event, *data) -> dict:
+    """One event through the queue endpoints the browser uses (no client library)."""
+    import json
+    import secrets
+
+    import httpx
+
+    fn_index, trigger, _ = event
+    session = secrets.token_hex(8)
+    with httpx.Client(base_url=server, timeout=180) as http:
+        http.post("/gradio_api/queue/join", json={"data": list(data), "fn_index": fn_index, "trigger_id": trigger,
+                                                  "session_hash": session, "event_data": None}).raise_for_status()
+        with http.stream("GET", "/gradio_api/queue/data", params={"session_hash": session}) as stream:
+            for line in stream.iter_lines():
+                if line.startswith("data:"):
+                    message = json.loads(line[5:])
+                    if message.get("msg") == "process_completed":
+                        return message
+    raise AssertionError("the event never completed")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import secrets
 import zipfile
 
 import httpx
@@ -17,36 +16,13 @@ import pytest
 from tests.ui.conftest import ADMIN_TOKEN
 from ui.admin_tab import WRONG_TOKEN
 
+from .conftest import call, events_by_trigger
+
 
 @pytest.fixture(scope="module")
 def admin(server):
     """fn_index and trigger id of the Admin tab's events, by the elem_id of their buttons."""
-    config = httpx.get(server + "/config", timeout=30).raise_for_status().json()
-    ids = {c["props"].get("elem_id"): c["id"] for c in config["components"]}
-    events = {}
-    for dep in config["dependencies"]:
-        for target, _ in dep["targets"]:
-            for name in ("admin-status-btn", "admin-export-btn"):
-                if target == ids.get(name):
-                    events[name] = (dep["id"], target, dep)
-    assert set(events) == {"admin-status-btn", "admin-export-btn"}
-    return events
-
-
-def call(server: str, event, *data) -> dict:
-    """One event through the queue endpoints the browser uses (no client library)."""
-    fn_index, trigger, _ = event
-    session = secrets.token_hex(8)
-    with httpx.Client(base_url=server, timeout=180) as http:
-        http.post("/gradio_api/queue/join", json={"data": list(data), "fn_index": fn_index, "trigger_id": trigger,
-                                                  "session_hash": session, "event_data": None}).raise_for_status()
-        with http.stream("GET", "/gradio_api/queue/data", params={"session_hash": session}) as stream:
-            for line in stream.iter_lines():
-                if line.startswith("data:"):
-                    message = json.loads(line[5:])
-                    if message.get("msg") == "process_completed":
-                        return message
-    raise AssertionError("the event never completed")
+    return events_by_trigger(server, "admin-status-btn", "admin-export-btn")
 
 
 def test_admin_events_are_private(client, admin):

@@ -6,6 +6,12 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
+import re
+import secrets
+import shlex
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -13,8 +19,13 @@ import pandas as pd
 
 from study import export
 from study.cli import main
+from study.export_bundle import build_bundle
+from study.models import Trial
+from study.service import Participant, StudyService
+from tests.study.conftest import make_study
+from tests.ui.conftest import ROOT
 
-from .conftest import CHEAT, RATERS, STUDY_IDS
+from .conftest import CHEAT, PLATFORM, RATERS, STUDY_IDS, fill
 
 TABLES = ("votes", "trials", "sessions", "raters")
 FORMULA = ("=", "+", "-", "@", "\t", "\r")
@@ -43,8 +54,10 @@ def test_export_writes_every_file_hashed_zipped_and_pseudonymised(export_study, 
     expected = {f"{t}.{f}" for t in TABLES for f in ("csv", "json", "parquet")}
     expected |= {f"scores/{name}" for name in ("scores.csv", "scores.json", "scores.parquet", "scores.tex",
                                                "pairwise_tests.csv", "raters.csv", "bitrate_controlled.csv",
+                                               "per_image.csv", "leave_one_image_out.csv",
                                                "win_matrix.png", "win_matrix.pdf", "preference_vs_bitrate.png",
                                                "preference_vs_bitrate.pdf")}
+    expected |= {"README.md", "study.yaml", "payments.csv"}
     on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
     assert on_disk == expected | {"manifest.json", "exp1-export.zip"}
     assert (out / "scores/win_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -79,8 +92,8 @@ def test_export_writes_every_file_hashed_zipped_and_pseudonymised(export_study, 
     votes = pd.read_parquet(out / "votes.parquet")
     assert len(votes) == N_VOTES
 
-    # No raw platform id anywhere in the bundle (any file, any format), only keyed pseudonyms.
-    blobs = [p.read_bytes() for p in out.rglob("*") if p.is_file() and p.suffix != ".zip"]
+    # No raw platform id anywhere in the bundle (any file, any format) but payments.csv, only keyed pseudonyms.
+    blobs = [p.read_bytes() for p in out.rglob("*") if p.is_file() and p.suffix != ".zip" and p.name != "payments.csv"]
     for raw in [pid for pid, _ in RATERS] + list(STUDY_IDS):
         assert not any(raw.encode() in blob for blob in blobs), raw
     sessions = pd.read_parquet(out / "sessions.parquet")
@@ -111,7 +124,7 @@ def test_export_writes_every_file_hashed_zipped_and_pseudonymised(export_study, 
     # A second export gives every rater the same pseudonym (the key is kept per study); without
     # exclusions every rater is scored, the cheat still marked.
     again = tmp_path / "again"
-    run_export(export_study, filled_db, again, "--no-exclusions", "--formats", "parquet")
+    run_export(export_study, filled_db, again, "--no-exclusions", "--formats", "parquet", "--no-payments")
     assert not list(again.glob("*.csv")) and not (again / "votes.json").exists()
     assert sorted(pd.read_parquet(again / "sessions.parquet")["rater"]) == sorted(sessions["rater"])
     scored = json.loads((again / "scores/scores.json").read_text())["settings"]
@@ -172,3 +185,84 @@ def test_a_study_without_votes_exports_its_empty_tables(export_study, tmp_path, 
     assert not (tmp_path / "out/scores").exists()
     assert pd.read_csv(tmp_path / "out/votes.csv").empty and "rater" in pd.read_csv(tmp_path / "out/votes.csv").columns
     assert json.loads((tmp_path / "out/manifest.json").read_text())["note"] == "no votes yet"
+
+
+def _sqlite(study: Path, tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    fill(study, url).engine.dispose()
+    return url
+
+
+def test_the_readme_describes_every_file_and_column_and_its_command_recomputes_the_scores(export_study, tmp_path):
+    out = tmp_path / "bundle"
+    run_export(export_study, _sqlite(export_study, tmp_path), out)
+    with zipfile.ZipFile(out / "exp1-export.zip") as zf:
+        zf.extractall(tmp_path / "unzipped")
+    folder = tmp_path / "unzipped" / "bundle"
+    readme = (folder / "README.md").read_text()
+
+    # Every file is listed; every column of every CSV has a row in its table's section.
+    for path in folder.rglob("*"):
+        if path.is_file():
+            rel = path.relative_to(folder).as_posix()
+            stem, suffix = rel.rsplit(".", 1)
+            assert f"`{rel}`" in readme or re.search(rf"`{re.escape(stem)}\.{{[a-z,]*{suffix}[a-z,]*}}`", readme), rel
+    sections = dict(re.findall(r"^### (\S+)\n\n\| column \| meaning \(unit\) \|\n\|---\|---\|\n((?:\|.*\n)+)", readme,
+                               flags=re.M))
+    for path in folder.rglob("*.csv"):
+        stem = path.relative_to(folder).with_suffix("").as_posix()
+        documented = re.findall(r"^\| `([^`]+)` \| .+ \|$", sections[stem], flags=re.M)
+        assert documented == list(pd.read_csv(path, nrows=0).columns), stem
+
+    # The command the README gives, run as written in the unzipped folder, gives the same tables.
+    command = re.search(r"^```\n(python -m study scores .+)\n```$", readme, flags=re.M).group(1)
+    argv = shlex.split(command)
+    assert argv[:3] == ["python", "-m", "study"] and "--exclusions" in argv
+    done = subprocess.run([sys.executable, *argv[1:]], cwd=folder, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    for name in ("scores", "pairwise_tests", "raters", "per_image", "leave_one_image_out", "bitrate_controlled"):
+        assert (folder / "recomputed" / f"{name}.csv").read_bytes() == (folder / "scores" / f"{name}.csv").read_bytes()
+
+
+def test_payments_csv_has_every_exit_in_prolifics_shape(tmp_path):
+    """One row per Prolific submission with the real ids: completed, screened out, no consent,
+    and a session left unfinished (returned or timed out), each with its code and vote count."""
+    study = make_study(tmp_path, trials=8, catch=2, repeats=0, max_fail=1, platform=PLATFORM, study_id="pay1")
+    svc = StudyService.open(study, f"sqlite:///{tmp_path / 'pay.db'}", seed=1)
+    ids = {}
+    for who in ("done", "cheat", "declines", "leaves"):
+        pid = secrets.token_hex(12)
+        ids[who] = pid
+        st = svc.start_session(Participant("prolific", pid, "STUDY" + pid[:4], "SUB" + pid[:6]))
+        st = svc.consent(st.token, who != "declines", st.consent_version)
+        answered = 0
+        while st.trial is not None and not (who == "leaves" and answered == 3):
+            with svc.Session() as db:
+                trial = db.get(Trial, st.trial.id)
+            wrong = {"left": "right", "right": "left"}
+            choice = (wrong[trial.correct_side] if who == "cheat" else trial.correct_side) if trial.kind == "catch" \
+                else "left"
+            st = svc.vote(st.token, st.trial.id, choice).state
+            answered += 1
+    bundle = build_bundle(svc, tmp_path / "out", formats=["csv"], bootstrap=0)
+    with open(bundle.payments, newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0][:4] == ["participant_id", "bonus", "submission_id", "study_id"]
+    table = pd.read_csv(bundle.payments, keep_default_na=False, dtype=str).set_index("participant_id")
+    assert set(table.index) == set(ids.values())
+    expect = {"done": ("completed", "C0MPL3TE"), "cheat": ("screened_out", "SCR33N"),
+              "declines": ("no_consent", "N0C0NS3NT"), "leaves": ("returned_or_timed_out", "")}
+    for who, (status, code) in expect.items():
+        row = table.loc[ids[who]]
+        assert (row["status"], row["completion_code"]) == (status, code), who
+        assert row["submission_id"] == "SUB" + ids[who][:6] and row["study_id"] == "STUDY" + ids[who][:4]
+    assert table.loc[ids["done"], "votes"] == "8" and table.loc[ids["leaves"], "votes"] == "3"
+    assert table.loc[ids["declines"], "votes"] == "0"
+    # Filled in, the first two columns are Prolific's bulk-bonus lines "<participant_id>,<amount>".
+    bonus = "\n".join(f"{pid},{1.5:.2f}" for pid in table.index)
+    assert re.fullmatch(r"([0-9a-f]{24},\d+\.\d\d\n?)+", bonus)
+    # The real ids are in payments.csv and nowhere else in the bundle.
+    for path in bundle.folder.rglob("*"):
+        if path.is_file() and path.name not in ("payments.csv", "pay1-export.zip"):
+            assert not any(pid.encode() in path.read_bytes() for pid in ids.values()), path

@@ -44,16 +44,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Server:
-    """`python -m study serve FILE --db URL` in a child process, ready when its API answers."""
+# Simulated raters vote far faster than people, all from 127.0.0.1: capacity is measured
+# without the per-client rate limits (study.limits), everything else as served.
+NO_RATE_LIMITS = {"STUDY_LIMIT_RATE_LIMITS": "0"}
 
-    def __init__(self, study_file: Path, db_url: str, timeout: float = 90):
+
+class Server:
+    """`python -m study serve FILE --db URL` in a child process, ready when its API answers.
+    `env`: extra environment variables, e.g. STUDY_LIMIT_* settings."""
+
+    def __init__(self, study_file: Path, db_url: str, timeout: float = 90, env: dict[str, str] | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}{API}"
         self.log = tempfile.TemporaryFile()     # a pipe could fill up and stall the server
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "study", "serve", str(study_file), "--db", db_url, "--port", str(self.port)],
-            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
+            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         deadline = time.time() + timeout
         while True:
             if self.proc.poll() is not None:
@@ -136,7 +142,7 @@ def rater(base: str, pid: str, load: Load, stop: threading.Event | None = None, 
             load.errors.append((pid, path.split("/")[-1], r.status, data[:200]))
 
     try:
-        st = post("/sessions", {"params": {"PROLIFIC_PID": pid, "SESSION_ID": f"s-{pid}"}})
+        st = post("/sessions", {"params": {"PROLIFIC_PID": pid, "STUDY_ID": "bench", "SESSION_ID": f"s-{pid}"}})
         if st and st["status"] == "consent":
             st = post(f"/sessions/{st['token']}/consent", {"agree": True, "version": st["consent_version"]})
         if st is None:
@@ -185,7 +191,8 @@ def study_copy(source: Path, folder: Path, trials: int, sessions_per_rater: int 
         im["path"] = str((source.parent / im["path"]).resolve())
     data["stimuli_dir"] = str((source.parent / data.get("stimuli_dir", f"{data['id']}_stimuli")).resolve())
     data.update(trials_per_session=trials, sessions_per_rater=sessions_per_rater,
-                platform={"kind": "prolific", "completion_code": "BENCH"})
+                platform={"kind": "prolific", "completion_code": "BENCH", "screenout_code": "BENCHOUT",
+                          "no_consent_code": "BENCHNO"})
     path = folder / "bench.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -213,7 +220,7 @@ def main() -> None:
                 for n in args.raters:
                     url, cleanup = _fresh_db(backend, Path(tmp), args.postgres, f"{n}_{think:g}")
                     try:
-                        with Server(study, url) as server:
+                        with Server(study, url, env=NO_RATE_LIMITS) as server:
                             cpu0 = server.cpu_s()
                             load = run_load(server.url, n, think_s=think / 1000)
                             cpu = (server.cpu_s() - cpu0) * 1000 / max(1, len(load.acked))

@@ -57,12 +57,13 @@ def _serve(args) -> int:
     import uvicorn
     from fastapi import FastAPI
 
-    from study.http import API_PREFIX, build_router
+    from study.http import API_PREFIX, build_api
     from study.service import StudyService
 
     service = StudyService.open(args.file, args.db)
     app = FastAPI(title=f"study {service.cfg.id}")
-    app.include_router(build_router(service), prefix=API_PREFIX)
+    app.get("/health")(lambda: {"status": "ok"})   # as in the Space: outside the API and its limits
+    app.mount(API_PREFIX, build_api(service))     # limits from $STUDY_LIMIT_* (study.limits)
     # Everything loaded so far lives as long as the server: moved out of the collector's reach,
     # a full collection scans only what requests create (we saw 90 ms pauses stall every vote).
     gc.freeze()

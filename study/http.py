@@ -1,27 +1,34 @@
-"""JSON API of a study (FastAPI router); the app mounts it at API_PREFIX next to Gradio.
+"""JSON API of a study: its own small FastAPI application, which the app mounts at API_PREFIX
+next to Gradio (`app.mount(API_PREFIX, build_api(service))`), so that the limits of
+study.limits and the error answers below apply to exactly these routes.
 
 The session token in the path is the caller's secret: whoever holds it is that session. Every
-endpoint is a thin call into StudyService; its refusals become HTTP errors with a message.
+endpoint is a thin call into StudyService; its refusals become HTTP errors with a one-line
+message, and no error answer repeats what the request sent.
 """
 from __future__ import annotations
 
 from typing import Callable, TypeVar
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 import orjson
-from fastapi.responses import FileResponse, Response
-from pydantic import BaseModel, Field
+from fastapi.responses import FileResponse, JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
 
-from study.service import Participant, StudyError, StudyService
+from study.limits import Guard, Limits
+from study.service import Participant, StudyError, StudyService, new_rater_key
 
 API_PREFIX = "/api/study"
 T = TypeVar("T")
 
 
 class StartRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")   # e.g. the retired anonymous_id: refused, not ignored
     study_id: str | None = None
     params: dict[str, str] = Field(default_factory=dict, description="the page URL's query parameters")
-    anonymous_id: str | None = Field(None, description="a random id the browser keeps, when no platform id")
+    token: str | None = Field(None, description="the session token the browser kept, to resume that session")
+    rater_key: str | None = Field(None, description="a visitor's key from an earlier answer (no platform id)")
 
 
 class ConsentRequest(BaseModel):
@@ -53,6 +60,32 @@ def _json(fn: Callable[[], dict]) -> Response:
     return Response(orjson.dumps(_call(fn)), media_type="application/json")
 
 
+# The names an error may quote: a location can also hold the client's own keys.
+_FIELDS = {"body", "path", "query", "token", "public_id"} | {
+    name for model in (StartRequest, ConsentRequest, VoteRequest, EventRequest) for name in model.model_fields}
+
+
+def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's default answer lists every error with the offending input: one line instead,
+    which names our fields and pydantic's message (never the input or the client's keys)."""
+    errors = exc.errors()
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    where = ".".join(p if p in _FIELDS else "*" for p in first.get("loc", ()))
+    msg = "unknown field" if first.get("type") == "extra_forbidden" else first.get("msg", "invalid")
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return JSONResponse({"detail": f"{where}: {msg}{more}"[:300]}, status_code=422)
+
+
+def build_api(service: StudyService, limits: Limits | None = None) -> FastAPI:
+    """The study API as an application to mount at API_PREFIX, behind the limits of
+    study.limits (default: Limits.from_env())."""
+    api = FastAPI(title=f"study {service.cfg.id}", docs_url=None, redoc_url=None, openapi_url=None)
+    api.add_exception_handler(RequestValidationError, _validation_error)
+    api.include_router(build_router(service))
+    api.add_middleware(Guard, limits=limits or Limits.from_env())
+    return api
+
+
 def build_router(service: StudyService) -> APIRouter:
     router = APIRouter(tags=["study"])
     cfg = service.cfg
@@ -67,15 +100,21 @@ def build_router(service: StudyService) -> APIRouter:
 
     @router.post("/sessions")
     def start(body: StartRequest, request: Request) -> Response:
-        """Start a session, or resume the rater's unfinished one (same token, same trial)."""
+        """Start a session, or resume the rater's (same platform ids, or the kept token).
+
+        A visitor without platform ids is known by a rater key that the server issues: the
+        answer carries it (`rater_key`) and the browser sends it back with later starts."""
         if body.study_id not in (None, cfg.id):
-            raise HTTPException(404, f"no study {body.study_id!r} here")
+            raise HTTPException(404, "no such study here")
 
         def run():
-            who = Participant.from_params(body.params, body.anonymous_id)
+            who = Participant.from_params(body.params)
+            key = None
             if who is None:
-                raise HTTPException(422, "no participant id: give platform parameters or anonymous_id")
-            return service.start_session(who, request.headers.get("user-agent")).to_dict()
+                key = body.rater_key or new_rater_key()
+                who = Participant.anonymous(key)
+            st = service.start_session(who, request.headers.get("user-agent"), token=body.token)
+            return {**st.to_dict(), "rater_key": key}
         return _json(run)
 
     @router.get("/sessions/{token}")

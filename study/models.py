@@ -91,6 +91,8 @@ class Session(Base):
     next_index: Mapped[int] = mapped_column(Integer, default=0)   # first trial without a vote
     n_trials: Mapped[int] = mapped_column(Integer, default=0)
     catch_failures: Mapped[int] = mapped_column(Integer, default=0)
+    # Events the client caused at will (telemetry, resumes, replays): capped, see service._client_event.
+    client_events: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     platform_study_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     platform_session_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     consent_version: Mapped[str | None] = mapped_column(String(32), nullable=True)

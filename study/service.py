@@ -10,6 +10,7 @@ the same vote sent again returns the stored vote and adds nothing.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import hmac
 import json
 import random
@@ -32,8 +33,11 @@ from study.models import (CHOICES, Condition, Event, Image, Rater, Session, Stim
                           Trial, Vote, utcnow)
 
 _ID = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
+RATER_KEY_CHARS = (24, 64)
 CLIENT_EVENTS = {"zoom", "pan", "blur", "focus", "resize", "reload", "instructions", "example"}
 MAX_EVENT_BYTES = 2000
+# Events a session's client can add at will; with MAX_EVENT_BYTES, at most ~2 MB per session.
+MAX_CLIENT_EVENTS = 1000
 
 
 class StudyError(Exception):
@@ -63,27 +67,47 @@ class Invalid(StudyError):
 
 @dataclass(frozen=True)
 class Participant:
-    """Who is rating, as the page URL says (Prolific, MTurk) or an id the browser made up."""
+    """Who is rating: a Prolific or MTurk participant as the page URL says, or a visitor known by
+    a secret rater key that the server issued (never an id the browser chose).
+
+    A session resumes only for the same platform ids, all of them (Prolific: PROLIFIC_PID,
+    STUDY_ID and SESSION_ID; MTurk: workerId, hitId and assignmentId): a PROLIFIC_PID alone is
+    no secret (researchers, screenshots, other studies see it), its SESSION_ID is."""
     platform: str                    # prolific | mturk | anonymous
-    external_id: str
+    external_id: str                 # PROLIFIC_PID, workerId, or a hash of the rater key
     platform_study_id: str | None = None
     platform_session_id: str | None = None   # Prolific SESSION_ID, MTurk assignmentId
     preview: bool = False            # MTurk shows the task before the worker accepts it
 
     @classmethod
-    def from_params(cls, params: dict, anonymous_id: str | None = None) -> "Participant | None":
+    def from_params(cls, params: dict) -> "Participant | None":
         """Read PROLIFIC_PID/STUDY_ID/SESSION_ID or workerId/assignmentId/hitId; None if neither."""
         get = {k: str(v).strip() for k, v in params.items() if v is not None and str(v).strip()}
         if "PROLIFIC_PID" in get:
-            return cls("prolific", _checked(get["PROLIFIC_PID"]), _opt(get.get("STUDY_ID")),
-                       _opt(get.get("SESSION_ID")))
+            if not ("STUDY_ID" in get and "SESSION_ID" in get):
+                raise Invalid("a Prolific link carries PROLIFIC_PID, STUDY_ID and SESSION_ID: open the study "
+                              "from Prolific again")
+            return cls("prolific", _checked(get["PROLIFIC_PID"]), _checked(get["STUDY_ID"]),
+                       _checked(get["SESSION_ID"]))
         if get.get("assignmentId") == "ASSIGNMENT_ID_NOT_AVAILABLE":
             return cls("mturk", "preview", _opt(get.get("hitId")), None, preview=True)
         if "workerId" in get:
-            return cls("mturk", _checked(get["workerId"]), _opt(get.get("hitId")), _opt(get.get("assignmentId")))
-        if anonymous_id:
-            return cls("anonymous", _checked(anonymous_id))
+            if "assignmentId" not in get:
+                raise Invalid("an MTurk link carries workerId and assignmentId: open the task from MTurk again")
+            return cls("mturk", _checked(get["workerId"]), _opt(get.get("hitId")), _checked(get["assignmentId"]))
         return None
+
+    @classmethod
+    def anonymous(cls, rater_key: str) -> "Participant":
+        """The visitor who holds `rater_key` (from new_rater_key()); only its hash is stored."""
+        if not isinstance(rater_key, str) or not RATER_KEY_CHARS[0] <= len(rater_key) <= RATER_KEY_CHARS[1]:
+            raise Invalid("not a rater key")
+        return cls("anonymous", hashlib.sha256(rater_key.encode()).hexdigest())
+
+
+def new_rater_key() -> str:
+    """A visitor's secret: the browser keeps it to be the same rater in a later session."""
+    return secrets.token_urlsafe(24)
 
 
 def _checked(value: str) -> str:
@@ -154,6 +178,9 @@ _SHOW_FRESH = update(_T).where(*_AT).values(first_shown_at=bindparam("now")).ret
 _TRIAL_AT = select(*_TRIAL_COLS, _T.c.first_shown_at).where(*_AT)
 # Conditional: of two concurrent first shows, the earlier time stays.
 _MARK_SHOWN = (update(_T).where(_T.c.id == bindparam("tid"), _T.c.first_shown_at.is_(None))
+# Counts an event against its session's cap; matches no row once the cap is reached.
+_COUNT_EVENT = (update(_S).where(_S.c.id == bindparam("sid"), _S.c.client_events < bindparam("cap"))
+                .values(client_events=_S.c.client_events + 1))
                .values(first_shown_at=bindparam("now")))
 
 
@@ -278,11 +305,17 @@ class StudyService:
 
     # -- sessions -------------------------------------------------------------------------------
 
-    def start_session(self, who: Participant, user_agent: str | None = None) -> SessionState:
-        """Resume the rater's unfinished session, or start a new one if the study allows it.
+    def start_session(self, who: Participant, user_agent: str | None = None,
+                      token: str | None = None) -> SessionState:
+        """Resume the rater's session, or start a new one if the study allows it.
 
-        When the rater has used all their sessions, the last one is returned as it is (finished),
-        so a reload of the completion page still shows the code.
+        A platform participant resumes the session of the same platform ids (a reload of the
+        completion page shows the end again); the same PROLIFIC_PID or workerId with other ids
+        (another submission) starts a new session if the study allows more, and is refused
+        while the first one is unfinished. A visitor resumes their unfinished session; when
+        they have used all their sessions, the last one is returned as it is (finished).
+        `token`: the session the browser kept; resumed when it belongs to `who` (a visitor: to
+        whoever holds it), else ignored (a shared computer, a new submission).
         """
         if who.preview:
             raise Conflict("this is a preview: accept the task to start")
@@ -293,6 +326,10 @@ class StudyService:
                 with self._tx() as db:
                     return self._start(db, who, user_agent)
             except IntegrityError:
+                    kept = self._kept(db, token, who) if token else None
+                    if kept is not None:
+                        self._client_event(db, kept.id, "resume")
+                        return self._state(db, kept)
                 if attempt == 4:
                     raise
         raise AssertionError("unreachable")
@@ -307,12 +344,24 @@ class StudyService:
             db.flush()
         sessions = db.scalars(select(Session).where(Session.rater_id == rater.id).order_by(Session.ordinal)).all()
         open_ = [s for s in sessions if s.status in ("consent", "active")]
-        if open_:
-            _event(db, cfg.id, open_[-1].id, "resume")
-            return self._state(db, open_[-1])
-        if len(sessions) >= cfg.sessions_per_rater:
-            _event(db, cfg.id, sessions[-1].id, "limit_reached")
-            return self._state(db, sessions[-1])
+        if who.platform == "anonymous":
+            if open_:
+                self._client_event(db, open_[-1].id, "resume")
+                return self._state(db, open_[-1])
+            if len(sessions) >= cfg.sessions_per_rater:
+                self._client_event(db, sessions[-1].id, "limit_reached")
+                return self._state(db, sessions[-1])
+        else:
+            same = [s for s in sessions if _same_submission(s, who)]
+            if same:
+                self._client_event(db, same[-1].id, "resume")
+                return self._state(db, same[-1])
+            # Another submission of a known id: its sessions are not shown (their ids were not given).
+            if open_:
+                raise Conflict("this id has a session in progress that was opened from another link: "
+                               "go back to that submission's link")
+            if len(sessions) >= cfg.sessions_per_rater:
+                raise Conflict(f"you have taken part {len(sessions)} time(s), as often as this study allows")
         self._images()      # refuse now, not after the consent, when the study cannot run
         s = Session(token=secrets.token_urlsafe(32), study_id=cfg.id, rater_id=rater.id,
                     ordinal=len(sessions) + 1, status="consent", next_index=0,
@@ -326,6 +375,27 @@ class StudyService:
 
     def _plan(self) -> list[scheduler.PlannedTrial]:
         """A new session's trials, from the history so far. Reads only, outside the write lock:
+    def _kept(self, db, token: str, who: Participant) -> Session | None:
+        """The session of a token the browser kept, if it is `who`'s."""
+        try:
+            s = self._session(db, token)
+        except NotFound:
+            return None
+        rater = db.get(Rater, s.rater_id)
+        if rater.platform != who.platform:
+            return None
+        if who.platform != "anonymous" and not (rater.external_id == who.external_id and _same_submission(s, who)):
+            return None
+        return s
+
+    def _client_event(self, db, session_id: int, kind: str, payload: dict | None = None) -> bool:
+        """Log an event that a client can cause at will (telemetry, resumes, replayed or refused
+        votes), unless its session has logged MAX_CLIENT_EVENTS of them: False then."""
+        if db.execute(_COUNT_EVENT, {"sid": session_id, "cap": MAX_CLIENT_EVENTS}).rowcount != 1:
+            return False
+        _event(db, self.cfg.id, session_id, kind, payload)
+        return True
+
         the planning takes milliseconds that queued votes should not wait for."""
         cfg = self.cfg
         images = self._images()
@@ -448,7 +518,8 @@ class StudyService:
                 return self._vote(db, token, int(trial_id), choice, client_ms, client)
         except Forbidden as e:
             with self._tx() as db:
-                _event(db, self.cfg.id, None, "vote_refused", {"trial_id": int(trial_id), "reason": e.message})
+                self._client_event(db, self._session(db, token).id, "vote_refused",
+                                   {"trial_id": int(trial_id), "reason": e.message})
             raise
 
     def _vote(self, db, token, trial_id, choice, client_ms, client) -> VoteResult:
@@ -459,7 +530,7 @@ class StudyService:
             raise Forbidden("this trial does not belong to your session")
         s = _Row(id=row.sid, token=row.token, status=row.status, next_index=row.next_index, n_trials=row.n_trials)
         if row.stored is not None:
-            _event(db, self.cfg.id, s.id, "vote_replayed", {"trial_id": row.id, "choice": choice})
+            self._client_event(db, s.id, "vote_replayed", {"trial_id": row.id, "choice": choice})
             return VoteResult(row.id, row.stored, True, self._state(db, s, mark_shown=True))
         if row.status != "active":
             raise Conflict("this session is finished")  # (a session waiting for consent has no trials)
@@ -495,8 +566,8 @@ class StudyService:
         if kind not in CLIENT_EVENTS:
             raise Invalid(f"unknown event kind; one of {', '.join(sorted(CLIENT_EVENTS))}")
         with self._tx() as db:
-            s = self._session(db, token)
-            _event(db, self.cfg.id, s.id, kind, _small_json(payload))
+            if not self._client_event(db, self._session(db, token).id, kind, payload):
+                raise Conflict(f"this session has logged {MAX_CLIENT_EVENTS} events, as many as it may")
 
     # -- reading the results --------------------------------------------------------------------
 
@@ -505,6 +576,7 @@ class StudyService:
         shown). Rater ids are study.pseudonym's keyed pseudonyms, never the platform's ids."""
         import pandas as pd
 
+        payload = _small_json(payload)
         from study.pseudonym import pseudonym, study_key
 
         L, R = aliased(Stimulus), aliased(Stimulus)
@@ -549,6 +621,10 @@ class _Row:
 
 
 def _small_json(value: dict | None) -> dict | None:
+def _same_submission(s: Session, who: Participant) -> bool:
+    return (s.platform_study_id, s.platform_session_id) == (who.platform_study_id, who.platform_session_id)
+
+
     if value is None:
         return None
     if not isinstance(value, dict) or len(json.dumps(value)) > MAX_EVENT_BYTES:

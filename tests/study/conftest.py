@@ -52,7 +52,16 @@ repeat_trials: {repeats}
 scheduler: {scheduler}
 sessions_per_rater: {per_rater}
 max_catch_failures: {max_fail}
-consent: {{version: "2", text: "I agree."}}
+consent:
+  version: "2"
+  text: "I agree."
+  purpose: Which compressed image looks closer to the original.
+  duration_minutes: 5
+  pay: 1.00 GBP
+  contact: Test Researcher, research@example.org
+  data_stored: your answers, response times, screen size and browser name; no name or e-mail
+  retention: five years
+  withdrawal: close the page at any time; ask the contact to delete your answers
 platform: {platform}
 """
 
@@ -104,7 +113,7 @@ def postgres_url():
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def db_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'study.db'}"

@@ -1,6 +1,8 @@
 """The study's HTTP API under load, through a real server process (uvicorn on 127.0.0.1):
-no acknowledged vote is lost or doubled, also when the server is SIGKILLed mid-load, and
-forged, foreign and replayed votes are refused."""
+no acknowledged vote is lost or doubled, also when the server is SIGKILLed mid-load (SQLite
+and PostgreSQL), and forged, foreign and replayed votes are refused. The load runs without
+the per-client rate limits (its raters are far faster than people, all from one address);
+tests/study/test_study_limits.py tests those."""
 import sqlite3
 import threading
 import time
@@ -9,9 +11,18 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from benchmarks.study_load import Load, Server, run_load
+from benchmarks.study_load import NO_RATE_LIMITS, Load, Server, run_load
+
+from .conftest import make_study
 
 RATERS, TRIALS = 50, 40
+PROLIFIC = "{kind: prolific, completion_code: C1, screenout_code: S1, no_consent_code: N1}"
+
+
+@pytest.fixture(scope="module")
+def study_file(study_dir):
+    """A Prolific study: the simulated raters come with Prolific links."""
+    return make_study(study_dir, study_id="load", platform=PROLIFIC)
 
 
 def stored_votes(db_url):
@@ -24,7 +35,7 @@ def stored_votes(db_url):
 
 @pytest.mark.slow
 def test_50_raters_40_trials_every_acknowledged_vote_is_stored_once(db_url, study_file):
-    with Server(study_file, db_url) as server:
+    with Server(study_file, db_url, env=NO_RATE_LIMITS) as server:
         load = run_load(server.url, RATERS)
         log = server.output()
     assert load.errors == [], load.errors[:5]
@@ -37,11 +48,10 @@ def test_50_raters_40_trials_every_acknowledged_vote_is_stored_once(db_url, stud
 
 
 @pytest.mark.slow
-def test_sigkill_mid_load_loses_no_acknowledged_vote(tmp_path, study_file):
-    db = tmp_path / "crash.db"
-    url = f"sqlite:///{db}"
+def test_sigkill_mid_load_loses_no_acknowledged_vote(db_url, study_file):
+    url = db_url
     load, stop = Load(), threading.Event()
-    server = Server(study_file, url)
+    server = Server(study_file, url, env=NO_RATE_LIMITS)
     worker = threading.Thread(target=run_load, args=(server.url, 20), kwargs={"stop": stop, "load": load})
     worker.start()
     deadline = time.time() + 120
@@ -53,16 +63,17 @@ def test_sigkill_mid_load_loses_no_acknowledged_vote(tmp_path, study_file):
     assert 300 <= len(acked_before) < 20 * TRIALS
     assert not [e for e in load.errors if e[0] != "transport"], load.errors[:3]
 
-    con = sqlite3.connect(db)           # the WAL is still there: recovery happens on open
-    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    rows = dict(con.execute("SELECT trial_id, choice FROM votes").fetchall())
-    con.close()
+    if url.startswith("sqlite"):
+        con = sqlite3.connect(url.removeprefix("sqlite:///"))   # the WAL is still there: recovered on open
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        con.close()
+    rows = dict(stored_votes(url))
     lost = {t: c for t, c in acked_before.items() if rows.get(t) != c}
     assert lost == {}
     assert len(rows) >= len(acked_before)   # at most the in-flight votes were stored but not acknowledged
 
     # A new server over the same file: every rater resumes where the database says and finishes.
-    with Server(study_file, url) as again:
+    with Server(study_file, url, env=NO_RATE_LIMITS) as again:
         after = run_load(again.url, 20)
     assert after.errors == []
     final = stored_votes(url)
@@ -73,7 +84,7 @@ def test_sigkill_mid_load_loses_no_acknowledged_vote(tmp_path, study_file):
 def test_forged_foreign_and_replayed_votes_are_refused(db_url, study_file):
     with Server(study_file, db_url) as server, httpx.Client(base_url=server.url) as http:
         def session(pid):
-            st = http.post("/sessions", json={"params": {"PROLIFIC_PID": pid}}).json()
+            st = http.post("/sessions", json={"params": {"PROLIFIC_PID": pid, "STUDY_ID": "s", "SESSION_ID": pid}}).json()
             return http.post(f"/sessions/{st['token']}/consent", json={"agree": True, "version": "2"}).json()
 
         me, other = session("me"), session("other")

@@ -11,8 +11,8 @@ from sqlalchemy.exc import DBAPIError
 
 from study import quality
 from study.db import ALEMBIC_INI, upgrade
-from study.models import Base, Event, Session, Trial, Vote
-from study.service import (Conflict, Forbidden, Invalid, NotFound, Participant, StudyService)
+from study.models import Base, Event, Rater, Session, Trial, Vote
+from study.service import (Conflict, Forbidden, Invalid, NotFound, Participant, StudyService, new_rater_key)
 
 from .conftest import make_study
 
@@ -133,9 +133,9 @@ def test_session_limit_and_declined_consent(db_url, study_dir):
 
 def test_catch_failures_screen_out(db_url, study_dir):
     study = make_study(study_dir, study_id="screen", trials=12, catch=6, repeats=0, max_fail=2,
-                       platform="{kind: prolific, completion_code: DONE1, screenout_code: OUT1}")
+                       platform="{kind: prolific, completion_code: DONE1, screenout_code: OUT1, no_consent_code: NO1}")
     svc = StudyService.open(study, db_url, seed=5)
-    with pytest.raises(Forbidden, match="prolific"):
+    with pytest.raises(Forbidden, match="Prolific"):
         svc.start_session(Participant("anonymous", "x"))
     who = Participant.from_params({"PROLIFIC_PID": "5f1a", "STUDY_ID": "s1", "SESSION_ID": "abc"})
     st = svc.start_session(who)
@@ -163,9 +163,88 @@ def test_participant_ids_from_the_page_url():
     assert (m.platform, m.external_id, m.platform_session_id) == ("mturk", "W1", "A1")
     assert Participant.from_params({"assignmentId": "ASSIGNMENT_ID_NOT_AVAILABLE", "hitId": "H"}).preview
     assert Participant.from_params({}) is None
-    assert Participant.from_params({}, anonymous_id="b-1").platform == "anonymous"
+    for partial in ({"PROLIFIC_PID": "abc"}, {"PROLIFIC_PID": "abc", "STUDY_ID": "st"}, {"workerId": "W1"}):
+        with pytest.raises(Invalid):        # an id without its submission's ids resumes nothing
+            Participant.from_params(partial)
     with pytest.raises(Invalid):
-        Participant.from_params({"PROLIFIC_PID": "<script>"})
+        Participant.from_params({"PROLIFIC_PID": "<script>", "STUDY_ID": "st", "SESSION_ID": "se"})
+    key = new_rater_key()
+    a = Participant.anonymous(key)
+    assert a.platform == "anonymous" and key not in a.external_id and a == Participant.anonymous(key)
+    assert Participant.anonymous(new_rater_key()) != a
+    for weak in ("", "alice", "x" * 65, None):
+        with pytest.raises(Invalid):
+            Participant.anonymous(weak)
+
+
+def test_a_known_platform_id_takes_over_no_session(db_url, study_dir):
+    """Knowing a rater's PROLIFIC_PID or workerId gives nobody their session; the same full ids
+    (a second browser of the same rater) resume it, and so does the token the browser kept."""
+    study = make_study(study_dir, study_id="takeover", trials=4, catch=0, repeats=0, per_rater=2,
+                       platform="{kind: prolific, completion_code: DONE1, screenout_code: OUT1, no_consent_code: NO1}")
+    svc = StudyService.open(study, db_url, seed=11)
+    link = {"PROLIFIC_PID": "5f1a", "STUDY_ID": "s1", "SESSION_ID": "sess-secret"}
+    mine = svc.start_session(Participant.from_params(link))
+    mine = svc.consent(mine.token, True, mine.consent_version)
+    other_submission = Participant.from_params({**link, "SESSION_ID": "guess"})
+    with pytest.raises(Conflict, match="another link") as refused:
+        svc.start_session(other_submission)
+    assert mine.token not in str(refused.value)
+    with pytest.raises(Conflict):       # a kept token does not open someone else's session either
+        svc.start_session(other_submission, token=mine.token)
+    # the rater's second browser (the same link) and the kept token resume the same session
+    assert svc.start_session(Participant.from_params(dict(link))).token == mine.token
+    assert svc.start_session(Participant.from_params(link), token=mine.token).trial == mine.trial
+    # a shared computer: the next rater's link starts their own session despite the kept token
+    next_rater = svc.start_session(Participant.from_params({**link, "PROLIFIC_PID": "6b2c"}), token=mine.token)
+    assert next_rater.token != mine.token and next_rater.status == "consent"
+    # finished, the same link shows the end again; another submission may start a second session
+    st = mine
+    while st.trial:
+        st = svc.vote(st.token, st.trial.id, "left").state
+    again = svc.start_session(Participant.from_params(link))
+    assert again.token == mine.token and again.status == "completed" and again.code == "DONE1"
+    second = svc.start_session(other_submission)
+    assert second.token != mine.token and second.status == "consent"
+    svc.consent(second.token, False, second.consent_version)
+    with pytest.raises(Conflict, match="as often"):
+        svc.start_session(Participant.from_params({**link, "SESSION_ID": "third"}))
+    assert count(svc, Session) == 3
+
+
+def test_a_visitor_is_known_by_the_server_issued_key_alone(db_url, study_file):
+    svc = StudyService.open(study_file, db_url, seed=12)
+    key = new_rater_key()
+    st = svc.start_session(Participant.anonymous(key))
+    assert svc.start_session(Participant.anonymous(key)).token == st.token
+    assert svc.start_session(Participant.anonymous(new_rater_key())).token != st.token
+    # the stored id is a hash of the key: reading the raters table gives no key to resume with
+    with svc.Session() as db:
+        stored = db.scalars(select(Rater.external_id)).all()
+    assert key not in stored and all(len(x) == 64 for x in stored)
+    # a visitor who kept the token (not the key) resumes too: the token is the session's secret
+    assert svc.start_session(Participant.anonymous(new_rater_key()), token=st.token).token == st.token
+
+
+def test_client_events_per_session_are_capped(db_url, study_file, monkeypatch):
+    import study.service as service
+
+    monkeypatch.setattr(service, "MAX_CLIENT_EVENTS", 5)
+    svc = StudyService.open(study_file, db_url, seed=13)
+    st, other = start(svc, "p"), start(svc, "q")
+    svc.vote(st.token, st.trial.id, "left")
+    for _ in range(3):
+        svc.vote(st.token, st.trial.id, "left")          # replays count
+    svc.log_event(st.token, "zoom", {"z": 2})
+    with pytest.raises(Forbidden):
+        svc.vote(st.token, other.trial.id, "left")       # refused votes count
+    with pytest.raises(Conflict, match="5 events"):
+        svc.log_event(st.token, "zoom", {"z": 3})
+    svc.vote(st.token, st.trial.id, "left")              # a replay past the cap: answered, not logged
+    svc.log_event(other.token, "zoom")                   # other sessions have their own count
+    client_kinds = ("zoom", "vote_replayed", "vote_refused", "resume")
+    assert count(svc, Event, Event.session_id == select(Session.id).where(Session.token == st.token)
+                 .scalar_subquery(), Event.kind.in_(client_kinds)) == 5
 
 
 def test_votes_and_events_are_append_only(db_url, study_file):

@@ -7,7 +7,8 @@ columns used by ``study.quality``. Nothing here touches a database, a file or gl
 Models (formulas and citations in docs/statistics.md):
 - online Elo (FastChat), bootstrap over resampled and reshuffled vote orders;
 - Bradley-Terry maximum likelihood, ties as half wins (FastChat ``fit_bt``);
-- Thurstone Case V in JOD units (pwcmp: 1 JOD = 75 % preference) with a weak Gaussian prior;
+- Thurstone Case V in JOD units, pwcmp's method (1 JOD = 75 % preference; its Gaussian prior,
+  mean0 regularisation and observer bootstrap), checked against pwcmp's published example;
 - Bradley-Terry per method with the log2 bitrate ratio as a covariate;
 - win-rate / count matrices, exact binomial tests with Holm correction, Rank (UB).
 
@@ -24,13 +25,15 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 from scipy.optimize import minimize
-from scipy.special import expit, gammaln, log_ndtr
+from scipy.special import expit, gammaln, log_ndtr, ndtri
 from threadpoolctl import threadpool_limits
 
 WINNERS = ("a", "b", "tie")
 REQUIRED = ("rater", "condition_a", "condition_b", "winner")
 JOD_SIGMA = 1.4826  # Phi(1 / JOD_SIGMA) = 0.75: one JOD is a 75 % preference (pwcmp)
 _CHUNK = 250  # bootstrap replicates fitted together; bounds memory at (chunk x design rows)
+_PRIOR_CELLS = 2**21  # replicates x ordered pairs x pairs in the buffer of pwcmp's prior (16 MB)
+PRIORS = ("gaussian", "none")  # pwcmp's distance priors
 
 
 class VoteTableError(ValueError):
@@ -245,40 +248,212 @@ def _fit_logistic(X, n: np.ndarray, w: np.ndarray, theta0: np.ndarray, l2: float
     return _lbfgs(fun, theta0, gtol)
 
 
-def _fit_thurstone(pairs: np.ndarray, n: np.ndarray, w: np.ndarray, K: int, q0: np.ndarray, prior_sd: float | None,
-                   gtol: float = 1e-9) -> np.ndarray:
-    """Batched Thurstone Case V MLE in JOD units with a Gaussian prior on compared distances.
+def _link_components(pairs: np.ndarray, n: np.ndarray, w: np.ndarray, K: int):
+    """pwcmp's patch for a comparison graph in pieces (a design that never links two groups, or a
+    bootstrap replicate that lost a condition): in each replicate, the best condition of every
+    piece, by the ISO 20462 angular score pwcmp ranks with, gets one win and one loss against the
+    best of every other piece. Returns (pairs, n, w), with any pair the links need appended."""
+    from scipy.sparse.csgraph import connected_components
 
-    Row r compares i = pairs[r, 0] and j = pairs[r, 1]: P(i over j) = Phi((q_i - q_j) / 1.4826);
-    w counts i's wins, n - w j's wins. The prior adds (q_i - q_j)^2 / (2 prior_sd^2) per compared
-    pair, which keeps unanimous pairs finite (pwcmp's reason for its prior).
-    """
-    B = q0.shape[0]
-    D = _difference_design(pairs, K)  # d = D @ q gives q_i - q_j per row
+    links: dict[tuple[int, int], list[int]] = {}  # pair -> replicates that link it
+    full = sparse.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(K, K))
+    whole = connected_components(full, directed=False)[0] == 1
+    for b in np.flatnonzero((n == 0).any(axis=1) | (not whole)):
+        on = n[b] > 0
+        graph = sparse.coo_matrix((np.ones(on.sum()), (pairs[on, 0], pairs[on, 1])), shape=(K, K))
+        count, label = connected_components(graph, directed=False)
+        if count == 1:
+            continue
+        # Q_j = sum_i -(12/pi asin(sqrt(M_ij)) - 3) / 2, M_ij = share of votes for i over j (ISO 20462)
+        share = w[b, on] / n[b, on]
+        Q = np.zeros(K)
+        np.add.at(Q, pairs[on, 1], -(12 / np.pi * np.arcsin(np.sqrt(share)) - 3) / 2)
+        np.add.at(Q, pairs[on, 0], -(12 / np.pi * np.arcsin(np.sqrt(1 - share)) - 3) / 2)
+        best = sorted(int(np.flatnonzero(label == g)[np.argmax(Q[label == g])]) for g in range(count))
+        for x in range(count):
+            for y in range(x + 1, count):
+                links.setdefault((best[x], best[y]), []).append(b)
+    if not links:
+        return pairs, n, w
+    column = {(int(i), int(j)): c for c, (i, j) in enumerate(pairs)}
+    extra = [p for p in links if p not in column]
+    column.update({p: len(pairs) + e for e, p in enumerate(extra)})
+    pad = np.zeros((n.shape[0], len(extra)))
+    pairs = np.vstack([pairs, np.array(extra, dtype=int).reshape(-1, 2)])
+    n, w = np.hstack([n, pad]), np.hstack([w, pad])
+    for p, replicates in links.items():
+        n[replicates, column[p]], w[replicates, column[p]] = 2.0, 1.0
+    return pairs, n, w
+
+
+class _GaussianPrior:
+    """pwcmp's Gaussian prior on the distances of a batch of count vectors, with its gradient.
+
+    pwcmp sums over the ordered compared pairs r (each unordered pair u forward and reversed, at
+    y_r = +-x_u, x_u = (q_i - q_j) / 1.4826) and takes the same pairs' votes as data s, with the
+    kernel K_s(y) = Phi(y)^k_s Phi(-y)^m_s, the likelihood of s's votes (for the prior only,
+    unanimous pairs are shifted by one vote: k of n becomes 1 or n - 1):
+
+        prior_u = sum_s (K_s(x_u) + K_s(-x_u)) / Z_s,   Z_s = sum_r K_s(y_r),
+        loss    = -2 sum_u log(prior_u + 0.1).
+
+    E[b, r, s] = log K_s(y_r) - max_r log K_s(y_r) is formed by one matrix product into a buffer
+    kept between calls (fresh 10-MB arrays cost more than the arithmetic). The maximum needs no
+    pass over E: log K_s is concave in y, so it lies at the sorted neighbours of the mode
+    Phi^-1(k / (k + m)). Every Z_s is then >= 1, and nothing is divided by zero."""
+
+    def __init__(self, n: np.ndarray, w: np.ndarray):
+        on = n > 0
+        lose = n - w
+        self.on, self.rows_on = on, np.concatenate([on, on], axis=1)
+        self.k = np.where(on & (w == 0), 1.0, np.where(on & (lose == 0), n - 1.0, w))
+        self.m = np.where(on, n - self.k, 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):  # +-inf where all of s's votes went one way
+            self.mode = np.arctan(ndtri(np.where(on, self.k / (self.k + self.m), 0.5)))
+        B, U = n.shape
+        self.E = np.empty((B, 2 * U, U))
+        self.off = 4.0 * np.arange(B)[:, None]  # arctan < pi/2 < 4: replicate b's values sit in (4b - 2, 4b + 2]
+
+    def __call__(self, x, a, b, da, db):
+        """(loss (B,), d loss / d x (B, U)) at x, with a, b = log Phi(+-x), da, db their x-derivatives."""
+        on, k, m, E = self.on, self.k, self.m, self.E
+        U = x.shape[1]
+        A, Bv = np.concatenate([a, b], axis=1), np.concatenate([b, a], axis=1)  # rows: forward, reversed
+        big = np.where(self.rows_on, 0.0, -1e30)  # rows of pairs this replicate lacks: weight e^-700
+        left = np.stack([A, Bv, np.ones_like(A), big], axis=2)
+        right = np.stack([k, m, -self._top(np.concatenate([x, -x], axis=1), A, Bv), k + m + 1.0], axis=1)
+        np.matmul(left, right, out=E)
+        # terms under e^-700 of their column's largest: raised to e^-700, which no double-precision sum
+        # can notice, as exp's path for results that underflow is ten times slower
+        np.exp(np.maximum(E, -700.0, out=E), out=E)
+        inv_z = np.divide(on, E.sum(axis=1), out=np.zeros_like(x), where=on)
+        both = (E @ inv_z[:, :, None])[:, :, 0]
+        prior = both[:, :U] + both[:, U:]
+        loss = -2.0 * np.where(on, np.log(prior + 0.1), 0.0).sum(axis=1)
+        c = on / (prior + 0.1)
+        v = inv_z * (np.concatenate([c, c], axis=1)[:, None, :] @ E)[:, 0, :]
+        FR = E @ (inv_z[:, :, None] * np.stack([k, m, k * v, m * v], axis=2))
+        F, R = FR[:, :U], FR[:, U:]  # sums over s of W_rs (k_s, m_s, k_s v_s, m_s v_s), forward / reversed rows
+        coef_a = c * (F[..., 0] + R[..., 1]) - (F[..., 2] + R[..., 3])
+        coef_b = c * (F[..., 1] + R[..., 0]) - (F[..., 3] + R[..., 2])
+        return loss, -2.0 * on * (da * coef_a + db * coef_b)
+
+    def _top(self, y, A, Bv):
+        """max over compared rows r of k_s A_r + m_s B_r, per column s (0 for columns not compared)."""
+        B, R = y.shape
+        t = np.where(self.rows_on, np.arctan(y), 2.0)  # monotone in y; absent rows sort last
+        order = np.argsort(t, axis=1)
+        flat = (np.take_along_axis(t, order, axis=1) + self.off).ravel()  # all replicates sorted at once
+        hi = np.searchsorted(flat, (self.mode + self.off).ravel()).reshape(self.mode.shape) - R * np.arange(B)[:, None]
+        last = np.maximum(self.rows_on.sum(axis=1, keepdims=True) - 1, 0)
+        best = np.full(self.mode.shape, -np.inf)
+        for idx in (np.clip(hi - 1, 0, last), np.clip(hi, 0, last)):
+            r = np.take_along_axis(order, idx, axis=1)
+            best = np.maximum(best, self.k * np.take_along_axis(A, r, axis=1) + self.m * np.take_along_axis(Bv, r, axis=1))
+        return np.where(self.on & np.isfinite(best), best, 0.0)
+
+
+def _fit_pwcmp(pairs: np.ndarray, n: np.ndarray, w: np.ndarray, K: int, q0: np.ndarray, prior: str,
+               gtol: float = 1e-7) -> np.ndarray:
+    """pwcmp's ``pw_scale`` for a batch of count vectors, from start ``q0``; returns JOD scores (B, K).
+
+    Row u of ``pairs`` compares i = pairs[u, 0] and j = pairs[u, 1]; n[b, u] votes, w[b, u] of them
+    for i (ties half). After ``_link_components``, pwcmp minimises over q, summing over *ordered*
+    compared pairs (so over every unordered pair twice):
+
+        -2 sum_u [w_u log Phi(x_u) + (n_u - w_u) log Phi(-x_u)]   x_u = (q_i - q_j) / 1.4826
+        -2 sum_u log(prior_u + 0.1)                               (prior="gaussian": _GaussianPrior)
+        + 0.01 mean(q)^2                                          (its "mean0" regularisation)
+
+    The likelihood is taken in log space (pwcmp multiplies probabilities, which underflows on
+    pairs with many votes; the value is otherwise the same)."""
+    if prior not in PRIORS:
+        raise ValueError("prior must be 'gaussian' or 'none'")
+    pairs, n, w = _link_components(pairs, n, w, K)
+    U = len(pairs)
+    size = max(1, _PRIOR_CELLS // (2 * U * U)) if prior == "gaussian" else len(q0)  # bounds the prior's buffer
+    return np.vstack([_solve_pwcmp(pairs, n[s:s + size], w[s:s + size], K, q0[s:s + size], prior, gtol)
+                      for s in range(0, len(q0), size)])
+
+
+def _solve_pwcmp(pairs, n, w, K, q0, prior, gtol):
+    """The L-BFGS solve of ``_fit_pwcmp`` for one batch of linked count vectors.
+
+    It runs in z, q = q0 + P z, with P P' the inverse of the objective's Hessian at q = 0 without
+    the prior (n-weighted graph Laplacian, plus the mean0 term): there L-BFGS sees a Hessian near
+    the identity, z is in standard errors and a few iterations suffice at any study size. The
+    minimum is the same; only the path is shorter. As P depends on the counts only, a replicate
+    equal to the data stops where the fit on the data did, even where the data put no bound on
+    a distance (pairs that all went one way)."""
+    D = _difference_design(pairs, K)  # x = D @ q / sigma
     DT = D.T.tocsr()
-    tau2 = np.inf if not prior_sd else prior_sd**2
-    scale = n.sum(axis=1, keepdims=True)
+    lose = n - w
+    B = len(q0)
+    gaussian = _GaussianPrior(n, w) if prior == "gaussian" else None
+
+    def terms(x):
+        a, b = log_ndtr(x), log_ndtr(-x)
+        log_phi = -0.5 * x**2 - 0.5 * np.log(2 * np.pi)
+        return a, b, np.exp(log_phi - a), -np.exp(log_phi - b)  # log Phi(+-x) and their x-derivatives
+
+    # the likelihood's curvature at q = 0 (pwcmp's start): -d2/dx2 log Phi(x) = 2 / pi there
+    h = 2.0 * n * (2.0 / np.pi) / JOD_SIGMA**2
+    H = np.full((B, K, K), 0.02 / K**2)
+    for r, c, sign in ((0, 0, 1.0), (1, 1, 1.0), (0, 1, -1.0), (1, 0, -1.0)):
+        np.add.at(H, (slice(None), pairs[:, r], pairs[:, c]), sign * h)
+    P = np.linalg.inv(np.linalg.cholesky(H)).transpose(0, 2, 1)  # P = L^-T, H = L L'
 
     def fun(flat):
-        q = flat.reshape(B, K)
-        d = np.asarray(D @ q.T).T / JOD_SIGMA
-        lp, lq = log_ndtr(d), log_ndtr(-d)
-        loss = -(w * lp + (n - w) * lq).sum(axis=1) + 0.5 * ((d * JOD_SIGMA) ** 2).sum(axis=1) / tau2
-        # d/dd log Phi(d) = phi(d) / Phi(d) = exp(log phi - log Phi)
-        log_phi = -0.5 * d**2 - 0.5 * np.log(2 * np.pi)
-        g_d = -(w * np.exp(log_phi - lp) - (n - w) * np.exp(log_phi - lq)) / JOD_SIGMA + d * JOD_SIGMA / tau2
-        grad = np.asarray(DT @ g_d.T).T
-        return float((loss / scale.ravel()).sum()), (grad / scale).ravel()
+        q = q0 + np.einsum("bij,bj->bi", P, flat.reshape(B, K))
+        x = np.asarray(D @ q.T).T / JOD_SIGMA
+        a, b, da, db = terms(x)
+        loss = -2.0 * (w * a + lose * b).sum(axis=1)
+        g_x = -2.0 * (w * da + lose * db)
+        if gaussian is not None:
+            p_loss, p_grad = gaussian(x, a, b, da, db)
+            loss, g_x = loss + p_loss, g_x + p_grad
+        mean = q.mean(axis=1, keepdims=True)
+        loss = loss + 0.01 * mean[:, 0] ** 2
+        grad = np.asarray(DT @ g_x.T).T / JOD_SIGMA + 0.02 * mean / K
+        return float(loss.sum()), np.einsum("bij,bi->bj", P, grad).ravel()
 
-    return _lbfgs(fun, q0, gtol)
+    z = _lbfgs(fun, np.zeros_like(q0), gtol)
+    return q0 + np.einsum("bij,bj->bi", P, z)
 
 
-def _percentiles(samples: np.ndarray, ci: float) -> tuple[np.ndarray, np.ndarray]:
-    lo, hi = np.percentile(samples, [50 * (1 - ci), 50 * (1 + ci)], axis=0)
+def _percentiles(samples: np.ndarray, ci: float, method: str = "linear") -> tuple[np.ndarray, np.ndarray]:
+    lo, hi = np.percentile(samples, [50 * (1 - ci), 50 * (1 + ci)], axis=0, method=method)
     return lo, hi
 
 
 # ----------------------------------------------------------------------------- Elo
+
+
+def vote_order(votes: pd.DataFrame) -> np.ndarray:
+    """Row indices in the order the votes were cast: by ``timestamp`` when the table has one
+    (numbers, datetimes, or ISO 8601 text as a CSV holds it; naive times are UTC; equal times keep
+    their row order), else the row order. A timestamp column that is empty throughout counts as
+    none; one that lacks or garbles some entries raises ``VoteTableError``, as any order chosen
+    for those votes would be a guess."""
+    if "timestamp" not in votes.columns or votes["timestamp"].isna().all():
+        return np.arange(len(votes))
+    stamps = votes["timestamp"]
+    numeric = pd.api.types.is_numeric_dtype(stamps) and not pd.api.types.is_bool_dtype(stamps)
+    if numeric:
+        key = stamps.to_numpy(dtype=float)
+        bad = ~np.isfinite(key)
+    else:
+        try:
+            stamps = pd.to_datetime(stamps, utc=True, format="ISO8601", errors="coerce")
+        except (TypeError, ValueError) as e:
+            raise VoteTableError(f"column 'timestamp' cannot be read as times ({e})") from None
+        bad = stamps.isna().to_numpy()
+    if bad.any():
+        raise VoteTableError(f"column 'timestamp' is missing or unreadable in {int(bad.sum())} row(s), "
+                             f"first at row {int(np.flatnonzero(bad)[0])}")
+    if not numeric:
+        key = stamps.astype("int64").to_numpy()  # ticks of the column's own unit, which never overflow
+    return np.argsort(key, kind="stable")
 
 
 def _elo_run(ia: np.ndarray, ib: np.ndarray, y: np.ndarray, blocks, rounds: int, n_items: int, *, k: float,
@@ -304,8 +479,8 @@ def elo(votes: pd.DataFrame, *, bootstrap: int = 1000, seed: int = 0, ci: float 
         base: float = 10.0, scale: float = 400.0, init: float = 1000.0) -> pd.DataFrame:
     """Online Elo (ties 0.5). With ``bootstrap`` > 0: median and percentile CI over resampled,
     reshuffled vote sequences drawn from the canonically sorted votes, so the result does not
-    depend on the input row order. With ``bootstrap`` = 0: one pass in time order (``timestamp``
-    if present, else row order), a provisional live standing without CI."""
+    depend on the input row order. With ``bootstrap`` = 0: one pass in ``vote_order``, a
+    provisional live standing without CI."""
     conds = conditions(votes)
     index = {c: n for n, c in enumerate(conds)}
     ia = votes["condition_a"].map(index).to_numpy()
@@ -313,8 +488,7 @@ def elo(votes: pd.DataFrame, *, bootstrap: int = 1000, seed: int = 0, ci: float 
     y = _outcome(votes)
     params = dict(k=k, base=base, scale=scale, init=init)
     if bootstrap <= 0:
-        order = np.argsort(pd.to_numeric(votes["timestamp"], errors="coerce").to_numpy(), kind="stable") \
-            if "timestamp" in votes.columns else np.arange(len(votes))
+        order = vote_order(votes)
         point = _elo_run(ia, ib, y, [order[:, None]], 1, len(conds), **params)[0]
         return pd.DataFrame({"condition": conds, "elo": point, "elo_lo": np.nan, "elo_hi": np.nan})
     canonical = np.lexsort((y, ib, ia))  # only (a, b, outcome) matter to Elo
@@ -368,9 +542,13 @@ def bradley_terry(votes: pd.DataFrame, *, bootstrap: int = 1000, by: str = "vote
 
 
 def jod(votes: pd.DataFrame, *, bootstrap: int = 1000, by: str = "rater", seed: int = 0, ci: float = 0.95,
-        prior_sd: float | None = 2.0, anchor: str | None = None) -> pd.DataFrame:
-    """Thurstone Case V scaling in JOD units (pwcmp): 1 JOD difference = 75 % preference.
-    Mean 0 (or ``anchor`` = 0); ties count half; CIs from a bootstrap over raters by default."""
+        prior: str = "gaussian", anchor: str | None = None) -> pd.DataFrame:
+    """pwcmp's Thurstone Case V scaling in JOD units (1 JOD difference = 75 % preference):
+    ``pw_scale`` (its Gaussian prior, or ``prior="none"``; mean 0, or ``anchor`` = 0, pwcmp's
+    "fix0") and ``pw_scale_bootstrp`` (CIs: percentiles of refits over resampled raters by
+    default). Ties count half. Formulas and the validation against pwcmp: docs/statistics.md."""
+    if prior not in PRIORS:
+        raise ValueError("prior must be 'gaussian' or 'none'")
     conds = conditions(votes)
     if anchor is not None and anchor not in conds:
         raise VoteTableError(f"anchor condition {anchor!r} does not appear in the votes")
@@ -379,11 +557,11 @@ def jod(votes: pd.DataFrame, *, bootstrap: int = 1000, by: str = "rater", seed: 
     pairs = tally.rows.astype(int)
     K = len(conds)
 
-    def centre(q):
+    def centre(q):  # the objective depends on differences only, so this is pwcmp's mean0 / fix0 exactly
         return q - (q[..., [anchor_idx]] if anchor_idx is not None else q.mean(axis=-1, keepdims=True))
 
     n, w = tally.totals(tally.cell_counts[None, :])
-    q = _fit_thurstone(pairs, n, w, K, np.zeros((1, K)), prior_sd)
+    q = _fit_pwcmp(pairs, n, w, K, np.zeros((1, K)), prior)  # pwcmp starts from 0
     out = pd.DataFrame({"condition": conds, "jod": centre(q[0])})
     out["jod_lo"], out["jod_hi"] = np.nan, np.nan
     if bootstrap > 0:
@@ -391,22 +569,23 @@ def jod(votes: pd.DataFrame, *, bootstrap: int = 1000, by: str = "rater", seed: 
         samples = []
         for counts in _replicates(tally, bootstrap, by, rng):
             n_b, w_b = tally.totals(counts)
-            samples.append(centre(_fit_thurstone(pairs, n_b, w_b, K, np.repeat(q, len(counts), axis=0), prior_sd)))
-        out["jod_lo"], out["jod_hi"] = _percentiles(np.vstack(samples), ci)
+            samples.append(centre(_fit_pwcmp(pairs, n_b, w_b, K, np.repeat(q, len(counts), axis=0), prior)))
+        # MATLAB's prctile, which pwcmp calls, is numpy's "hazen" method
+        out["jod_lo"], out["jod_hi"] = _percentiles(np.vstack(samples), ci, method="hazen")
     return out
 
 
-def leave_one_rater_out_likelihood(votes: pd.DataFrame, prior_sd: float | None = 2.0) -> pd.DataFrame:
-    """pwcmp's outlier statistic: for each rater, fit JOD on all other raters, then the log10
-    binomial likelihood of this rater's answers under that fit, divided by the rater's trials.
-    All leave-one-out fits are solved together as one batch."""
+def leave_one_rater_out_likelihood(votes: pd.DataFrame, prior: str = "gaussian") -> pd.DataFrame:
+    """pwcmp's outlier statistic: for each rater, fit JOD (``pw_scale``) on all other raters, then
+    the log10 binomial likelihood of this rater's answers under that fit, divided by the rater's
+    trials. All leave-one-out fits are solved as one batch."""
     conds = conditions(votes)
     tally = _pair_tally(votes, conds)
     pairs = tally.rows.astype(int)
     mine = tally.rater_cells.toarray()  # (raters, cells)
     n_r, w_r = tally.totals(mine)
     n_o, w_o = tally.totals(tally.cell_counts[None, :] - mine)
-    q = _fit_thurstone(pairs, n_o, w_o, len(conds), np.zeros((len(mine), len(conds))), prior_sd)
+    q = _fit_pwcmp(pairs, n_o, w_o, len(conds), np.zeros((len(mine), len(conds))), prior)
     d = (q[:, pairs[:, 0]] - q[:, pairs[:, 1]]) / JOD_SIGMA
     log_binom = gammaln(n_r + 1) - gammaln(w_r + 1) - gammaln(n_r - w_r + 1)
     loglik = (log_binom + w_r * log_ndtr(d) + (n_r - w_r) * log_ndtr(-d)).sum(axis=1) / np.log(10)

@@ -1,8 +1,9 @@
 """`python -m study scores VOTES.csv`: scores with CIs from any tidy CSV of pairwise votes.
 
 Columns: rater, condition_a, condition_b, winner (a, b or tie); optional image, bpp_a, bpp_b,
-method_a, method_b and the quality columns (is_catch, catch_correct, trial_id, repeat_of,
-response_ms). Catch trials never enter the scores; raters are excluded only under --exclusions.
+method_a, method_b, timestamp (ISO 8601 or numbers: the order of the live Elo, --bootstrap 0)
+and the quality columns (is_catch, catch_correct, trial_id, repeat_of, response_ms). Catch
+trials never enter the scores; raters are excluded only under --exclusions.
 """
 
 from __future__ import annotations

@@ -87,3 +87,26 @@ def test_missing_file_and_bad_rules(tmp_path, votes_csv):
     rules.write_text("exclusion:\n  max_catch_rate: 0.5\n")
     done = _run(votes_csv, "--exclusions", rules, "--bootstrap", 0)
     assert done.returncode == 2 and "unknown exclusion rule" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_live_elo_follows_csv_timestamps(tmp_path):
+    # x wins the first 60 votes and loses the last 60; the file lists them newest first
+    n = 60
+    votes = pd.DataFrame({"rater": [f"r{k % 4}" for k in range(2 * n)], "condition_a": "x", "condition_b": "y",
+                          "winner": ["a"] * n + ["b"] * n,
+                          "timestamp": (pd.Timestamp("2026-12-01T09:00:00Z") + pd.to_timedelta(range(2 * n), unit="s"))
+                          .map(lambda t: t.isoformat())})
+    newest_first, in_time = tmp_path / "newest_first.csv", tmp_path / "in_time.csv"
+    votes.iloc[::-1].to_csv(newest_first, index=False)
+    votes.drop(columns="timestamp").to_csv(in_time, index=False)
+    boards = {}
+    for path in (newest_first, in_time):
+        done = _run(path, "--model", "elo", "--bootstrap", 0)
+        assert done.returncode == 0, done.stderr
+        boards[path.stem] = [line.split() for line in done.stdout.splitlines()[2:4]]
+    assert boards["newest_first"] == boards["in_time"]
+    assert boards["in_time"][0][0] == "y"  # the later wins count; row order would put x first
+    votes.loc[5, "timestamp"] = "not a time"
+    votes.to_csv(newest_first, index=False)
+    done = _run(newest_first, "--model", "elo", "--bootstrap", 0)
+    assert done.returncode == 2 and "column 'timestamp' is missing or unreadable in 1 row(s)" in done.stderr

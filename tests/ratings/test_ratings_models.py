@@ -1,5 +1,7 @@
 """Bradley-Terry, Elo, JOD, matrices and tests on small data with known answers."""
 
+import warnings
+
 import choix
 import numpy as np
 import pandas as pd
@@ -77,6 +79,39 @@ def test_elo_bootstrap_does_not_depend_on_row_order(votes):
                            ratings.elo(votes.iloc[::-1], bootstrap=0)["elo"])
 
 
+def _swing(n=60):
+    """x wins the first n votes and loses the next n: the live Elo ends with y ahead in time order."""
+    v = pd.DataFrame({"rater": "r", "condition_a": "x", "condition_b": "y", "winner": ["a"] * n + ["b"] * n})
+    return v.assign(seconds=np.arange(2 * n) * 7.5)
+
+
+@pytest.mark.parametrize("stamp", [
+    lambda s: s,                                                                      # numbers
+    lambda s: pd.Timestamp("2026-12-01T09:00:00Z") + pd.to_timedelta(s, unit="s"),    # datetimes
+    lambda s: (pd.Timestamp("2026-12-01T10:00:00+01:00") + pd.to_timedelta(s, unit="s")).map(
+        lambda t: t.isoformat()),                                                     # ISO text, as in a CSV
+], ids=["numbers", "datetimes", "iso text"])
+def test_live_elo_follows_the_timestamps(stamp):
+    v = _swing()
+    in_time = ratings.elo(ratings.validate_votes(v.drop(columns="seconds")), bootstrap=0)
+    shuffled = v.assign(timestamp=stamp(v["seconds"])).sample(frac=1.0, random_state=3)
+    live = ratings.elo(ratings.validate_votes(shuffled.drop(columns="seconds")), bootstrap=0)
+    pd.testing.assert_frame_equal(live, in_time)
+    assert live.set_index("condition").loc["y", "elo"] > 1000.0
+    # without the timestamps the shuffled rows give another standing
+    assert not np.allclose(ratings.elo(ratings.validate_votes(shuffled.drop(columns="seconds")).assign(
+        timestamp=np.nan), bootstrap=0)["elo"], in_time["elo"])
+
+
+def test_vote_order_refuses_a_partial_or_unreadable_timestamp():
+    v = _swing(2)
+    assert ratings.vote_order(v.assign(timestamp=[np.nan] * 4)).tolist() == [0, 1, 2, 3]  # empty: row order
+    assert ratings.vote_order(v.assign(timestamp=[3.0, 1.0, 1.0, 0.5])).tolist() == [3, 1, 2, 0]  # stable
+    for bad in ([1.0, np.nan, 2.0, 3.0], ["2026-12-01T09:00:00Z", "yesterday", None, "2026-12-01T09:00:01Z"]):
+        with pytest.raises(ratings.VoteTableError, match="timestamp"):
+            ratings.elo(ratings.validate_votes(v.assign(timestamp=bad)), bootstrap=0)
+
+
 def test_elo_parameters():
     v = ratings.validate_votes(pd.DataFrame({"rater": ["r"], "condition_a": ["x"], "condition_b": ["y"],
                                              "winner": ["a"]}))
@@ -99,10 +134,29 @@ def test_jod_75_percent_is_one_jod():
     assert j.loc["x", "jod_lo"] < j.loc["x", "jod"] < j.loc["x", "jod_hi"]
 
 
-def test_jod_unanimous_pair_stays_finite():
-    v = pd.DataFrame({"rater": ["r1", "r2"] * 10, "condition_a": "x", "condition_b": "y", "winner": "a"})
-    j = ratings.jod(ratings.validate_votes(v), bootstrap=0).set_index("condition")["jod"]
-    assert 1.0 < j["x"] - j["y"] < 10.0
+def _rows(plan):
+    """{(a, b, rater): (wins of a, wins of b)} -> a validated vote table."""
+    rows = [(a, b, "a" if k < wa else "b", r) for (a, b, r), (wa, wb) in plan.items() for k in range(wa + wb)]
+    return ratings.validate_votes(pd.DataFrame(rows, columns=["condition_a", "condition_b", "winner", "rater"]))
+
+
+@pytest.mark.parametrize("plan", [
+    {("x", "y", "r1"): (1, 0)},                                                  # a single vote
+    {("x", "y", "r1"): (5, 0), ("y", "z", "r2"): (4, 0)},                        # every pair unanimous
+    {("x", "y", "r1"): (1, 1), ("z", "w", "r2"): (2, 1)},                        # two unlinked groups
+    {("x", "y", "r1"): (3, 2), ("x", "y", "r2"): (1, 4), ("x", "c", "r3"): (1, 0)},  # c missing from replicates
+], ids=["single vote", "unanimous", "disconnected", "condition of one rater"])
+def test_jod_on_degenerate_votes_warns_of_nothing(plan):
+    votes = _rows(plan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # e.g. "invalid value encountered in divide"
+        j = ratings.jod(votes, bootstrap=100, seed=0)
+        lik = ratings.leave_one_rater_out_likelihood(votes)  # one rater left out: no votes remain
+        board = ratings.leaderboard(votes, bootstrap=20)
+    assert np.isfinite(j[["jod", "jod_lo", "jod_hi"]].to_numpy()).all()
+    assert (j["jod_lo"] <= j["jod_hi"]).all()
+    assert j["jod"].sum() == pytest.approx(0.0, abs=1e-6)
+    assert np.isfinite(lik["log10_likelihood"]).all() and len(board) == len(j)
 
 
 def test_jod_recovers_probit_utilities():

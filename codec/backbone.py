@@ -158,10 +158,11 @@ def _load_hub(repo_id: str, device, dtype) -> Backbone:
     except Exception:  # noqa: BLE001 - any cache miss means "not downloaded yet"
         if not _hub_reachable():
             raise BackboneUnavailable(
-                f"Backbone {repo_id} is not in the local Hugging Face cache ({_hf_cache_dir()}) and the Hub cannot be "
+                # The first sentence becomes the app's fallback notice: no path in it.
+                f"Backbone {repo_id} is not in the local Hugging Face cache and the Hub cannot be "
                 "reached. Download it once on a machine with network (`huggingface-cli download "
-                f"{repo_id}`) and copy the cache (or set HF_HOME to it), or pass a local diffusers folder "
-                "with --backbone /path/to/folder; offline, use --backbone demo."
+                f"{repo_id}`) and copy the cache to {_hf_cache_dir()} (or set HF_HOME to it), or pass a local "
+                "diffusers folder with --backbone /path/to/folder; offline, use --backbone demo."
             ) from None
         try:
             folder = snapshot_download(repo_id, allow_patterns=patterns)

@@ -21,6 +21,7 @@ import pillow_heif
 pillow_heif.register_heif_opener()
 
 DEFAULT_MAX_PIXELS = 4096 * 4096
+NOT_AN_IMAGE = "Not an image this app can read (supported: PNG, JPEG, WebP, AVIF, HEIC, TIFF, BMP, GIF)."
 
 
 class ImageError(ValueError):
@@ -51,14 +52,13 @@ def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
         except ImageError:
             raise
         except Image.DecompressionBombError:
+            # Pillow refuses before telling the size; its threshold is the most we can say.
             raise ImageError(
-                f"The image is far too large (its header declares over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels, "
-                f"a possible decompression bomb); the limit is {max_pixels / 1e6:.1f} megapixels."
+                f"The image is far too large: its header declares over {2 * Image.MAX_IMAGE_PIXELS:,} pixels (a possible "
+                f"decompression bomb); the limit is {_limit(max_pixels)}."
             ) from None
         except UnidentifiedImageError:
-            raise ImageError(
-                "Not an image this app can read (supported: PNG, JPEG, WebP, AVIF, HEIC, TIFF, BMP, GIF)."
-            ) from None
+            raise ImageError(NOT_AN_IMAGE) from None
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise ImageError(f"The image file is damaged or truncated ({exc}).") from None
 
@@ -68,11 +68,15 @@ def _check_size(size: tuple[int, int], max_pixels: int) -> None:
     if width < 1 or height < 1:
         raise ImageError("The image is empty (0 pixels).")
     if width * height > max_pixels:
-        side = int(max_pixels**0.5)
-        raise ImageError(
-            f"The image is {width}x{height} = {width * height / 1e6:.1f} megapixels; the limit is "
-            f"{max_pixels / 1e6:.1f} megapixels (about {side}x{side}). Please downscale it first."
-        )
+        raise ImageError(f"The image is {width}x{height} = {width * height:,} pixels; the limit is {_limit(max_pixels)}. "
+                         "Please downscale it first.")
+
+
+def _limit(max_pixels: int) -> str:
+    """The limit as configured, in exact pixels: rounded megapixels would make 1537x1536 (2,360,832
+    pixels) read as equal to a limit of 2,359,296 ("2.4; the limit is 2.4")."""
+    side = int(max_pixels**0.5)
+    return f"{max_pixels:,} pixels (about {side}x{side})"
 
 
 def _from_array(array: np.ndarray, max_pixels: int) -> Image.Image:

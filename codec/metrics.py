@@ -34,6 +34,10 @@ class MetricUnavailable(RuntimeError):
     """The metric's pretrained weights are not on this machine; report it as unavailable."""
 
 
+class MetricUndefined(ValueError):
+    """The metric has no value for these images (e.g. MS-SSIM on fewer than 11 px a side)."""
+
+
 def as_uint8(image) -> np.ndarray:
     """A PIL image or uint8 H x W x 3 array -> uint8 H x W x 3 array (PIL images converted to RGB)."""
     if isinstance(image, Image.Image):
@@ -69,7 +73,7 @@ def msssim_scales(height: int, width: int) -> int:
     while scales > 0 and short <= (_WIN_SIZE - 1) * 2 ** (scales - 1):
         scales -= 1
     if scales == 0:
-        raise ValueError(f"MS-SSIM needs images at least {_WIN_SIZE} px on each side, got {width}x{height}")
+        raise MetricUndefined(f"MS-SSIM needs images at least {_WIN_SIZE} px on each side, got {width}x{height}")
     return scales
 
 

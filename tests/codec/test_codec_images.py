@@ -90,10 +90,25 @@ def _png_claiming(width, height) -> bytes:
 
 
 def test_pixel_limit_is_checked_before_decoding():
-    with pytest.raises(ImageError, match="megapixels"):
-        load_image(_png_claiming(100_000, 100_000))
-    with pytest.raises(ImageError, match="limit is 0.0 megapixels"):
+    with pytest.raises(ImageError, match="limit is 1,000 pixels"):
+        load_image(_png_claiming(20_000, 20_000), max_pixels=1000)  # under Pillow's own bomb limit
+    with pytest.raises(ImageError, match="limit is 100 pixels"):
         load_image(_encode(Image.new("RGB", (20, 20)), "PNG"), max_pixels=100)
+
+
+def test_the_bomb_message_quotes_the_limit_it_was_given():
+    """A header over Pillow's bomb threshold is refused by Pillow before its size is known; the
+    message still quotes the caller's limit, not Pillow's or the default."""
+    with pytest.raises(ImageError, match=r"bomb.*the limit is 2,359,296 pixels \(about 1536x1536\)") as info:
+        load_image(_png_claiming(100_000, 100_000), max_pixels=1536 * 1536)
+    assert "16.8" not in str(info.value) and f"{4096 * 4096:,}" not in str(info.value)
+
+
+def test_a_size_just_over_the_limit_never_reads_as_equal():
+    with pytest.raises(ImageError) as info:
+        load_image(_png_claiming(1537, 1536), max_pixels=1536 * 1536)
+    message = str(info.value)
+    assert "1537x1536 = 2,360,832 pixels; the limit is 2,359,296 pixels" in message, message
 
 
 @pytest.mark.parametrize("payload,message", [

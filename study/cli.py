@@ -21,6 +21,8 @@ def _validate(args) -> int:
     print(f"{cfg.source}: ok: study {cfg.id!r}, {len(cfg.images)} images x {len(cfg.conditions)} conditions, "
           f"{cfg.trials_per_session} trials per session ({cfg.catch_trials} catch, {cfg.repeat_trials} repeats), "
           f"{cfg.scheduler} scheduling")
+    for warning in cfg.warnings():
+        print(f"warning: {warning}")
     return 0
 
 

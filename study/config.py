@@ -20,6 +20,17 @@ PLATFORMS = ("none", "prolific", "mturk")
 CODEC_MODES = ("learned", "analytic")
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 PROLIFIC_REDIRECT = "https://app.prolific.com/submissions/complete?cc={code}"
+PARTICIPANT_NAMES = {"prolific": "Prolific", "mturk": "Mechanical Turk", "anonymous": "a plain web link"}
+# What a review board asks a consent page to say; required for studies that pay raters.
+CONSENT_DETAILS = {
+    "purpose": "what the study is for",
+    "duration_minutes": "how long it takes, in minutes",
+    "pay": "what a rater is paid",
+    "contact": "who to contact (researcher name and e-mail)",
+    "data_stored": "what is stored",
+    "retention": "how long it is kept",
+    "withdrawal": "the right to stop and withdraw, and how",
+}
 
 
 class ConfigError(ValueError):
@@ -55,9 +66,36 @@ class Platform:
     completion_code: str
     screenout_code: str
     redirect_url: str | None   # "{code}" is replaced by the code; Prolific has a default
+    no_consent_code: str = ""  # where a rater who declines the consent is sent
+    allow_anonymous: bool = False   # a platform study that also takes visitors without a platform id
 
     def completion_url(self, code: str) -> str | None:
         return self.redirect_url.format(code=code) if self.redirect_url else None
+
+    def accepts(self, participant: str) -> bool:
+        """Whether a rater who came from `participant` (prolific | mturk | anonymous) may take part."""
+        if participant == "anonymous":
+            return self.kind == "none" or self.allow_anonymous
+        return participant == self.kind
+
+    def refusal(self, participant: str) -> str:
+        """What a refused rater reads: plain words, and what to do instead."""
+        if participant == "anonymous":
+            return (f"This study runs on {PARTICIPANT_NAMES[self.kind]}: please open it from there, "
+                    "the link carries your participant id.")
+        return (f"This study is not set up for {PARTICIPANT_NAMES[participant]}, so it could not give you a "
+                f"completion code. Please do not start it: return the study on {PARTICIPANT_NAMES[participant]} "
+                "and tell the researcher that the study link is misconfigured.")
+
+
+@dataclass(frozen=True)
+class Consent:
+    version: str
+    text: str                         # the statement a rater agrees to
+    details: tuple[tuple[str, str], ...]   # (CONSENT_DETAILS key, value) in CONSENT_DETAILS order
+
+    def detail(self, key: str) -> str | None:
+        return dict(self.details).get(key)
 
 
 @dataclass(frozen=True)
@@ -78,8 +116,7 @@ class StudyConfig:
     randomise_sides: bool
     scheduler: str
     sessions_per_rater: int
-    consent_text: str
-    consent_version: str
+    consent: Consent
     platform: Platform
     codec_backbone: str
     codec_adapter: str | None
@@ -87,6 +124,16 @@ class StudyConfig:
     stimuli_dir: Path            # absolute
     source: Path                 # the YAML file
     digest: str = field(repr=False)  # sha256 of the YAML text, stored with the study
+    allow_tie: bool = False      # offer "can't tell" (stored as choice "tie"; never on catch trials)
+    results_public: bool = False  # Results visible to anyone, not only with the admin token
+
+    @property
+    def consent_text(self) -> str:
+        return self.consent.text
+
+    @property
+    def consent_version(self) -> str:
+        return self.consent.version
 
     @property
     def regular_trials(self) -> int:
@@ -94,6 +141,19 @@ class StudyConfig:
 
     def condition(self, key: str) -> Condition:
         return next(c for c in self.conditions if c.key == key)
+
+    def warnings(self) -> list[str]:
+        """What an administrator should know about this file although it is valid."""
+        out = []
+        if self.platform.kind == "none":
+            out.append("platform kind is none: raters who arrive with a Prolific or MTurk link are told the study "
+                       "is not set up for their platform and cannot start (no completion code to give them)")
+        elif self.platform.allow_anonymous:
+            out.append(f"platform.allow_anonymous: visitors without a {PARTICIPANT_NAMES[self.platform.kind]} id "
+                       "take part too (their sessions get no code and no redirect)")
+        if self.results_public:
+            out.append("results_public: anyone can see the Results, method names and scores included")
+        return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,6 +231,10 @@ def _non_negative(v):
     return None if v >= 0 else f"must be >= 0, got {v}"
 
 
+def _minutes(v):
+    return "must be a number of minutes" if isinstance(v, bool) else _positive(v)
+
+
 def _key(v):
     return None if _KEY.match(v) else f"{v!r} is not a valid name (letters, digits, _ . @ -)"
 
@@ -178,7 +242,7 @@ def _key(v):
 TOP_FIELDS = {"id", "title", "question", "instructions", "show_reference", "images", "conditions",
               "trials_per_session", "catch_trials", "repeat_trials", "max_catch_failures",
               "randomise_sides", "scheduler", "sessions_per_rater", "consent", "platform", "codec",
-              "stimuli_dir", "exclusion"}
+              "stimuli_dir", "exclusion", "allow_tie", "results_public"}
 
 
 def load(path: str | Path, check_files: bool = True) -> StudyConfig:
@@ -285,18 +349,38 @@ def load(path: str | Path, check_files: bool = True) -> StudyConfig:
     scheduler = c.get(data, (), "scheduler", str, default="balanced", check=_one_of(SCHEDULERS))
     per_rater = c.get(data, (), "sessions_per_rater", int, default=1, check=_positive)
 
-    consent = c.get(data, (), "consent", dict, default={})
-    c.unknown(consent or {}, ("consent",), {"text", "version"})
-    consent_text = c.get(consent or {}, ("consent",), "text", str)
-    consent_version = c.get(consent or {}, ("consent",), "version", (str, int, float))
+    allow_tie = c.get(data, (), "allow_tie", bool, default=False)
+    results_public = c.get(data, (), "results_public", bool, default=False)
 
     plat = c.get(data, (), "platform", dict, default={"kind": "none"})
-    c.unknown(plat or {}, ("platform",), {"kind", "completion_code", "screenout_code", "redirect_url"})
+    c.unknown(plat or {}, ("platform",), {"kind", "completion_code", "screenout_code", "no_consent_code",
+                                          "redirect_url", "allow_anonymous"})
     plat = plat or {}
     kind = c.get(plat, ("platform",), "kind", str, default="none", check=_one_of(PLATFORMS))
+    paid = kind in ("prolific", "mturk")
     completion = c.get(plat, ("platform",), "completion_code", str, default=None if kind == "none" else ...)
-    screenout = c.get(plat, ("platform",), "screenout_code", str, default=None)
+    # On Prolific every exit needs its own code, or the rater is left on a page with nowhere to go.
+    screenout = c.get(plat, ("platform",), "screenout_code", str,
+                      default=... if kind == "prolific" and max_fail is not None else None)
+    no_consent = c.get(plat, ("platform",), "no_consent_code", str, default=... if kind == "prolific" else None)
+    allow_anonymous = c.get(plat, ("platform",), "allow_anonymous", bool, default=False)
     redirect = c.get(plat, ("platform",), "redirect_url", str, default=None)
+
+    consent = c.get(data, (), "consent", dict, default={})
+    consent = consent or {}
+    c.unknown(consent, ("consent",), {"text", "version", *CONSENT_DETAILS})
+    consent_text = c.get(consent, ("consent",), "text", str)
+    consent_version = c.get(consent, ("consent",), "version", (str, int, float))
+    details = []
+    for key, meaning in CONSENT_DETAILS.items():
+        kind_of = (int, float) if key == "duration_minutes" else str
+        value = c.get(consent, ("consent",), key, kind_of, default=None, check=_minutes if kind_of != str else None)
+        if paid and consent.get(key) is None:
+            c.bad(("consent", key), f"is required for a {kind} study ({meaning})")
+        elif isinstance(value, str) and not value.strip():
+            c.bad(("consent", key), "must not be empty")
+        elif value is not None:
+            details.append((key, f"{value:g}" if key == "duration_minutes" else value.strip()))
     if redirect is None and kind == "prolific":
         redirect = PROLIFIC_REDIRECT
     if redirect is not None and not redirect.startswith(("https://", "http://")):
@@ -319,11 +403,11 @@ def load(path: str | Path, check_files: bool = True) -> StudyConfig:
         trials_per_session=trials, catch_trials=catch_n, catch_method=catch_method,
         catch_bpp=catch_bpp, repeat_trials=repeats, max_catch_failures=max_fail,
         randomise_sides=randomise, scheduler=scheduler, sessions_per_rater=per_rater,
-        consent_text=consent_text, consent_version=str(consent_version),
-        platform=Platform(kind, completion or "", screenout or "", redirect),
+        consent=Consent(str(consent_version), consent_text, tuple(details)),
+        platform=Platform(kind, completion or "", screenout or "", redirect, no_consent or "", allow_anonymous),
         codec_backbone=backbone, codec_adapter=adapter, codec_mode=mode,
         stimuli_dir=(base / stimuli_dir).resolve(), source=path,
-        digest=hashlib.sha256(text.encode()).hexdigest())
+        digest=hashlib.sha256(text.encode()).hexdigest(), allow_tie=allow_tie, results_public=results_public)
 
 
 def _no_duplicates(c: _Checker, section: str, keys: list[tuple[int, str]]) -> None:

@@ -92,11 +92,20 @@ def build_router(service: StudyService) -> APIRouter:
 
     @router.get("/")
     def study_info() -> dict:
-        """What a page needs before a session starts: the wording, the consent text."""
+        """What the rater page needs before a session starts: the wording, the consent, who may take
+        part. The page is blinded: nothing here names a method, a bitrate or a score."""
+        example = service.example()
+        who = ("prolific", "mturk", "anonymous")
         return {"id": cfg.id, "title": cfg.title, "question": cfg.question, "instructions": cfg.instructions,
                 "show_reference": cfg.show_reference, "trials_per_session": cfg.trials_per_session,
+                "sessions_per_rater": cfg.sessions_per_rater, "allow_tie": cfg.allow_tie,
                 "consent_text": cfg.consent_text, "consent_version": cfg.consent_version,
-                "platform": cfg.platform.kind}
+                "consent": dict(cfg.consent.details), "platform": cfg.platform.kind,
+                "accepts": [p for p in who if cfg.platform.accepts(p)],
+                "refusals": {p: cfg.platform.refusal(p) for p in who if not cfg.platform.accepts(p)},
+                "example": None if example is None else {
+                    "reference": f"{API_PREFIX}/stimuli/{example[0]}", "damaged": f"{API_PREFIX}/stimuli/{example[1]}",
+                    "width": example[2], "height": example[3]}}
 
     @router.post("/sessions")
     def start(body: StartRequest, request: Request) -> Response:

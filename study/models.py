@@ -11,7 +11,7 @@ from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, Str
                         UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-CHOICES = ("left", "right")
+CHOICES = ("left", "right", "tie")   # tie: "can't tell", only where the study allows it
 TRIAL_KINDS = ("regular", "catch", "repeat")
 SESSION_STATES = ("consent", "active", "completed", "screened_out", "declined")
 
@@ -123,7 +123,7 @@ class Vote(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     trial_id: Mapped[int] = mapped_column(ForeignKey("trials.id"), unique=True)
     session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id"), index=True)
-    choice: Mapped[str] = mapped_column(String(8))           # left | right (as shown)
+    choice: Mapped[str] = mapped_column(String(8))           # left | right (as shown) | tie
     server_ms: Mapped[float | None] = mapped_column(Float, nullable=True)  # first shown -> vote
     client_ms: Mapped[float | None] = mapped_column(Float, nullable=True)  # images loaded -> key
     client: Mapped[dict | None] = mapped_column(JSON, nullable=True)       # viewport, dpr, zooms

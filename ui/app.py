@@ -1,5 +1,6 @@
-"""Builds the whole Space: a FastAPI app with /health, the study API at /api/study, and the Gradio
-Blocks (Compress, Decode, Study, Results, Admin tabs) mounted at "/"; `main()` serves it with uvicorn.
+"""Builds the whole Space: a FastAPI app with /health, the study API at /api/study, the raters'
+page at /study (ui.rater_page), and the Gradio Blocks (Compress, Decode, Results, Admin tabs)
+mounted at "/"; `main()` serves it with uvicorn.
 """
 
 from __future__ import annotations
@@ -15,21 +16,21 @@ from ui.admin_tab import build_admin_tab
 from ui.compress_tab import build_compress_tab
 from ui.context import AppContext
 from ui.decode_tab import build_decode_tab
+from ui.rater_page import PATH as RATER_PATH, add_rater_page
 from ui.results_tab import build_results_tab
 from ui.settings import ROOT, Settings, load_settings
-from ui.study_tab import build_study_tab
 
 log = logging.getLogger(__name__)
 
-TAB_IDS = ("compress", "decode", "study", "results", "admin")
-PLATFORM_PARAMS = ("PROLIFIC_PID", "workerId", "assignmentId")  # what study.service.Participant reads
+TAB_IDS = ("compress", "decode", "results", "admin")
 EXAMPLES_DIR = ROOT / "assets" / "examples"
 CSS_PATH = Path(__file__).with_name("style.css")
 INTRO = """# Lossy image compression with foundation diffusion models
 Reference implementation of Relic et al., ECCV 2024: the image's latent is quantized and entropy
 coded; the decoder treats the dequantized latent as a noisy latent at a predicted timestep *t* and
 removes the quantization error with a few denoising steps. Compare it with classic codecs at the
-same bitrate, decode bitstreams, and take part in the preference study."""
+same bitrate and decode bitstreams."""
+STUDY_LINK = f"**Preference study:** [take part]({RATER_PATH}) (a page of its own, as raters see it)."
 
 
 def build_app(settings: Settings) -> tuple[FastAPI, gr.Blocks]:
@@ -37,19 +38,19 @@ def build_app(settings: Settings) -> tuple[FastAPI, gr.Blocks]:
     # Scratch files and gradio's cache copies live at most 30 minutes, checked every 10 minutes.
     with gr.Blocks(title="Diffusion codec", delete_cache=(600, 1800)) as blocks:
         gr.Markdown(INTRO, elem_id="intro")
+        if ctx.study is not None:
+            gr.Markdown(STUDY_LINK, elem_id="study-link")
         with gr.Tabs() as tabs:
             with gr.Tab("Compress", id="compress") as compress_tab:
                 build_compress_tab(ctx, examples=sorted(str(p) for p in EXAMPLES_DIR.glob("*.png")))
             with gr.Tab("Decode", id="decode") as decode_tab:
                 build_decode_tab(ctx)
-            with gr.Tab("Study", id="study") as study_tab:
-                build_study_tab(ctx)
             with gr.Tab("Results", id="results") as results_tab:
                 timer = build_results_tab(ctx, blocks, results_tab)
             with gr.Tab("Admin", id="admin") as admin_tab:
                 build_admin_tab(ctx)
         if timer is not None:  # leaving the Results tab stops its polling
-            for other in (compress_tab, decode_tab, study_tab, admin_tab):
+            for other in (compress_tab, decode_tab, admin_tab):
                 other.select(lambda: gr.Timer(active=False), None, timer, api_visibility="private", queue=False)
         blocks.load(_initial_tab, None, tabs, api_visibility="private", queue=False)
     # The model events set their own limit (settings.concurrency, shared through concurrency_id
@@ -64,9 +65,10 @@ def build_app(settings: Settings) -> tuple[FastAPI, gr.Blocks]:
                 "study": ctx.study is not None}
 
     if ctx.study is not None:
-        from study.http import API_PREFIX, build_router
+        from study.http import API_PREFIX, build_api
 
-        app.include_router(build_router(ctx.study), prefix=API_PREFIX)
+        app.mount(API_PREFIX, build_api(ctx.study))   # its own limits and error answers (study.limits)
+        add_rater_page(app)     # before Gradio takes "/": platform links to "/" are sent there
 
     app = gr.mount_gradio_app(
         app, blocks, path="/", max_file_size=int(settings.max_upload_mb * 1e6), css_paths=[CSS_PATH],
@@ -78,12 +80,10 @@ def build_app(settings: Settings) -> tuple[FastAPI, gr.Blocks]:
 
 
 def _initial_tab(request: gr.Request):
-    """`?tab=decode` opens that tab; a crowd-platform link (Prolific, MTurk ids) opens the Study tab."""
+    """`?tab=decode` opens that tab (crowd-platform links never get here: ui.rater_page)."""
     params = request.query_params
     if params.get("tab") in TAB_IDS:
         return gr.Tabs(selected=params["tab"])
-    if any(key in params for key in PLATFORM_PARAMS):
-        return gr.Tabs(selected="study")
     return gr.skip()
 
 
@@ -93,7 +93,7 @@ def _study_service(settings: Settings):
     if study_file is None:
         return None
     if not study_file.is_file():
-        log.warning("study file %s not found: the Study tab is disabled", study_file)
+        log.warning("study file %s not found: the study is disabled", study_file)
         return None
     from study.service import StudyService
 

@@ -7,7 +7,6 @@ trajectory), `/trajectory` (the decoding trajectory of a bitstream; the page cal
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +15,8 @@ import gradio as gr
 import pandas as pd
 from PIL import Image
 
-from ui import views
-from ui.context import AppContext, gpu
+from ui import views, worker
+from ui.context import AppContext
 from ui.errors import friendly_errors
 
 BPP_PRESETS = {"Extreme 0.03": 0.03, "Low 0.06": 0.06, "Medium 0.1": 0.1, "High 0.2": 0.2}
@@ -39,12 +38,13 @@ class Entry:
     decode_s: float
     note: str = ""
     psnr: float | None = None  # set by _scored
-    ms_ssim: float | None = None
+    ms_ssim: float | None = None  # None also where the image is too small for it (shown "n/a")
 
 
-def _plain_upload_errors(image: gr.Image) -> gr.Image:
-    """Give unreadable uploads the codec's plain message instead of gradio's "Could not preprocess
-    input component..." report (a gr.Error raised in preprocess reaches the visitor as it is).
+def _plain_upload_errors(ctx: AppContext, image: gr.Image) -> gr.Image:
+    """Give unreadable uploads the codec's plain message (the command line's) instead of gradio's
+    "Could not preprocess input component..." report, which quotes the upload's server path (a
+    gr.Error raised in preprocess reaches the visitor as it is).
 
     The instance's method is wrapped rather than subclassing gr.Image, because gradio's component
     metaclass writes a .pyi stub next to any module that subclasses a component."""
@@ -56,13 +56,16 @@ def _plain_upload_errors(image: gr.Image) -> gr.Image:
         except gr.Error:
             raise
         except Exception:
-            from codec.images import ImageError, load_image
+            from codec.images import NOT_AN_IMAGE, ImageError, load_image
 
+            path = getattr(payload, "path", None)
+            if not isinstance(path, str):  # e.g. a data: URL that is not an image
+                raise gr.Error(NOT_AN_IMAGE, print_exception=False) from None
             try:
-                load_image(payload.path)
+                load_image(path, max_pixels=ctx.settings.max_pixels)
             except ImageError as exc:
                 raise gr.Error(str(exc), print_exception=False) from None
-            raise gr.Error("This file could not be read as an image.", print_exception=False) from None
+            raise gr.Error(NOT_AN_IMAGE, print_exception=False) from None
 
     image.preprocess = checked
     return image
@@ -79,8 +82,11 @@ def build_compress_tab(ctx: AppContext, examples: list[str]) -> None:
     choices = baseline_choices()
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=300):
-            image_in = _plain_upload_errors(gr.Image(
-                label="Image", type="filepath", sources=["upload", "clipboard"], height=300, elem_id="compress-input"
+            # image_mode=None: gradio hands over the uploaded file as it is (no decoding and
+            # re-saving before our size check); codec.images.load_image converts it.
+            image_in = _plain_upload_errors(ctx, gr.Image(
+                label="Image", type="filepath", sources=["upload", "clipboard"], height=300, elem_id="compress-input",
+                image_mode=None,
             ))
             if examples:
                 gr.Examples(examples=examples, inputs=image_in, label="Examples (click one)", examples_per_page=4)
@@ -133,13 +139,12 @@ def build_compress_tab(ctx: AppContext, examples: list[str]) -> None:
         the bpp the diffusion codec reached. Returns the comparison slider, the baselines gallery, the
         table, the bitstream and PNG files, and a summary. (The decoding trajectory comes from
         `/trajectory`, which the page calls next, so the comparison shows without waiting for it.)"""
-        original = _load(ctx, image)
         progress(0.0, desc="Loading the model")
-        codec = ctx.codec()
+        original = _load(ctx, image)
         out = ctx.scratch_dir()
-        res, dec, encode_s, decode_s = _ours(codec, original, float(target_bpp), progress)
-        ours = Entry(OURS, len(res.data), res.bpp, dec.image, encode_s, decode_s)
-        entries = _compare(original, ours, methods or [], res.bpp, codec.backbone, progress, start=0.7)
+        res, dec = ctx.run(worker.encode_and_decode, original, float(target_bpp), progress=progress)
+        ours = Entry(OURS, len(res.data), res.bpp, dec.image, res.timings["total"], dec.timings["total"])
+        entries = _compare(ctx, original, ours, methods or [], res.bpp, progress, start=0.7)
         stem = Path(image).stem[:40] or "image"
         bitstream = out / f"{stem}_{res.bpp:.3f}bpp.dfcx"
         bitstream.write_bytes(res.data)
@@ -152,7 +157,7 @@ def build_compress_tab(ctx: AppContext, examples: list[str]) -> None:
         progress(1.0, desc="Done")
         return (
             (str(original_png), str(png)), saved[1:], _table(entries), str(bitstream), str(png),
-            _summary(codec, entries[0], res, float(target_bpp)), state,
+            _summary(ctx.backbone_notice or "", entries[0], res, float(target_bpp)), state,
         )
 
     @friendly_errors
@@ -161,9 +166,7 @@ def build_compress_tab(ctx: AppContext, examples: list[str]) -> None:
         original = _load(ctx, image)
         if not methods:
             raise gr.Error("Pick at least one baseline.")
-        # Only the naive latent baseline needs the backbone; the image codecs work without loading it.
-        backbone = ctx.codec().backbone if "naive" in methods else None
-        entries = _compare(original, None, methods, float(target_bpp), backbone, progress)
+        entries = _compare(ctx, original, None, methods, float(target_bpp), progress)
         return _save_entries(ctx.scratch_dir(), entries), _table(entries)
 
     @friendly_errors
@@ -173,8 +176,7 @@ def build_compress_tab(ctx: AppContext, examples: list[str]) -> None:
         if not bitstream:
             raise gr.Error("Compress an image first.")
         ctx.check_upload(bitstream)
-        frames = _trajectory(ctx.codec(), Path(bitstream).read_bytes(), progress)
-        return views.trajectory_strip(frames) if frames else None
+        return ctx.run(worker.trajectory, Path(bitstream).read_bytes(), progress=progress)
 
     def update_crops(state, x: float, y: float, size: int):
         if not state:
@@ -208,49 +210,26 @@ def build_compress_tab(ctx: AppContext, examples: list[str]) -> None:
 
 
 def _load(ctx: AppContext, image) -> Image.Image:
-    from codec.images import load_image
-
     if not image:
         raise gr.Error("Upload an image or pick an example first.")
     ctx.check_upload(image)
-    return load_image(image, max_pixels=ctx.settings.max_pixels)
+    return ctx.run(worker.load_upload, str(image))
 
 
-@gpu
-def _ours(codec, original: Image.Image, target_bpp: float, progress):
-    """Encode and decode with the diffusion codec (on the GPU where there is one).
-
-    Returns the encode and decode results and their wall-clock times in seconds."""
-
-    def report(lo: float, hi: float, verb: str):
-        return lambda stage, fraction: progress(lo + (hi - lo) * fraction, desc=f"{verb}: {stage}")
-
-    started = time.perf_counter()
-    res = codec.encode(original, target_bpp=target_bpp, progress=report(0.0, 0.35, "Encoding"))
-    encoded = time.perf_counter()
-    dec = codec.decode(res.data, intermediates=False, progress=report(0.35, 0.7, "Decoding"))
-    return res, dec, encoded - started, time.perf_counter() - encoded
-
-
-@gpu
-def _trajectory(codec, data: bytes, progress) -> list:
-    """Decode again, keeping the x0 prediction of every step (each costs one more VAE decode)."""
-    dec = codec.decode(data, intermediates=True, progress=lambda stage, f: progress(f, desc=f"Trajectory: {stage}"))
-    return dec.intermediates
-
-
-def _compare(original, ours: Entry | None, methods, bpp, backbone, progress, start=0.0) -> list[Entry]:
+def _compare(ctx: AppContext, original, ours: Entry | None, methods, bpp, progress, start=0.0) -> list[Entry]:
     """`ours` (when given) and each baseline at the largest bpp not above `bpp`, in the order of
     `methods`, each scored (PSNR, MS-SSIM) against the original.
 
     Two worker threads run the image codecs and the metrics (Pillow, x265 and torch release the GIL);
     the naive latent baseline uses the backbone, which already uses every core, so it runs on its
-    own. A baseline that cannot run here (no fitted naive prior for this backbone) becomes a note."""
+    own (in the model process). A baseline that cannot run here (no fitted naive prior for this
+    backbone) becomes a note."""
     from codec.baselines import NaivePriorMissing, encode_at_bpp
 
     def one(method: str) -> Entry:
         try:
-            b = encode_at_bpp(original, method, bpp, backbone=backbone)
+            b = (ctx.run(worker.naive_baseline, original, bpp) if method == "naive"
+                 else encode_at_bpp(original, method, bpp))
         except NaivePriorMissing:
             return Entry(short_label(method), 0, float("nan"), None, 0.0, 0.0, "unavailable: no fitted prior for "
                          "this backbone (python -m codec.baselines fit-naive)")
@@ -272,9 +251,13 @@ def _compare(original, ours: Entry | None, methods, bpp, backbone, progress, sta
 
 
 def _scored(original: Image.Image, entry: Entry) -> Entry:
-    from codec.metrics import ms_ssim, psnr
+    from codec.metrics import MetricUndefined, ms_ssim, psnr
 
-    entry.psnr, entry.ms_ssim = psnr(original, entry.image), ms_ssim(original, entry.image)
+    entry.psnr = psnr(original, entry.image)
+    try:
+        entry.ms_ssim = ms_ssim(original, entry.image)
+    except MetricUndefined:  # fewer than 11 px on a side: the table says n/a
+        entry.ms_ssim = None
     return entry
 
 
@@ -299,7 +282,7 @@ def _save_entries(out: Path, entries: list[Entry]) -> list[tuple[str, str]]:
 
 def _table(entries: list[Entry]) -> pd.DataFrame:
     rows = [
-        [e.label, e.data_bytes, round(e.bpp, 4), round(e.psnr, 2), round(e.ms_ssim, 4),
+        [e.label, e.data_bytes, round(e.bpp, 4), round(e.psnr, 2), "n/a" if e.ms_ssim is None else round(e.ms_ssim, 4),
          round(1000 * e.encode_s), round(1000 * e.decode_s), e.note]
         if e.image is not None else [e.label, None, None, None, None, None, None, e.note]
         for e in entries
@@ -318,8 +301,7 @@ def _crops(state: dict, x: float, y: float, size: int):
     return views.mark_box(original, box), crops
 
 
-def _summary(codec, ours: Entry, res, target_bpp: float) -> str:
-    notice = codec.backbone_notice
+def _summary(notice: str, ours: Entry, res, target_bpp: float) -> str:
     if "WARNING" in notice or "tiny" in notice.lower():
         notice = f"⚠️ **{notice}**"
     return (

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import gradio as gr
 
-from ui.context import AppContext, gpu
+from ui import worker
+from ui.context import AppContext
 from ui.errors import friendly_errors
-
-
-@gpu
-def _decode(codec, data: bytes):
-    started = time.perf_counter()
-    dec = codec.decode(data, intermediates=False)
-    return dec, time.perf_counter() - started
 
 
 def build_decode_tab(ctx: AppContext) -> None:
@@ -38,13 +31,12 @@ def build_decode_tab(ctx: AppContext) -> None:
             raise gr.Error("Upload a bitstream file first.")
         ctx.check_upload(bitstream)
         data = Path(bitstream).read_bytes()
-        codec = ctx.codec()
-        fields = codec.info(data)  # validates every header field (pixel limit included) before decoding
-        dec, seconds = _decode(codec, data)
+        # In the model process: every header field (pixel limit included) is validated before decoding.
+        fields, dec = ctx.run(worker.decode, data)
         png = ctx.scratch_dir() / f"{Path(bitstream).stem[:40] or 'decoded'}.png"
         dec.image.save(png)
         summary = (f"**{len(data):,} bytes, {fields['bpp']:.4f} bpp**, {fields['width']}x{fields['height']} pixels, "
-                   f"decoded in {1000 * seconds:.0f} ms.")
+                   f"decoded in {1000 * dec.timings['total']:.0f} ms.")
         return str(png), fields, summary, str(png)
 
     run.click(decode, file_in, [image_out, header, info, png_file], api_name="decode", concurrency_id="model",

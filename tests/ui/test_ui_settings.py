@@ -68,5 +68,21 @@ def test_trajectory_strip_highlights_the_predicted_timestep():
     strip = views.trajectory_strip(frames, tile_h=48)
     assert strip.height == 48 + 2 * 4 + views.LABEL_H
     assert strip.getpixel((1, 1)) == views.HIGHLIGHT  # the first (predicted t) tile has the orange frame
-    second_tile_x = 96 + 8 + 6 + 10
-    assert strip.getpixel((second_tile_x, 10)) == (120, 120, 120)  # later tiles have none
+    # Scan the middle row: three grey tiles of 96 px (64x32 scaled to 48 px high), in order.
+    row = [strip.getpixel((x, 4 + 24)) for x in range(strip.width)]
+    runs = [v for v in (60, 120, 200) if row.count((v, v, v)) == 96]
+    assert runs == [60, 120, 200]
+    assert row.index((120, 120, 120)) > row.index((60, 60, 60))
+
+
+@pytest.mark.parametrize("size", [(4096, 1), (1, 4096), (2000, 8), (1, 1), (1536, 1536)])
+def test_trajectory_strip_is_bounded_for_any_aspect_ratio_and_step_count(size):
+    """A 4096x1 frame once made a 2,621,466x190 strip (4 GB): now every tile fits a 160 x 640
+    box (or its label) and at most MAX_FRAMES tiles are drawn, the first and the last among them."""
+    frames = [(t, Image.new("RGB", size, (t, t, t))) for t in range(100, 0, -1)]  # 100 steps
+    strip = views.trajectory_strip(frames)
+    most_w = views.MAX_FRAMES * (views.MAX_TILE_ASPECT * 160 + 8) + 6 * (views.MAX_FRAMES - 1)
+    assert strip.width <= most_w and strip.height == 160 + 8 + views.LABEL_H, strip.size
+    assert views._spread(frames, views.MAX_FRAMES)[0][0] == 100 and views._spread(frames, views.MAX_FRAMES)[-1][0] == 1
+    assert len(views._spread(frames, views.MAX_FRAMES)) == views.MAX_FRAMES
+    print(f"{size[0]}x{size[1]} x 100 steps -> strip {strip.width}x{strip.height}")

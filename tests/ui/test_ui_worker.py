@@ -1,0 +1,81 @@
+"""The model runs in a process of its own (codec/isolated.py): killing it in the middle of a visitor's
+/decode costs that request only. The next /decode succeeds with the same image, /health answers,
+and the study's votes -- the ones already stored and one cast while the model process is down --
+are all there."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import urllib.request
+
+import httpx
+import numpy as np
+import psutil
+import pytest
+from gradio_client import handle_file
+from gradio_client.exceptions import AppError
+from gradio_client.utils import Status
+from PIL import Image
+
+from tests.ui.conftest import SERVER
+
+
+def _model_process() -> psutil.Process:
+    server = psutil.Process(SERVER["pid"])
+    workers = [p for p in server.children() if "codec.isolated" in " ".join(p.cmdline())]
+    assert len(workers) == 1, [p.cmdline() for p in server.children()]
+    return workers[0]
+
+
+def _votes() -> int:
+    with sqlite3.connect(SERVER["results"] / "study.db") as db:
+        return db.execute("SELECT count(*) FROM votes").fetchone()[0]
+
+
+def _vote_once(api: str) -> None:
+    """A new anonymous rater consents and answers one trial; raises unless every call succeeds."""
+    with httpx.Client(timeout=30) as http:
+        info = http.get(api + "/").raise_for_status().json()
+        token = http.post(api + "/sessions", json={"params": {}}).raise_for_status().json()["token"]
+        http.post(f"{api}/sessions/{token}/consent", json={"agree": True, "version": info["consent_version"]}
+                  ).raise_for_status()
+        trial = http.get(f"{api}/sessions/{token}/trial").raise_for_status().json()
+        http.post(f"{api}/sessions/{token}/votes", json={"trial_id": trial["id"], "choice": "left"}).raise_for_status()
+
+
+@pytest.fixture(scope="module")
+def bitstream(client, small_png) -> str:
+    return client.predict(handle_file(str(small_png)), 0.3, ["jpeg"], api_name="/compress")[3]
+
+
+def test_killing_the_model_process_mid_decode_costs_that_request_only(server, client, bitstream, study_votes):
+    reference = client.predict(handle_file(bitstream), api_name="/decode")[0]
+    stored = _votes()
+    assert stored == study_votes > 0
+    worker = _model_process()
+
+    # Freeze the model process, so the next decode is certainly in its hands when it is killed.
+    worker.suspend()
+    job = client.submit(handle_file(bitstream), api_name="/decode")
+    deadline = time.time() + 60
+    while job.status().code != Status.PROCESSING:
+        assert time.time() < deadline, job.status()
+        time.sleep(0.05)
+    time.sleep(0.5)  # from "processing" to the request reaching the model process
+    _vote_once(server + "/api/study")  # the study does not depend on the model process
+    worker.kill()
+    with pytest.raises(AppError, match="stopped while working") as info:
+        job.result(timeout=60)
+    print("the killed decode answered:", info.value)
+
+    with urllib.request.urlopen(server + "/health", timeout=5) as r:
+        assert json.load(r)["status"] == "ok"
+    started = time.perf_counter()
+    image = client.predict(handle_file(bitstream), api_name="/decode")[0]  # waits for the restarted process
+    print(f"next /decode (restart included): {time.perf_counter() - started:.1f} s")
+    with Image.open(reference) as a, Image.open(image) as b:
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert _model_process().pid != worker.pid
+    assert _votes() == stored + 1  # nothing lost, and the vote cast during the crash was kept

@@ -1,0 +1,78 @@
+"""The model work of the Compress and Decode tabs: functions of the DiffusionCodec.
+
+`AppContext.run(fn, ...)` calls each with the codec as first argument, in the model process
+(codec/isolated.py) or, with the worker off, in the server itself, where `spaces.GPU` (ZeroGPU)
+gives them the GPU. This module imports no gradio, so the model process loads only the codec.
+"""
+
+from __future__ import annotations
+
+from ui import views
+
+
+def gpu(fn):
+    """`spaces.GPU` where the `spaces` package is installed (ZeroGPU), otherwise `fn` unchanged."""
+    try:
+        import spaces
+    except ImportError:
+        return fn
+    return spaces.GPU(duration=120)(fn)
+
+
+def load_codec(backbone: str | None, adapter: str | None, mode: str, device: str | None, max_pixels: int):
+    from codec.codec import DiffusionCodec
+
+    return DiffusionCodec.load(
+        backbone=backbone, adapter=adapter, mode=None if mode == "auto" else mode, device=device,
+        max_pixels=max_pixels,
+        allow_tiny=True,  # never refuse to start; the notice on every result says the model is random
+    )
+
+
+def notice(codec) -> str:
+    return codec.backbone_notice
+
+
+def load_upload(codec, path: str):
+    """A visitor's image file as RGB, within the codec's pixel limit: decoded here, because image
+    decoders (libpng, libjpeg, libheif, libavif...) are native code fed by a stranger too."""
+    from codec.images import load_image
+
+    return load_image(path, max_pixels=codec.max_pixels)
+
+
+@gpu
+def encode_and_decode(codec, image, target_bpp: float, progress=None):
+    """Encode at the largest rate <= target_bpp, then decode that file: (EncodeResult, DecodeResult)."""
+    progress = progress or (lambda *args, **kwargs: None)
+
+    def report(lo: float, hi: float, verb: str):
+        return lambda stage, fraction: progress(lo + (hi - lo) * fraction, desc=f"{verb}: {stage}")
+
+    res = codec.encode(image, target_bpp=target_bpp, progress=report(0.0, 0.35, "Encoding"))
+    dec = codec.decode(res.data, intermediates=False, progress=report(0.35, 0.7, "Decoding"))
+    return res, dec
+
+
+@gpu
+def trajectory(codec, data: bytes, progress=None):
+    """The strip of x0 predictions, one per denoising step (views.trajectory_strip bounds its size),
+    or None for a file decoded without denoising steps."""
+    report = (lambda stage, f: progress(f, desc=f"Trajectory: {stage}")) if progress else None
+    frames = codec.decode(data, intermediates=True, progress=report).intermediates
+    return views.trajectory_strip(frames) if frames else None
+
+
+@gpu
+def decode(codec, data: bytes):
+    """The header fields (validated before anything is decoded) and the DecodeResult."""
+    fields = codec.info(data)
+    return fields, codec.decode(data, intermediates=False)
+
+
+@gpu
+def naive_baseline(codec, image, target_bpp: float):
+    """Naive latent quantization with this codec's backbone (codec.baselines)."""
+    from codec.baselines import encode_at_bpp
+
+    return encode_at_bpp(image, "naive", target_bpp, backbone=codec.backbone)

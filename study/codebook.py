@@ -105,7 +105,8 @@ COLUMNS: dict[str, dict[str, str]] = {
                      "the same side)",
         "careless_reason": "why the rater looks careless by fixed limits (study.quality.CARELESS: catch failure "
                            "rate over 50%, repeat consistency under 50%, median response under 600 ms, the same "
-                           "side over 90% of the time, outlier score over 1.5); a flag for a look, not an exclusion",
+                           "side over 90% of the time, outlier score over 1.5 among 8 raters or more); a flag for a look, "
+                           "not an exclusion",
         "careless": "true when careless_reason is not empty",
         "excluded": "true when the rater breaks one of the study's exclusion rules",
         "exclusion_reason": "which exclusion rule, with the rater's value",

@@ -41,13 +41,10 @@ def preference_vs_bitrate(board: pd.DataFrame, score: str = "bt", title: str | N
     ax.set_xscale("log")
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.xaxis.set_minor_locator(NullLocator())
-    targets = data["target_bpp"] if "target_bpp" in data.columns else pd.Series(np.nan, index=data.index)
-    ticks = bitrate_groups(targets.where(targets.notna(), data["bpp"]).to_numpy(float))
+    ticks = bitrate_ticks(data)
     ax.set_xticks(ticks, labels=[f"{t:.2g}" for t in ticks])
-    low, high = min(ticks.min(), data["bpp"].min()), max(ticks.max(), data["bpp"].max())
-    ax.set_xlim(low / 1.25, high * 1.25)
-    ax.set_xlabel("bits per pixel (bpp, log scale; points at the measured rates"
-                  + (", ticks at the targets)" if targets.notna().any() else ")"))
+    ax.set_xlim(data["bpp"].min() / 1.25, data["bpp"].max() * 1.25)
+    ax.set_xlabel("bits per pixel (measured, log scale)")
     ax.set_ylabel(f"{_LABELS[score]}, 95% CI")
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(title="method", fontsize="small")
@@ -57,17 +54,25 @@ def preference_vs_bitrate(board: pd.DataFrame, score: str = "bt", title: str | N
     return fig
 
 
-def bitrate_groups(rates: np.ndarray, within: float = 1.1) -> np.ndarray:
-    """Sorted distinct rates, a rate within ``within`` times the first of its group joining it;
-    each group is represented by its median."""
-    rates = np.sort(rates[np.isfinite(rates) & (rates > 0)])
-    groups: list[list[float]] = []
-    for r in rates:
-        if groups and r <= groups[-1][0] * within:
-            groups[-1].append(r)
+def bitrate_ticks(data: pd.DataFrame, within: float = 1.1) -> np.ndarray:
+    """One tick per group of measured bitrates (each within ``within`` times the group's first):
+    at the group's target bpp when all its conditions share one (column ``target_bpp``) and it
+    lies among them, else at the group's median measured bpp."""
+    rows = data.sort_values("bpp")
+    targets = rows["target_bpp"] if "target_bpp" in rows.columns else pd.Series(np.nan, index=rows.index)
+    groups: list[list[int]] = []
+    for k, r in enumerate(rows["bpp"].to_numpy(float)):
+        if groups and r <= rows["bpp"].iat[groups[-1][0]] * within:
+            groups[-1].append(k)
         else:
-            groups.append([r])
-    return np.array([float(np.median(g)) for g in groups])
+            groups.append([k])
+    ticks = []
+    for group in groups:
+        rates, aims = rows["bpp"].to_numpy(float)[group], targets.to_numpy(float)[group]
+        one = aims[0] if np.isfinite(aims).all() and np.all(aims == aims[0]) else np.nan
+        near = np.isfinite(one) and rates.min() / within <= one <= rates.max() * within
+        ticks.append(float(one) if near else float(np.median(rates)))
+    return np.unique(ticks)
 
 
 def drop_overlapping_labels(fig: Figure, axis) -> None:

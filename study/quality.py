@@ -33,6 +33,9 @@ CARELESS = {
     "side_bias": ("max", 0.9, ("votes", 10), "chose the same side {v:.0%} of the time (limit {l:.0%})"),
     "outlier_score": ("max", 1.5, ("votes", 1), "outlier score {v:.2f} (limit {l:g}): disagrees with the others"),
 }
+# Among fewer raters the quartiles of the outlier score are too noisy to flag anyone by it (an
+# honest simulated rater among 5 scores 1.8).
+MIN_RATERS_FOR_OUTLIER_FLAG = 8
 
 
 def _flag(votes: pd.DataFrame, column: str) -> np.ndarray:
@@ -117,6 +120,8 @@ def careless_flags(stats: pd.DataFrame) -> pd.Series:
     """Per row of ``rater_stats``: why the rater looks careless ("" when not), by ``CARELESS``."""
     reasons = pd.Series([[] for _ in range(len(stats))], index=stats.index)
     for column, (kind, limit, (evidence, least), words) in CARELESS.items():
+        if column == "outlier_score" and len(stats) < MIN_RATERS_FOR_OUTLIER_FLAG:
+            continue
         value = pd.to_numeric(stats[column], errors="coerce")
         broken = (value > limit if kind == "max" else value < limit) & (stats[evidence] >= least)
         for i in stats.index[broken.fillna(False).to_numpy()]:

@@ -104,24 +104,39 @@ def results_app(tmp_path_factory, export_study):
                 proc.kill()
 
 
-def events_by_trigger(server: str, *elem_ids: str) -> dict:
-    """fn_index, trigger id and config of the events fired by the components with these elem_ids."""
+def _config(server: str) -> tuple[dict, dict]:
     import httpx
 
     config = httpx.get(server + "/config", timeout=30).raise_for_status().json()
-    ids = {c["props"].get("elem_id"): c["id"] for c in config["components"]}
+    return config, {c["props"].get("elem_id"): c["id"] for c in config["components"]}
+
+
+def events_by_trigger(server: str, *elem_ids: str) -> dict:
+    """fn_index, trigger id and config of the first event fired by each component with these elem_ids."""
+    config, ids = _config(server)
     events = {}
     for dep in config["dependencies"]:
         for target, _ in dep["targets"]:
             for name in elem_ids:
-                if target == ids.get(name):
+                if target == ids.get(name) and name not in events:
                     events[name] = (dep["id"], target, dep)
     assert set(events) == set(elem_ids), set(elem_ids) - set(events)
     return events
 
 
-def call(server: str, event, *data) -> dict:
-    """One event through the queue endpoints the browser uses (no client library)."""
+def event_writing(server: str, elem_id: str):
+    """fn_index, trigger id and config of the event whose outputs include the component ``elem_id``."""
+    config, ids = _config(server)
+    for dep in config["dependencies"]:
+        if ids.get(elem_id) in dep["outputs"]:
+            return dep["id"], (dep["targets"][0][0] if dep["targets"] else None), dep
+    raise AssertionError(f"no event writes {elem_id}")
+
+
+def call(server: str, event, *data, client: str | None = None) -> dict:
+    """One event through the queue endpoints the browser uses (no client library), as the client
+    at address ``client`` (X-Forwarded-For, as the Spaces proxy sets it; a new one by default, so
+    one test's wrong tokens do not slow the next test's right one)."""
     import json
     import secrets
 
@@ -129,7 +144,8 @@ def call(server: str, event, *data) -> dict:
 
     fn_index, trigger, _ = event
     session = secrets.token_hex(8)
-    with httpx.Client(base_url=server, timeout=180) as http:
+    client = client or f"198.51.100.{secrets.randbelow(250) + 1}, 10.{secrets.randbelow(250)}.0.1"
+    with httpx.Client(base_url=server, timeout=180, headers={"X-Forwarded-For": client}) as http:
         http.post("/gradio_api/queue/join", json={"data": list(data), "fn_index": fn_index, "trigger_id": trigger,
                                                   "session_hash": session, "event_data": None}).raise_for_status()
         with http.stream("GET", "/gradio_api/queue/data", params={"session_hash": session}) as stream:

@@ -2,6 +2,8 @@
 
 import hashlib
 
+import numpy as np
+
 import pandas as pd
 import pytest
 
@@ -40,3 +42,45 @@ def test_files_and_manifest(votes, tmp_path):
     manifest = export.build_manifest(paths, root=tmp_path, study_yaml="id: t\n", software_version="v")
     entry = next(f for f in manifest["files"] if f["path"] == "scores.csv")
     assert entry["sha256"] == hashlib.sha256((tmp_path / "scores.csv").read_bytes()).hexdigest()
+
+
+def test_tie_rates_per_condition_and_pair(votes):
+    tied = votes.copy()
+    pair = tied["condition_a"].isin(["ours@0.1", "ours@0.2"]) & tied["condition_b"].isin(["ours@0.1", "ours@0.2"])
+    tied.loc[pair, "winner"] = "tie"
+    result = analysis.analyse(tied, bootstrap=0)
+    tests = result.tests.set_index(["condition_a", "condition_b"])
+    ours = tests.loc[("ours@0.1", "ours@0.2")]
+    assert ours["tie_rate"] == 1.0 and ours["ties"] == ours["votes"] == pair.sum()
+    assert (tests.drop(index=("ours@0.1", "ours@0.2"))["tie_rate"] == 0).all()
+    board = result.board.set_index("condition")
+    n = board.loc["ours@0.1", "votes"]
+    assert board.loc["ours@0.1", "tie_rate"] == pytest.approx(pair.sum() / n)
+    assert board.loc["jpeg@0.1", "tie_rate"] == 0
+
+
+def test_too_few_votes_for_a_stable_rank_are_warned(votes):
+    few = analysis.analyse(votes.head(25), models=("bt",), bootstrap=100)
+    assert (few.board["votes"] < analysis.MIN_STABLE_VOTES).all()
+    assert few.board["warning"].str.contains("a stable rank needs 50").all()
+    many = analysis.analyse(votes, models=("bt",), bootstrap=100)
+    assert (many.board["warning"] == "").all(), many.board[["condition", "votes", "bt_lo", "bt_hi", "warning"]]
+    # A unanimous pair: the interval runs off, and the warning says so whatever the vote count.
+    wide = analysis.unstable(many.board.assign(bt_lo=-2224.0, bt_hi=1110.0), "bt")
+    assert wide.str.contains("95% CI 3.33e\\+03 points wide").all()
+
+
+def test_per_image_breakdown_shows_an_image_that_drives_the_result(votes):
+    v = votes.copy()
+    v["image"] = np.where(np.arange(len(v)) % 3 == 0, "odd", np.where(np.arange(len(v)) % 3 == 1, "b", "c"))
+    # On "odd" only, jpeg@0.1 wins every comparison it is in: enough to lift it when "odd" counts.
+    odd = (v["image"] == "odd") & ((v["condition_a"] == "jpeg@0.1") | (v["condition_b"] == "jpeg@0.1"))
+    v.loc[odd, "winner"] = np.where(v.loc[odd, "condition_a"] == "jpeg@0.1", "a", "b")
+    result = analysis.analyse(v, models=("bt",), bootstrap=0)
+    per = result.images.set_index(["image", "condition"])
+    assert per.loc[("odd", "jpeg@0.1"), "win_rate"] == 1.0
+    assert per["votes"].sum() == 2 * len(v)
+    without = result.without_image.set_index("image")
+    assert set(without.index) == {"odd", "b", "c"} and without["votes_left_out"].sum() == len(v)
+    assert without.loc["odd", "kendall_tau"] > without.loc["b", "kendall_tau"]
+    assert analysis.analyse(votes, models=("bt",), bootstrap=0).images.empty    # no image column

@@ -86,3 +86,31 @@ def test_plots_png_and_pdf(tmp_path, board):
     assert again[1].read_bytes() == paths[1].read_bytes()  # reproducible PDF
     with pytest.raises(ValueError, match="bitrate"):
         plots.preference_vs_bitrate(table.assign(bpp=np.nan))
+
+
+def _label_boxes(fig, dpi):
+    fig.set_dpi(dpi)
+    fig.draw_without_rendering()
+    labels = [t for t in fig.axes[0].get_xticklabels() if t.get_text()]
+    return labels, [t.get_window_extent() for t in labels]
+
+
+@pytest.mark.parametrize("targets", [True, False])
+def test_bitrate_tick_labels_are_grouped_rounded_and_never_overlap(targets):
+    # Measured rates a few percent apart at each target (the "0.19940.211235"), and two
+    # groups close on a log axis.
+    bpp = [0.1994, 0.211235, 0.2051, 0.41, 0.38, 0.0512, 0.055, 0.06]
+    board = pd.DataFrame({"condition": [f"c{k}" for k in range(8)], "method": list("abcabcab"), "bpp": bpp,
+                          "bt": np.linspace(900, 1100, 8), "bt_lo": np.linspace(850, 1050, 8),
+                          "bt_hi": np.linspace(950, 1150, 8)})
+    if targets:
+        board["target_bpp"] = [0.2, 0.2, 0.2, 0.4, 0.4, 0.05, 0.05, 0.06]
+    fig = plots.preference_vs_bitrate(board)
+    for dpi in (100, 150):   # as in the page and as exported
+        labels, boxes = _label_boxes(fig, dpi)
+        texts = [t.get_text() for t in labels]
+        assert len(texts) >= 3 and all(len(t.replace("0.", "").lstrip("0")) <= 2 for t in texts), texts
+        assert "0.2" in texts if targets else "0.21" in texts
+        for a in range(len(boxes)):
+            for b in range(a + 1, len(boxes)):
+                assert not boxes[a].overlaps(boxes[b]), (texts[a], texts[b])

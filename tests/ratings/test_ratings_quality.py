@@ -90,3 +90,28 @@ def test_catch_rows_need_the_correct_answer():
                           "is_catch": [True]})
     with pytest.raises(ratings.VoteTableError, match="catch_correct"):
         quality.rater_stats(votes)
+
+
+def test_a_careless_rater_is_flagged_whatever_the_rules():
+    """The issue's rater: every catch trial failed, 425 ms median. Flagged with the reasons, by
+    fixed limits; excluded only by the study's own rules."""
+    truth = pd.Series([0.0, 0.5, 1.0], index=["x", "y", "z"])
+    votes = simulate_votes(truth, 300, n_raters=5, seed=3)
+    votes["is_catch"], votes["response_ms"] = False, 2400.0
+    votes.loc[votes["rater"] == "rater004", "response_ms"] = 425.0
+    catch = [dict(rater=f"rater{r:03d}", condition_a="reference", condition_b="catch", winner="b" if r == 4 else "a",
+                  is_catch=True, catch_correct="a", response_ms=2000.0) for r in range(5) for _ in range(2)]
+    votes = ratings.validate_votes(pd.concat([votes, pd.DataFrame(catch)], ignore_index=True))
+    stats = quality.rater_stats(votes).set_index("rater")
+    assert stats.loc["rater004", "careless"] and not stats.drop(index="rater004")["careless"].any()
+    reason = stats.loc["rater004", "careless_reason"]
+    assert "failed 100% of the catch trials" in reason and "median response" in reason and "425 ms" in reason
+    assert "excluded" not in stats.columns          # flags are not exclusions
+
+
+def test_side_bias_flags_a_rater_who_always_picks_one_side():
+    votes = pd.DataFrame({"rater": ["s"] * 12 + ["t"] * 12, "condition_a": ["x", "y"] * 12,
+                          "condition_b": ["y", "x"] * 12, "winner": ["a"] * 12 + ["a", "b"] * 6})
+    stats = quality.rater_stats(ratings.validate_votes(votes)).set_index("rater")
+    assert stats.loc["s", "side_bias"] == 1.0 and stats.loc["t", "side_bias"] == 0.5
+    assert "same side 100%" in stats.loc["s", "careless_reason"] and not stats.loc["t", "careless"]

@@ -3,6 +3,7 @@ without the `spaces` package."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import time
@@ -95,3 +96,15 @@ def test_the_fallback_notice_names_no_path(tmp_path):
     assert "Stable Diffusion unavailable" in shown or "RANDOM" in shown, shown
     for notice in (raw, shown):
         assert str(tmp_path) not in notice and "/" not in notice.replace("sd2-community/", "").replace("test-org/", ""), notice
+
+
+def test_the_worker_is_off_where_spaces_is_installed(monkeypatch, tmp_path):
+    """ZeroGPU's spaces.GPU lends the GPU to functions of the server process only."""
+    settings = Settings(results_dir=str(tmp_path / "results"))
+    ctx = AppContext(settings)
+    assert ctx.worker is not None and not ctx.worker.ready  # started on first use (or warm_up), not here
+    ctx.close()
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "spaces" else find_spec(name, *a))
+    assert AppContext(settings).worker is None
+    assert AppContext(dataclasses.replace(settings, worker=False)).worker is None

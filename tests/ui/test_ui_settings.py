@@ -35,12 +35,16 @@ def test_environment_overrides_the_file(tmp_path):
                                  "DATABASE_URL": "postgresql+psycopg://u@h/db"})
     assert (s.backbone, s.concurrency, s.max_upload_mb, s.adapter, s.server_port) == ("demo", 3, 5.0, None, 0)
     assert s.database_url == "postgresql+psycopg://u@h/db"
+    assert load_settings(path, env={"APP_WORKER": "false"}).worker is False
+    assert load_settings(path, env={"APP_WORKER": "1", "APP_WORKER_TIMEOUT_S": "2.5"}).worker_timeout_s == 2.5
 
 
 @pytest.mark.parametrize("text, env, words", [
     ("concurrency: many\n", {}, "concurrency"),
     ("", {"APP_MAX_PIXELS": "-5"}, "APP_MAX_PIXELS"),
     ("", {"APP_MODE": "magic"}, "auto, learned, analytic"),
+    ("", {"APP_WORKER": "maybe"}, "APP_WORKER"),
+    ("", {"APP_WORKER_MEMORY_MB": "0"}, "must be positive"),
     ("colour: red\n", {}, "unknown setting"),
     ("- a list\n", {}, "mapping"),
 ])

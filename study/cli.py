@@ -45,12 +45,18 @@ def _upgrade(args) -> int:
 
 
 def _export_votes(args) -> int:
-    from study.export import write_csv
-    from study.service import StudyService
+    """Raters appear by study.pseudonym's keyed pseudonym, as in the Results tab and the bundle."""
+    from pathlib import Path
 
-    service = StudyService.open(args.file, args.db)
-    frame = service.votes_frame()
-    write_csv(frame, args.out)
+    from study.export import write_csv
+
+    try:
+        service = export_cli.open_existing(Path(args.file), args.db)   # a mistyped --db is an error
+        frame = service.votes_frame()
+        write_csv(frame, args.out)
+    except (LookupError, OSError) as e:
+        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return 2
     print(f"{len(frame)} votes of study {service.cfg.id!r} -> {args.out}")
     return 0
 
@@ -89,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--db", required=True, help="SQLAlchemy URL, e.g. sqlite:///study.db")
     p.set_defaults(func=_upgrade)
 
-    p = sub.add_parser("export-votes", help="write every vote as a CSV for `scores` (rater ids pseudonymised)")
+    p = sub.add_parser("export-votes", help="write every vote as a CSV for `scores` (raters by keyed pseudonym)")
     p.add_argument("file")
     p.add_argument("--db", required=True, help="SQLAlchemy URL, e.g. sqlite:///study.db")
     p.add_argument("--out", required=True, help="the CSV file to write")

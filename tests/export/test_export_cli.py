@@ -266,3 +266,16 @@ def test_payments_csv_has_every_exit_in_prolifics_shape(tmp_path):
     for path in bundle.folder.rglob("*"):
         if path.is_file() and path.name not in ("payments.csv", "pay1-export.zip"):
             assert not any(pid.encode() in path.read_bytes() for pid in ids.values()), path
+
+
+def test_export_votes_writes_the_keyed_pseudonyms_and_refuses_a_missing_database(export_study, tmp_path, capsys):
+    url = _sqlite(export_study, tmp_path)
+    assert main(["export-votes", str(export_study), "--db", url, "--out", str(tmp_path / "v.csv")]) == 0
+    votes = pd.read_csv(tmp_path / "v.csv")
+    assert len(votes) == N_VOTES and votes["rater"].str.fullmatch(r"r[0-9a-f]{16}").all()
+    run_export(export_study, url, tmp_path / "bundle", "--formats", "parquet")
+    assert set(votes["rater"]) == set(pd.read_parquet(tmp_path / "bundle/sessions.parquet")["rater"])
+    capsys.readouterr()
+    missing = tmp_path / "typo.db"
+    assert main(["export-votes", str(export_study), "--db", f"sqlite:///{missing}", "--out", str(tmp_path / "w.csv")]) == 2
+    assert "no such SQLite database file" in capsys.readouterr().err and not missing.exists()

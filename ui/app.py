@@ -75,6 +75,9 @@ def build_app(settings: Settings) -> tuple[FastAPI, gr.Blocks]:
         theme=gr.themes.Soft(primary_hue="orange"), allowed_paths=[str(EXAMPLES_DIR)], footer_links=["api", "gradio"],
         run_history=False, show_error=True,
     )
+    # mount_gradio_app leaves it False, which skips gradio's check that an input file was uploaded
+    # (any server path posted as a file would be copied in and handed to the handler).
+    blocks.has_launched = True
     app.state.ctx = ctx
     return app, blocks
 

@@ -428,3 +428,71 @@ def test_scaled_to_fit_a_smaller_window(chromium, demo):
     assert shown < natural and re.match(r"Scaled to \d+% to fit your screen", hint)
     r.shot("small-window-trial")
     r.close()
+
+
+def test_a_visitor_without_a_platform_id(chromium, demo):
+    """The demo also takes the Space's visitors: no session before they agree, a reload resumes
+    the trial, and the end has no code and no redirect but offers another session."""
+    url, svc = demo
+    with svc.Session() as db:
+        before = len(db.scalars(select(Session)).all())
+    r = Rater_(chromium, DESKTOP)
+    page = r.page
+    page.goto(url + "/study")
+    screen(page, "consent")
+    with svc.Session() as db:
+        assert len(db.scalars(select(Session)).all()) == before
+    page.click("#agree")
+    page.click("#begin")
+    first = wait_trial(page)
+    page.keyboard.press("1")
+    second = wait_trial(page, first)
+    page.reload()
+    assert wait_trial(page) == second
+    shown = second
+    for k in range(svc.cfg.trials_per_session - 1):
+        with svc.Session() as db:
+            t = db.get(Trial, int(shown))
+        page.keyboard.press("1" if t.kind != "catch" or t.correct_side == "left" else "2")
+        if k < svc.cfg.trials_per_session - 2:
+            shown = wait_trial(page, shown)
+    screen(page, "end")
+    assert page.locator("#end-code").is_hidden() and page.locator("#end-return").is_hidden()
+    assert page.locator("#again").is_visible()
+    r.shot("desktop-8-visitor-end")
+    page.click("#again")
+    screen(page, "consent")
+    assert r.returned == [] and r.errors == []
+    r.close()
+
+
+def test_mturk_submits_to_mturk_only(chromium, study_dir, tmp_path):
+    study = make_study(study_dir, study_id="mturk", trials=2, catch=0, repeats=0,
+                       platform="{kind: mturk, completion_code: MT42}")
+    with serve(study, tmp_path) as (url, svc):
+        for submit_to, posts in (("https://workersandbox.mturk.com", True), ("https://mturk.com.evil.example", False)):
+            r = Rater_(chromium, DESKTOP)
+            page = r.page
+            worker = "W" + str(int(posts))
+            page.goto(f"{url}/?workerId={worker}&assignmentId=A{worker}&hitId=H1&turkSubmitTo={submit_to}")
+            assert urlsplit(page.url).path == "/study"
+            screen(page, "consent")
+            page.click("#agree")
+            page.click("#begin")
+            shown = wait_trial(page)
+            page.keyboard.press("1")
+            wait_trial(page, shown)
+            page.keyboard.press("2")
+            screen(page, "end")
+            assert page.inner_text("#code") == "MT42"
+            form = page.locator("#mturk-form")
+            assert form.is_visible() == posts
+            if posts:
+                assert form.get_attribute("action") == "https://workersandbox.mturk.com/mturk/externalSubmit"
+                assert page.input_value("#mturk-form [name=assignmentId]") == f"A{worker}"
+            r.close()
+        r = Rater_(chromium, DESKTOP)
+        r.page.goto(f"{url}/study?assignmentId=ASSIGNMENT_ID_NOT_AVAILABLE&hitId=H1")
+        screen(r.page, "message")
+        assert "preview" in r.page.inner_text("#message-text").lower()
+        r.close()

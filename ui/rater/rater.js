@@ -179,6 +179,7 @@
   function showTrial(state) {
     trial = state.trial;
     voting = false;
+    loadedAt = 0;
     $("progress-text").textContent = `Trial ${state.index + 1} of ${state.total}`;
     $("progress-fill").style.width = `${(100 * state.index) / state.total}%`;
     $("question").textContent = info.question;
@@ -243,28 +244,29 @@
   }
 
   // The largest scale <= 1 at which the images, the labels and the vote buttons fit the window.
+  // Twice: the hint under the images says the scale, and its length changes the room left.
   function layout() {
     if (!trial || $("trial").hidden) return;
-    const n = flicker ? 1 : $("stage").children.length;
-    const gap = 12;
     const stage = $("stage");
-    const below = $("tools").offsetHeight + $("votes").offsetHeight + $("status").offsetHeight + 28;
-    const caption = flicker ? 0 : 22;
-    const top = stage.getBoundingClientRect().top + scrollY;
-    const availH = innerHeight - top - below - caption;
-    const availW = stage.clientWidth - gap * (n - 1);
-    const scale = Math.min(1, availW / (n * trial.width), availH / trial.height);
-    view.w = Math.max(1, Math.floor(trial.width * scale));
-    view.h = Math.max(1, Math.floor(trial.height * scale));
-    view.scale = scale;
-    for (const pane of stage.querySelectorAll(".pane")) {
-      pane.style.width = `${view.w}px`;
-      pane.style.height = `${view.h}px`;
+    const n = flicker ? 1 : stage.children.length, gap = 12, caption = flicker ? 0 : 22;
+    for (let pass = 0; pass < 2; pass++) {
+      const below = $("tools").offsetHeight + $("votes").offsetHeight + $("status").offsetHeight + 28;
+      const top = stage.getBoundingClientRect().top + scrollY;
+      const availH = innerHeight - top - below - caption;
+      const availW = stage.clientWidth - gap * (n - 1);
+      const scale = Math.max(0.05, Math.min(1, availW / (n * trial.width), availH / trial.height));
+      view.w = Math.floor(trial.width * scale);
+      view.h = Math.floor(trial.height * scale);
+      view.scale = scale;
+      for (const pane of stage.querySelectorAll(".pane")) {
+        pane.style.width = `${view.w}px`;
+        pane.style.height = `${view.h}px`;
+      }
+      for (const img of stage.querySelectorAll("img")) { img.width = view.w; img.height = view.h; }
+      const fit = scale < 0.999 ? `Scaled to ${Math.round(scale * 100)}% to fit your screen; zoom in to see every pixel. `
+        : "Shown at full size. ";
+      $("hint-text").textContent = fit + hints(trial.allow_tie);
     }
-    for (const img of stage.querySelectorAll("img")) { img.width = view.w; img.height = view.h; }
-    const fit = scale < 0.999 ? `Scaled to ${Math.round(scale * 100)}% to fit your screen; zoom in to see every pixel. `
-      : "Shown at full size. ";
-    $("hint-text").textContent = fit + hints(trial.allow_tie);
     clamp();
   }
 
@@ -347,7 +349,7 @@
 
   // -- votes ---------------------------------------------------------------------------------
   async function vote(choice) {
-    if (!trial || voting || !loadedAt || $("stage").classList.contains("ready") === false) return;
+    if (!trial || voting || !loadedAt) return;     // nothing before every image has loaded
     if (choice === "tie" && !trial.allow_tie) return;
     voting = true;     // one vote per trial
     for (const b of document.querySelectorAll("#votes button")) b.disabled = true;
@@ -408,11 +410,15 @@
   $("again").onclick = async () => {
     const done = token;
     token = null;
-    const state = await startSession();
-    if (state.token === done) {   // the study's limit: the last session comes back as it is
-      return message("Thank you!", `You have taken part ${info.sessions_per_rater} times, as often as this study allows.`);
+    try {
+      const state = await startSession();
+      if (state.token === done) {   // the study's limit: the last session comes back as it is
+        return message("Thank you!", `You have taken part ${info.sessions_per_rater} times, as often as this study allows.`);
+      }
+      render(state);
+    } catch (e) {
+      message("Something went wrong", `${e.message}. Please reload the page.`);
     }
-    render(state);
   };
   for (const b of document.querySelectorAll("#votes button")) b.onclick = () => vote(b.dataset.choice);
   for (const b of document.querySelectorAll("#toggle button")) b.onclick = () => showSide(b.dataset.show);

@@ -83,9 +83,9 @@ class Platform:
         if participant == "anonymous":
             return (f"This study runs on {PARTICIPANT_NAMES[self.kind]}: please open it from there, "
                     "the link carries your participant id.")
-        return (f"This study is not set up for {PARTICIPANT_NAMES[participant]}, so it could not give you a "
-                f"completion code. Please do not start it: return the study on {PARTICIPANT_NAMES[participant]} "
-                "and tell the researcher that the study link is misconfigured.")
+        return (f"This study is not set up for {PARTICIPANT_NAMES[participant]}, so it cannot give you a "
+                f"completion code. Please return the study on {PARTICIPANT_NAMES[participant]} and tell the "
+                "researcher that the study link is misconfigured.")
 
 
 @dataclass(frozen=True)

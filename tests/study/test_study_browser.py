@@ -17,7 +17,7 @@ import uvicorn
 from sqlalchemy import select
 
 from benchmarks.study_load import free_port
-from study.models import Rater, Session, Stimulus, Trial, Vote
+from study.models import Event, Rater, Session, Stimulus, Trial, Vote
 from ui.app import build_app
 from ui.settings import Settings
 
@@ -449,6 +449,10 @@ def test_a_visitor_without_a_platform_id(chromium, demo):
     second = wait_trial(page, first)
     page.reload()
     assert wait_trial(page) == second
+    page.wait_for_timeout(300)       # the page reports the reload, without waiting for the answer
+    with svc.Session() as db:
+        session_id = db.get(Trial, int(second)).session_id
+        assert db.scalars(select(Event.kind).where(Event.session_id == session_id, Event.kind == "reload")).all()
     shown = second
     for k in range(svc.cfg.trials_per_session - 1):
         with svc.Session() as db:

@@ -87,7 +87,11 @@
     // A platform rater is known by the link's ids, a visitor by the key the server gave them:
     // either resumes their session. A new visitor gets a session only when they agree.
     if (who === "anonymous" && !load(raterKey)) return showConsent();
-    render(await startSession());
+    const kept = token, state = await startSession();
+    if (kept && state.token === kept && state.status === "active") {   // telemetry: the page was reloaded
+      call("POST", `/sessions/${token}/events`, {kind: "reload", payload: {index: state.index}}).catch(() => {});
+    }
+    render(state);
   }
   function load(key) { try { return localStorage.getItem(key); } catch (e) { return null; } }
   function save(key, value) {
@@ -228,6 +232,7 @@
       }
     }
     $("toggle").hidden = !flicker;
+    $("toggle").querySelector("[data-show=reference]").hidden = !trial.reference;
     shown = trial.reference ? "reference" : "left";
     if (flicker) showSide(shown, false);
     layout();

@@ -7,7 +7,8 @@ Starts `python -m study serve` (uvicorn, one process) on 127.0.0.1 over a fresh 
 every row, runs N raters at once (one thread each, with a keep-alive http.client connection:
 the lightest client, since it shares the CPU with the server). Every rater starts a session,
 consents and votes through all its trials, pausing think-ms between votes. Prints vote latency
-p50/p99, throughput and the server's CPU time per vote. PostgreSQL rows run when --postgres or
+p50/p99, throughput, the server's CPU time per vote and the machine's load average at the end
+of the row (other work on the machine shows there). PostgreSQL rows run when --postgres or
 TEST_POSTGRES_URL is given. The tests (tests/study) use the same server and rater code.
 """
 from __future__ import annotations
@@ -211,8 +212,9 @@ def main() -> None:
                          "database is created next to it for every row)")
     args = ap.parse_args()
     backends = ["sqlite"] + (["postgresql"] if args.postgres else [])
-    print("| database | raters | think ms | votes | errors | p50 ms | p99 ms | votes/s | server CPU ms/vote |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| database | raters | think ms | votes | errors | p50 ms | p99 ms | votes/s | server CPU ms/vote "
+          "| load avg (1 min) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         study = study_copy(args.study, Path(tmp), args.trials)
         for backend in backends:
@@ -228,7 +230,7 @@ def main() -> None:
                         cleanup()
                     print(f"| {backend} | {n} | {think:g} | {len(load.acked)} | {len(load.errors)} "
                           f"| {load.percentile(50):.1f} | {load.percentile(99):.1f} | {load.votes_per_s:.0f} "
-                          f"| {cpu:.2f} |", flush=True)
+                          f"| {cpu:.2f} | {os.getloadavg()[0]:.1f} |", flush=True)
 
 
 def _fresh_db(backend: str, tmp: Path, pg_url: str | None, tag: str):

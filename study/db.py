@@ -8,7 +8,12 @@ only an operating-system crash or power cut can lose the last commits. FULL woul
 commit (about 7 ms on our VM disk, a ceiling near 140 votes/s); use PostgreSQL, which syncs
 every commit, where machine crashes must not lose a vote. Checkpoints (WAL -> database file,
 with an fsync) run in a background thread, not inside a request.
-Any other SQLAlchemy URL is used as it is (PostgreSQL is the tested server).
+Any other SQLAlchemy URL is used as it is (PostgreSQL is the tested server, which syncs every
+commit to disk: synchronous_commit stays on). Its pooled connections are pinged only after
+IDLE_PING_S of idleness, not before every request: a ping is a round trip, which on a busy
+server costs more than the vote's own work; a connection that died while in use fails one
+request, and SQLAlchemy then replaces every connection of the pool. A server opens its pool's
+connections before it serves (fill_pool), not in its first requests.
 """
 from __future__ import annotations
 
@@ -19,11 +24,17 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.orm import sessionmaker
 
 ALEMBIC_INI = Path(__file__).with_name("alembic.ini")
 BUSY_TIMEOUT_MS = 10_000
+IDLE_PING_S = 10.0
+# As many pooled connections as threads that may run requests at once (anyio's default thread
+# limiter, which FastAPI's sync endpoints use, is 40): a connection opened beyond pool_size is
+# closed again on its return, and PostgreSQL forks a backend for every new one. A few more for
+# threads outside that limiter (the Results tab, exports).
+SERVER_POOL = {"pool_size": 40, "max_overflow": 10}
 
 
 def sqlite_url(path: str | Path) -> str:
@@ -57,7 +68,34 @@ def make_engine(url: str) -> Engine:
 
         _checkpointer(engine)
         return engine
-    return create_engine(url, pool_size=20, max_overflow=40, pool_pre_ping=True)
+    return _ping_when_idle(create_engine(url, **SERVER_POOL))
+
+
+def fill_pool(engine: Engine) -> None:
+    """Open the pool's connections now (a server, before it serves): connecting costs a
+    PostgreSQL server a process and the client milliseconds, which the first votes would pay."""
+    if engine.dialect.name == "sqlite":
+        return
+    conns = [engine.connect() for _ in range(engine.pool.size())]
+    for conn in conns:
+        conn.close()
+
+
+def _ping_when_idle(engine: Engine) -> Engine:
+    """Ping a pooled connection at checkout only when it sat idle IDLE_PING_S or more (a
+    restarted database server shows up there); a failed ping hands out a fresh connection."""
+    @event.listens_for(engine, "checkin")
+    def _checkin(_dbapi_conn, record):
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_conn, record, _proxy):
+        if time.monotonic() - record.info.get("idle_since", time.monotonic()) >= IDLE_PING_S:
+            try:
+                engine.dialect.do_ping(dbapi_conn)
+            except Exception as e:
+                raise exc.DisconnectionError() from e   # the pool retries with a new connection
+    return engine
 
 
 def _checkpointer(engine: Engine, every_s: float = 1.0) -> threading.Thread:

@@ -16,6 +16,7 @@ import orjson
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from study import db as dbmod
 from study.limits import Guard, Limits
 from study.service import Participant, StudyError, StudyService, new_rater_key
 
@@ -79,6 +80,7 @@ def _validation_error(_request: Request, exc: RequestValidationError) -> JSONRes
 def build_api(service: StudyService, limits: Limits | None = None) -> FastAPI:
     """The study API as an application to mount at API_PREFIX, behind the limits of
     study.limits (default: Limits.from_env())."""
+    dbmod.fill_pool(service.engine)
     api = FastAPI(title=f"study {service.cfg.id}", docs_url=None, redoc_url=None, openapi_url=None)
     api.add_exception_handler(RequestValidationError, _validation_error)
     api.include_router(build_router(service))

@@ -131,6 +131,7 @@ class TrialView:
     right: str
     width: int              # the image's native size (every stimulus of a trial has it)
     height: int
+    allow_tie: bool = False  # "can't tell" may be answered (the study offers it; never on a catch trial)
 
 
 @dataclass(frozen=True)
@@ -141,8 +142,9 @@ class SessionState:
     total: int
     trial: TrialView | None
     consent_version: str
-    code: str | None = None          # completion or screen-out code once finished
-    redirect_url: str | None = None
+    code: str | None = None          # the platform code of the way the session ended
+    redirect_url: str | None = None  # where the rater goes next (the platform, with that code)
+    reason: str | None = None        # why it ended, in plain words, once finished
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -173,14 +175,16 @@ _MOVE_ON = (update(_S).where(_S.c.id == bindparam("sid"), _S.c.next_index == bin
             .values(next_index=bindparam("to"), status=bindparam("new_status"),
                     catch_failures=bindparam("failures"), finished_at=bindparam("finished")))
 _AT = (_T.c.session_id == bindparam("sid"), _T.c.index == bindparam("at"))
-_TRIAL_COLS = (_T.c.id, _T.c.image_id, _T.c.left_id, _T.c.right_id)
+_TRIAL_COLS = (_T.c.id, _T.c.image_id, _T.c.left_id, _T.c.right_id, _T.c.kind)
 _SHOW_FRESH = update(_T).where(*_AT).values(first_shown_at=bindparam("now")).returning(*_TRIAL_COLS)
 _TRIAL_AT = select(*_TRIAL_COLS, _T.c.first_shown_at).where(*_AT)
-# Conditional: of two concurrent first shows, the earlier time stays.
-_MARK_SHOWN = (update(_T).where(_T.c.id == bindparam("tid"), _T.c.first_shown_at.is_(None))
+_SET_REPEAT = update(_T).where(_T.c.id == bindparam("tid")).values(repeat_of=bindparam("of"))
+_SESSION_ID = select(_S.c.id).where(_S.c.token == bindparam("token"), _S.c.study_id == bindparam("study"))
 # Counts an event against its session's cap; matches no row once the cap is reached.
 _COUNT_EVENT = (update(_S).where(_S.c.id == bindparam("sid"), _S.c.client_events < bindparam("cap"))
                 .values(client_events=_S.c.client_events + 1))
+# Conditional: of two concurrent first shows, the earlier time stays.
+_MARK_SHOWN = (update(_T).where(_T.c.id == bindparam("tid"), _T.c.first_shown_at.is_(None))
                .values(first_shown_at=bindparam("now")))
 
 
@@ -319,17 +323,17 @@ class StudyService:
         """
         if who.preview:
             raise Conflict("this is a preview: accept the task to start")
-        if who.platform == "anonymous" and self.cfg.platform.kind != "none":
-            raise Forbidden(f"open this study from {self.cfg.platform.kind}: the link carries your id")
+        if not self.cfg.platform.accepts(who.platform):
+            raise Forbidden(self.cfg.platform.refusal(who.platform))
         for attempt in range(5):    # lost races on the unique keys are retried, not reported
             try:
                 with self._tx() as db:
-                    return self._start(db, who, user_agent)
-            except IntegrityError:
                     kept = self._kept(db, token, who) if token else None
                     if kept is not None:
                         self._client_event(db, kept.id, "resume")
                         return self._state(db, kept)
+                    return self._start(db, who, user_agent)
+            except IntegrityError:
                 if attempt == 4:
                     raise
         raise AssertionError("unreachable")
@@ -373,8 +377,6 @@ class StudyService:
         _event(db, cfg.id, s.id, "start", {"platform": who.platform, "ordinal": s.ordinal})
         return self._state(db, s)
 
-    def _plan(self) -> list[scheduler.PlannedTrial]:
-        """A new session's trials, from the history so far. Reads only, outside the write lock:
     def _kept(self, db, token: str, who: Participant) -> Session | None:
         """The session of a token the browser kept, if it is `who`'s."""
         try:
@@ -396,11 +398,13 @@ class StudyService:
         _event(db, self.cfg.id, session_id, kind, payload)
         return True
 
-        the planning takes milliseconds that queued votes should not wait for."""
+    def _plan(self, db) -> list[scheduler.PlannedTrial]:
+        """A new session's trials, from the history so far (`db`: a read-only session). Reads
+        only, outside the write lock: the planning takes milliseconds that queued votes should
+        not wait for."""
         cfg = self.cfg
         images = self._images()
-        with self.Reader() as db:
-            counts, wins = self._history(db)
+        counts, wins = self._history(db)
         return scheduler.plan_session(
             images=images, conditions=[c.key for c in cfg.conditions], regular=cfg.regular_trials,
             catch=cfg.catch_trials, repeats=cfg.repeat_trials, strategy=cfg.scheduler,
@@ -413,9 +417,9 @@ class StudyService:
                 for i, t in enumerate(plan)]
         db.execute(insert(_T), rows)    # one executemany
         ids = dict(db.execute(select(_T.c.index, _T.c.id).where(_T.c.session_id == session_id)).all())
-        for i, t in enumerate(plan):
-            if t.repeat_of is not None:
-                db.execute(update(_T).where(_T.c.id == ids[i]).values(repeat_of=ids[t.repeat_of]))
+        repeats = [{"tid": ids[i], "of": ids[t.repeat_of]} for i, t in enumerate(plan) if t.repeat_of is not None]
+        if repeats:     # one executemany (psycopg pipelines it: one round trip)
+            db.execute(_SET_REPEAT, repeats)
 
     def _history(self, db):
         """Planned regular comparisons per (image, pair), and wins per ordered condition pair."""
@@ -430,9 +434,19 @@ class StudyService:
         wins: dict = {}
         voted = base.join(Vote, Vote.trial_id == Trial.id).add_columns(Vote.choice, func.count())
         for _, a, b, choice, n in db.execute(voted.group_by(Image.key, L.key, R.key, Vote.choice)):
-            key = (a, b) if choice == "left" else (b, a)
-            wins[key] = wins.get(key, 0) + n
+            shares = {"left": [((a, b), n)], "right": [((b, a), n)], "tie": [((a, b), n / 2), ((b, a), n / 2)]}
+            for key, won in shares[choice]:     # a tie is half a win each way
+                wins[key] = wins.get(key, 0) + won
         return counts, wins
+
+    def _session_id(self, db, token: str) -> int:
+        """The id of the session `token` (a Core query: `db` may be a Connection)."""
+        if not isinstance(token, str) or not 10 <= len(token) <= 64:
+            raise NotFound("unknown session")
+        sid = db.execute(_SESSION_ID, {"token": token, "study": self.cfg.id}).scalar()
+        if sid is None:
+            raise NotFound("unknown session")
+        return sid
 
     def _session(self, db, token: str, lock: bool = False) -> Session:
         if not isinstance(token, str) or not 10 <= len(token) <= 64:
@@ -457,17 +471,22 @@ class StudyService:
                     db.execute(_MARK_SHOWN, {"tid": t.id, "now": utcnow()})
             ref = self._reference[t.image_id] if self.cfg.show_reference else None
             trial = TrialView(t.id, s.next_index, s.n_trials, ref, self._public[t.left_id], self._public[t.right_id],
-                              *self._sizes[t.image_id])
-        code = redirect = None
-        plat = self.cfg.platform
-        if s.status == "completed":
-            code = plat.completion_code or None
-        elif s.status in ("screened_out", "declined"):
-            code = plat.screenout_code or None
-        if code:
-            redirect = plat.completion_url(code)
-        return SessionState(s.token, s.status, s.next_index, s.n_trials, trial, self.cfg.consent_version,
-                            code, redirect)
+                              *self._sizes[t.image_id], allow_tie=self.cfg.allow_tie and t.kind != "catch")
+        if s.status in ("consent", "active"):
+            return SessionState(s.token, s.status, s.next_index, s.n_trials, trial, self.cfg.consent_version)
+        cfg, plat = self.cfg, self.cfg.platform
+        code = {"completed": plat.completion_code, "screened_out": plat.screenout_code,
+                "declined": plat.no_consent_code}[s.status] or None
+        reason = {"completed": f"You have answered all {s.n_trials} comparisons. Thank you!",
+                  "screened_out": "The study ended early: in {} check trial{}, where one image is clearly damaged, "
+                                  "the damaged image was chosen.".format(cfg.max_catch_failures,
+                                                                         "s" if cfg.max_catch_failures != 1 else ""),
+                  "declined": "You did not give consent, so the study ends here. No answers were recorded."}[s.status]
+        if code and plat.allow_anonymous and db.scalar(
+                select(Rater.platform).join(Session, Session.rater_id == Rater.id).where(Session.id == s.id)) == "anonymous":
+            code = None     # a visitor without a platform id has no submission to complete
+        return SessionState(s.token, s.status, s.next_index, s.n_trials, None, cfg.consent_version,
+                            code, plat.completion_url(code) if code else None, reason)
 
     def state(self, token: str) -> SessionState:
         """The session as it stands, its current trial marked as shown (the server's clock starts)."""
@@ -480,7 +499,7 @@ class StudyService:
         # that another request consented meanwhile is dropped below.
         with self.Reader() as db:
             waiting = self._session(db, token).status == "consent"     # 404 for an unknown token
-        plan = self._plan() if agree and waiting else None
+            plan = self._plan(db) if agree and waiting else None
         with self._tx() as db:
             s = self._session(db, token, lock=True)
             if s.status != "consent":
@@ -501,32 +520,43 @@ class StudyService:
 
     def vote(self, token: str, trial_id: int, choice: str, client_ms: float | None = None,
              client: dict | None = None) -> VoteResult:
+        args = self._vote_args(token, trial_id, choice, client_ms, client)
+        with self._writer, self.engine.connect() as conn:
+            return self._vote_on(conn, *args)
+
+    def _vote_args(self, token, trial_id, choice, client_ms, client) -> tuple:
+        """The checks of a vote that need no database; the arguments as _vote_on takes them."""
         if not isinstance(token, str):
             raise NotFound("unknown session")
         if choice not in CHOICES:
             raise Invalid(f"choice must be one of {', '.join(CHOICES)}")
+        if choice == "tie" and not self.cfg.allow_tie:
+            raise Invalid("this study has no \"can't tell\" answer: choose left or right")
         if client_ms is not None and not (0 <= client_ms < 86_400_000):
             client_ms = None    # a broken client clock is not worth refusing a vote over
-        client = _small_json(client)
+        return token, int(trial_id), choice, client_ms, _small_json(client)
+
+    def _vote_on(self, conn, token, trial_id, choice, client_ms, client) -> VoteResult:
+        """The vote's transaction on Core connection `conn` (no ORM unit of work on the hot path)."""
         try:
-            with self._tx() as db:
-                return self._vote(db, token, int(trial_id), choice, client_ms, client)
+            with conn.begin():
+                return self._vote(conn, token, trial_id, choice, client_ms, client)
         except IntegrityError:
             # The same trial was voted on concurrently and the other request won: answer with
             # that vote, exactly as for a resubmission.
-            with self._tx() as db:
-                return self._vote(db, token, int(trial_id), choice, client_ms, client)
+            with conn.begin():
+                return self._vote(conn, token, trial_id, choice, client_ms, client)
         except Forbidden as e:
-            with self._tx() as db:
-                self._client_event(db, self._session(db, token).id, "vote_refused",
-                                   {"trial_id": int(trial_id), "reason": e.message})
+            with conn.begin():
+                self._client_event(conn, self._session_id(conn, token), "vote_refused",
+                                   {"trial_id": trial_id, "reason": e.message})
             raise
 
     def _vote(self, db, token, trial_id, choice, client_ms, client) -> VoteResult:
-        # The hot path: four prepared Core statements (no ORM unit of work), one transaction.
+        # The hot path: four prepared Core statements, one transaction.
         row = db.execute(_VOTE_ROW, {"trial_id": trial_id}).first()
         if row is None or row.study_id != self.cfg.id or not hmac.compare_digest(row.token.encode(), token.encode()):
-            self._session(db, token)        # 404 for an unknown token, else:
+            self._session_id(db, token)     # 404 for an unknown token, else:
             raise Forbidden("this trial does not belong to your session")
         s = _Row(id=row.sid, token=row.token, status=row.status, next_index=row.next_index, n_trials=row.n_trials)
         if row.stored is not None:
@@ -536,6 +566,8 @@ class StudyService:
             raise Conflict("this session is finished")  # (a session waiting for consent has no trials)
         if row.index != row.next_index:
             raise Conflict(f"this is not the current trial (you are at trial {row.next_index + 1})")
+        if choice == "tie" and row.kind == "catch":     # a check trial has a right answer
+            raise Invalid("this trial has no \"can't tell\" answer: choose left or right")
         now = utcnow()
         server_ms = None
         if row.first_shown_at is not None:
@@ -565,6 +597,7 @@ class StudyService:
         """Client telemetry (zoom, pan, focus changes, ...): appended, never interpreted here."""
         if kind not in CLIENT_EVENTS:
             raise Invalid(f"unknown event kind; one of {', '.join(sorted(CLIENT_EVENTS))}")
+        payload = _small_json(payload)
         with self._tx() as db:
             if not self._client_event(db, self._session(db, token).id, kind, payload):
                 raise Conflict(f"this session has logged {MAX_CLIENT_EVENTS} events, as many as it may")
@@ -576,7 +609,6 @@ class StudyService:
         shown). Rater ids are study.pseudonym's keyed pseudonyms, never the platform's ids."""
         import pandas as pd
 
-        payload = _small_json(payload)
         from study.pseudonym import pseudonym, study_key
 
         L, R = aliased(Stimulus), aliased(Stimulus)
@@ -610,6 +642,10 @@ def _event(db, study_id: str, session_id: int | None, kind: str, payload: dict |
                                               payload=payload, created_at=utcnow()))
 
 
+def _same_submission(s: Session, who: Participant) -> bool:
+    return (s.platform_study_id, s.platform_session_id) == (who.platform_study_id, who.platform_session_id)
+
+
 @dataclass(frozen=True)
 class _Row:
     """The session columns _state reads, after a vote changed them."""
@@ -621,10 +657,6 @@ class _Row:
 
 
 def _small_json(value: dict | None) -> dict | None:
-def _same_submission(s: Session, who: Participant) -> bool:
-    return (s.platform_study_id, s.platform_session_id) == (who.platform_study_id, who.platform_session_id)
-
-
     if value is None:
         return None
     if not isinstance(value, dict) or len(json.dumps(value)) > MAX_EVENT_BYTES:

@@ -6,9 +6,10 @@ it again, so calling a handler directly (the events are private, but the browser
 endpoint is open to anyone) gets no further than the page. A missing or wrong token gets the same
 message and nothing else. The work itself is study.export_bundle's.
 
-Guessing is slowed per client (`Backoff`), without anyone waiting: the handlers run outside the
-queue (queue=False, so they never take a place in it nor a model slot), and a client whose last
-attempts failed is told at once when it may try again; its attempts until then are not checked.
+Guessing is slowed per client (`Backoff`, shared by every form that takes the token through
+`refusal`), without anyone waiting: the handlers run outside the queue (queue=False, so they
+never take a place in it nor a model slot), and a client whose last attempts failed is told at
+once when it may try again; its attempts until then are not checked.
 """
 
 from __future__ import annotations
@@ -68,6 +69,25 @@ class Backoff:
         return min(self.base_s * 2 ** (failures - 1), self.max_s)
 
 
+GUESSES = Backoff()  # one per server: every form that takes the admin token counts against it
+
+
+def refusal(ctx: AppContext, given, request: gr.Request | None) -> str | None:
+    """Why `given` does not open the admin functions (one line for the page), or None when it does.
+    A client in back-off is told when to try again and its token is not even compared."""
+    expected = ctx.settings.admin_token  # read at every call: a changed secret applies at once
+    if not expected:
+        return f"Administration is off: the `{ctx.settings.admin_token_env}` secret is not set."
+    client = client_address(request)
+    wait = GUESSES.begin(client)
+    if wait:
+        return f"Too many wrong tokens; try again in {math.ceil(wait)} s."
+    if not token_matches(given, expected):
+        return WRONG_TOKEN
+    GUESSES.succeeded(client)
+    return None
+
+
 def client_address(request: gr.Request | None) -> str:
     """The visitor's address: the first entry of X-Forwarded-For, which the Spaces proxy sets
     (the socket shows only the proxy), else the socket's. Where nothing in front of the server
@@ -103,23 +123,11 @@ def build_admin_tab(ctx: AppContext) -> None:
     message = gr.Markdown(elem_id="admin-message")
     export_file = gr.File(label="Export", elem_id="admin-export", interactive=False)
 
-    backoff = Backoff()
     exporting = threading.Lock()
 
-    def check(given, request: gr.Request | None) -> None:
-        expected = ctx.settings.admin_token  # read at every call: a changed secret applies at once
-        if not expected:
-            raise gr.Error(f"Administration is off: the `{env}` secret is not set.", print_exception=False)
-        client = client_address(request)
-        wait = backoff.begin(client)
-        if wait:
-            raise gr.Error(f"Too many wrong tokens; try again in {math.ceil(wait)} s.", print_exception=False)
-        if not token_matches(given, expected):
-            raise gr.Error(WRONG_TOKEN, print_exception=False)
-        backoff.succeeded(client)
-
     def status(given, request: gr.Request) -> str:
-        check(given, request)
+        if why := refusal(ctx, given, request):
+            return why
         from study.export_bundle import status as study_status
 
         s = study_status(ctx.study)
@@ -131,11 +139,12 @@ def build_admin_tab(ctx: AppContext) -> None:
                 f"{s['catch_votes']} votes on catch trials; {excluded}; last vote: {s['last_vote'] or 'none yet'}.")
 
     def export(given, apply_rules: bool, rounds, request: gr.Request):
-        check(given, request)
+        if why := refusal(ctx, given, request):
+            return why, None
         from study.export_bundle import build_bundle
 
         if not exporting.acquire(blocking=False):
-            raise gr.Error("An export is already running; try again when it is done.", print_exception=False)
+            return "An export is already running; try again when it is done.", None
         try:
             folder = ctx.scratch_dir() / f"{ctx.study.cfg.id}-export-{time.strftime('%Y%m%d-%H%M%S')}"
             bundle = build_bundle(ctx.study, folder, bootstrap=int(rounds), exclusions=bool(apply_rules))
@@ -147,7 +156,9 @@ def build_admin_tab(ctx: AppContext) -> None:
 
     # Private: not in the API page nor callable through gradio_client; the token check above is
     # what protects them from a caller who posts to the server directly. Outside the queue: a
-    # guess is answered at once and never takes a place a visitor's request needs.
+    # guess is answered at once and never takes a place a visitor's request needs. (Refusals are
+    # returned as the message, not raised: the page shows a raised error's text only for queued
+    # events.)
     common = dict(api_visibility="private", queue=False)
     status_btn.click(status, token, message, **common)
     export_btn.click(lambda: "Exporting (scores with bootstrap intervals take a while)...", None, message, **common) \

@@ -121,7 +121,7 @@ def test_24_wrong_token_clients_do_not_delay_a_visitors_decode(server, client, s
             while not stop.is_set():
                 body = {"data": [f"guess-{n}-{uuid.uuid4().hex}"], "fn_index": status_fn, "session_hash": uuid.uuid4().hex}
                 if n % 2:
-                    answer = http.post(base + "/gradio_api/run/predict", json=body).json().get("error")
+                    answer = http.post(base + "/gradio_api/run/predict", json=body).json()["data"][0]
                 else:
                     answer = _queued(http, base, body)
                 with lock:
@@ -166,5 +166,5 @@ def _queued(http: httpx.Client, base: str, body: dict) -> str | None:
     with http.stream("GET", base + "/gradio_api/queue/data", params={"session_hash": body["session_hash"]}) as stream:
         for line in stream.iter_lines():
             if '"process_completed"' in line:
-                return json.loads(line[5:]).get("output", {}).get("error")
+                return json.loads(line[5:])["output"]["data"][0]
     return None

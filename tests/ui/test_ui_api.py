@@ -174,6 +174,14 @@ def test_a_non_image_data_url_gets_the_same_message(server):
     assert _called(server, "compress", data) == NOT_AN_IMAGE
 
 
+def test_a_server_path_is_not_an_upload(server, tmp_path):
+    """The handlers get only files uploaded by the visitor, never a server path they name."""
+    secret = tmp_path / "server-side.png"
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(secret)
+    message = _called(server, "compress", [{"path": str(secret), "meta": {"_type": "gradio.FileData"}}, 0.3, ["jpeg"]])
+    assert "not uploaded" in message, message
+
+
 def _called(server: str, api: str, data: list) -> str:
     """The error message of a call through the REST API (/gradio_api/call/...)."""
     base = server.rstrip("/")

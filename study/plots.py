@@ -6,6 +6,7 @@ they are safe in a multi-threaded server; ``gr.Plot`` accepts them as they are.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -122,11 +123,18 @@ def win_matrix_heatmap(win_rate: pd.DataFrame, counts: pd.DataFrame | None = Non
     return fig
 
 
+def png(fig: Figure) -> bytes:
+    """The figure as the PNG that ``save_figure`` writes (150 dpi), e.g. for a web page."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=150, metadata={"Software": None})
+    return buffer.getvalue()
+
+
 def save_figure(fig: Figure, stem: str | Path) -> list[Path]:
     """Write ``stem.png`` (150 dpi) and ``stem.pdf`` (vector, no creation date so reruns are
     byte-identical); returns both paths."""
     stem = Path(stem)
-    png, pdf = stem.with_suffix(".png"), stem.with_suffix(".pdf")
-    fig.savefig(png, dpi=150, metadata={"Software": None})
+    png_path, pdf = stem.with_suffix(".png"), stem.with_suffix(".pdf")
+    png_path.write_bytes(png(fig))
     fig.savefig(pdf, metadata={"CreationDate": None, "Creator": None, "Producer": None})
-    return [png, pdf]
+    return [png_path, pdf]

@@ -10,6 +10,7 @@ until a new vote arrives. Rater ids shown are study.pseudonym's keyed pseudonyms
 from __future__ import annotations
 
 import html
+import math
 import threading
 import time
 
@@ -17,7 +18,7 @@ import gradio as gr
 import pandas as pd
 import yaml
 
-from ui.admin_tab import WRONG_TOKEN, token_matches
+from ui.admin_tab import WRONG_TOKEN, Backoff, client_address, token_matches
 from ui.context import AppContext
 
 REFRESH_S = 15
@@ -70,7 +71,7 @@ def build_results_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab) -> gr.Tim
         gr.Markdown("No study is configured on this Space (setting `study_file`).")
         return None
     study = ctx.study
-    public = bool(getattr(study.cfg, "results_public", False))
+    public = study.cfg.results_public
     rules = exclusion_rules(study)
     gr.Markdown(f"### {html.escape(study.cfg.title)}\nScores with 95% bootstrap intervals. Catch trials never "
                 "enter the scores; raters who break the study's exclusion rules stay in the data, marked.")
@@ -90,67 +91,101 @@ def build_results_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab) -> gr.Tim
         gr.Markdown("**Rank (UB)**: 1 + the number of conditions whose 95% interval lies wholly above this one's, "
                     "i.e. the best rank the data allow (lmarena's convention); equal ranks are not yet told apart. "
                     "Win rate counts a tie as half a win; tie rate is the share of \"can't tell\" answers.")
-        with gr.Row(equal_height=False):  # headings outside the plots: gradio's label badge would cover the top
-            with gr.Column():
-                gr.Markdown("#### Preference against bitrate")
-                preference = gr.Plot(show_label=False, elem_id="preference-plot")
-            with gr.Column():
-                gr.Markdown("#### Win matrix: P(row preferred over column)")
-                matrix = gr.Plot(show_label=False, elem_id="win-matrix")
+        with gr.Row(equal_height=False):
+            # The figures as the export writes them (plots.png): one PNG, the same in the page and the zip.
+            with gr.Column(min_width=340):   # side by side only where both fit, else one above the other
+                preference = gr.HTML(elem_id="preference-plot")
+            with gr.Column(min_width=340):
+                matrix = gr.HTML(elem_id="win-matrix")
         bitrate = gr.Markdown(elem_id="bitrate-model")
         pairs = gr.HTML(elem_id="pair-stats", css_template=CSS)
         images = gr.HTML(elem_id="per-image", css_template=CSS)
         raters = gr.HTML(elem_id="rater-stats", css_template=CSS)
     timer = gr.Timer(REFRESH_S, active=False)
-    cache = _Cache()
+    analyses = _Cache()
+    pages = _Cache()        # the rendered outputs, so a refresh with nothing new costs one query
+    rendering = threading.Lock()
+    backoff = Backoff()
 
-    def allowed(given) -> bool:
+    def check(given, request) -> str:
+        """"" when the results may be shown to this caller, else what to tell them. An empty box
+        is no guess; a wrong token slows its client down as in the Admin tab."""
+        if public:
+            return ""
         expected = ctx.settings.admin_token  # read at every call, as the Admin tab does
-        return public or bool(expected) and token_matches(given, expected)
+        if not expected or not given:
+            return PRIVATE
+        client = client_address(request)
+        wait = backoff.begin(client)
+        if wait:
+            return f"Too many wrong tokens; try again in {math.ceil(wait)} s."
+        if not token_matches(given, expected):
+            return WRONG_TOKEN
+        backoff.succeeded(client)
+        return ""
 
-    def show(given, apply_rules: bool, rounds: int, score_key: str):
-        from study import analysis, plots, ratings
+    def show(given, apply_rules: bool, rounds: int, score_key: str, request: gr.Request):
+        return answer(check(given, request), apply_rules, rounds, score_key)
 
-        if not allowed(given):
-            return (WRONG_TOKEN if given else PRIVATE), gr.Column(visible=False), *[None] * (_OUT - 1)
+    def answer(refusal: str, apply_rules: bool, rounds: int, score_key: str):
+        if refusal:
+            return refusal, gr.Column(visible=False), *[None] * (_OUT - 1)
         votes = study.votes_frame()
         if votes.empty:
             return "No votes yet.", gr.Column(visible=False), *[None] * (_OUT - 1)
         key = (len(votes), str(votes["timestamp"].iloc[-1]), bool(apply_rules), int(rounds))
+        if not rendering.acquire(blocking=False):
+            # Another caller is rendering: answer at once, without waiting or piling up work.
+            return "Updating the results; they refresh by themselves.", *[gr.skip()] * _OUT
         try:
-            result = cache.get(key, lambda: analysis.analyse(votes, rules=rules, drop_excluded=bool(apply_rules),
-                                                             bootstrap=int(rounds)))
+            return pages.get((key, score_key), lambda: render(votes, key, bool(apply_rules), int(rounds), score_key))
+        finally:
+            rendering.release()
+
+    def render(votes, key, apply_rules: bool, rounds: int, score_key: str):
+        from study import analysis, plots, ratings
+
+        try:
+            result = analyses.get(key, lambda: analysis.analyse(votes, rules=rules, drop_excluded=apply_rules,
+                                                                bootstrap=rounds))
         except (ratings.VoteTableError, ValueError) as exc:
             return f"Not enough data to score yet: {exc}", gr.Column(visible=False), *[None] * (_OUT - 1)
         s = result.settings
         summary = (f"**{s['n_votes_scored']}** scored votes from **{s['n_raters_scored']}** raters "
                    f"({s['n_votes_total'] - s['n_votes_scored']} set aside: catch trials"
-                   f"{' or excluded raters' if apply_rules else ''}). {int(rounds)} bootstrap rounds. "
+                   f"{' or excluded raters' if apply_rules else ''}). {rounds} bootstrap rounds. "
                    f"Updated {time.strftime('%H:%M:%S')}.")
         order = list(result.board["condition"])
         heatmap = plots.win_matrix_heatmap(ratings.win_rate_matrix(result.scoring).loc[order, order],
                                            ratings.count_matrix(result.scoring).loc[order, order])
         try:
-            curve = plots.preference_vs_bitrate(result.board, score=score_key)
+            curve = _figure(plots.preference_vs_bitrate(result.board, score=score_key), "Preference against bitrate",
+                            f"{SCORE_NAMES[score_key]} score with 95% intervals against bits per pixel, per method")
         except ValueError:
-            curve = None  # no bitrates in the conditions
+            curve = ""  # no bitrates in the conditions
         notes = analysis.unstable(result.board, score_key)
         return (summary, gr.Column(visible=True), _warning(result.board, notes),
-                leaderboard_html(result.board, score_key, notes), curve, heatmap, _bitrate_text(result),
-                pairs_html(result.tests), images_html(result), raters_html(result.raters, rules, bool(apply_rules)))
+                leaderboard_html(result.board, score_key, notes), curve,
+                _figure(heatmap, "Win matrix: P(row preferred over column)",
+                        "share of votes preferring the row's condition over the column's"),
+                _bitrate_text(result), pairs_html(result.tests), images_html(result),
+                raters_html(result.raters, rules, apply_rules))
 
-    def open_tab(given, apply_rules: bool, rounds: int, score_key: str):
-        return *show(given, apply_rules, rounds, score_key), gr.Timer(active=allowed(given))
+    def open_tab(given, apply_rules: bool, rounds: int, score_key: str, request: gr.Request):
+        refusal = check(given, request)
+        return *answer(refusal, apply_rules, rounds, score_key), gr.Timer(active=not refusal)
 
     def open_if_linked(given, apply_rules: bool, rounds: int, score_key: str, request: gr.Request):
         """A page opened at ?tab=results shows the results at once (no select event fires there)."""
         if request.query_params.get("tab") != "results":
             return [gr.skip()] * (len(outputs) + 1)
-        return open_tab(given, apply_rules, rounds, score_key)
+        return open_tab(given, apply_rules, rounds, score_key, request)
 
     inputs = [token, exclude, bootstrap, score]
     outputs = [status, panel, warning, board, preference, matrix, bitrate, pairs, images, raters]
-    common = dict(api_visibility="private", show_progress="minimal", concurrency_id="results", concurrency_limit=1)
+    # Outside the queue, as the Admin tab: a caller without the token is answered at once and never
+    # takes a place a visitor's request needs; rendering is one at a time (the lock above).
+    common = dict(api_visibility="private", show_progress="minimal", queue=False)
     for event in (refresh.click, exclude.change, bootstrap.change, score.change):
         event(show, inputs, outputs, **common)
     timer.tick(show, inputs, outputs, **{**common, "show_progress": "hidden"})  # no fading every 15 s
@@ -158,6 +193,17 @@ def build_results_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab) -> gr.Tim
         event(open_tab, inputs, [*outputs, timer], **common)
     blocks.load(open_if_linked, inputs, [*outputs, timer], **common)
     return timer
+
+
+def _figure(fig, title: str, alt: str) -> str:
+    """A figure as an <img> of the PNG the export writes (study.plots.png), under its heading."""
+    import base64
+
+    from study import plots
+
+    data = base64.b64encode(plots.png(fig)).decode()
+    return (f'<h4>{html.escape(title)}</h4><img src="data:image/png;base64,{data}" alt="{html.escape(alt)}" '
+            'style="width:100%;height:auto;max-width:720px">')
 
 
 # ------------------------------------------------------------------------------------------- tables

@@ -66,6 +66,18 @@ def filled_db(request, export_study, tmp_path) -> str:
 def results_app(tmp_path_factory, export_study):
     """The real app (`python app.py`) serving the export study, its SQLite database filled by
     `fill` first: (base URL, database URL). Results are private (the study file says nothing)."""
+    yield from _serve(export_study, tmp_path_factory.mktemp("results_app"))
+
+
+@pytest.fixture(scope="session")
+def public_results_app(tmp_path_factory, export_study):
+    """As results_app, for the same study with `results_public: true`."""
+    public = export_study.with_name("exp1-public.yaml")
+    public.write_text(export_study.read_text() + "results_public: true\n")
+    yield from _serve(public, tmp_path_factory.mktemp("public_results_app"))
+
+
+def _serve(study_file: Path, tmp: Path):
     import os
     import subprocess
     import sys
@@ -74,11 +86,10 @@ def results_app(tmp_path_factory, export_study):
 
     from tests.ui.conftest import ADMIN_TOKEN, ROOT, _free_port
 
-    tmp = tmp_path_factory.mktemp("results_app")
     url = f"sqlite:///{tmp / 'study.db'}"
-    fill(export_study, url).engine.dispose()
+    fill(study_file, url).engine.dispose()
     port = _free_port()
-    env = dict(os.environ, APP_BACKBONE="tiny", APP_MODE="analytic", APP_STUDY_FILE=str(export_study),
+    env = dict(os.environ, APP_BACKBONE="tiny", APP_MODE="analytic", APP_STUDY_FILE=str(study_file),
                DATABASE_URL=url, RESULTS_DIR=str(tmp / "results"), GRADIO_TEMP_DIR=str(tmp / "gradio"),
                GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port), GRADIO_ANALYTICS_ENABLED="False",
                HF_HUB_OFFLINE="1", ADMIN_TOKEN=ADMIN_TOKEN)

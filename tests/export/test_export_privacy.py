@@ -55,8 +55,8 @@ def assert_clean(blobs: dict[str, bytes]) -> None:
             assert needle.encode() not in blob, (needle, name)
 
 
-def results_outputs(server: str, event, token) -> dict:
-    answer = call(server, event, token, True, 200, "bt")
+def results_outputs(server: str, event, token, client: str | None = None) -> dict:
+    answer = call(server, event, token, True, 200, "bt", client=client)
     assert answer["success"], answer
     return answer["output"]["data"]
 
@@ -72,6 +72,20 @@ def test_results_are_closed_by_default(results_app, events):
         assert "jpeg" not in text and "webp" not in text         # not even the method names
     data = results_outputs(server, events["results-unlock"], ADMIN_TOKEN)
     assert data[1]["visible"] is True and "<table>" in data[3] and "Rank (UB)" in data[3]
+    assert data[-1]["active"] is True                            # the refresh timer starts
+    # Guessing is slowed per client, as in the Admin tab: right after a wrong token even the
+    # right one is refused, with nothing shown.
+    guesser = "203.0.113.99"
+    assert results_outputs(server, events["results-unlock"], "wrong", client=guesser)[0] == WRONG_TOKEN
+    slowed = results_outputs(server, events["results-unlock"], ADMIN_TOKEN, client=guesser)
+    assert slowed[0].startswith("Too many wrong tokens") and all(d is None for d in slowed[2:-1])
+
+
+def test_results_public_in_the_study_file_opens_them_without_a_token(public_results_app):
+    server, _ = public_results_app
+    event = events_by_trigger(server, "results-unlock")["results-unlock"]
+    data = results_outputs(server, event, None)
+    assert data[1]["visible"] is True and "Rank (UB)" in data[3] and 'src="data:image/png;base64,' in data[4]
 
 
 def test_no_plain_hash_of_any_rater_id_in_any_output(results_app, events, export_study, tmp_path):

@@ -354,7 +354,7 @@ class _GaussianPrior:
 
 
 def _fit_pwcmp(pairs: np.ndarray, n: np.ndarray, w: np.ndarray, K: int, q0: np.ndarray, prior: str,
-               gtol: float = 1e-7) -> np.ndarray:
+               gtol: float = 1e-5) -> np.ndarray:
     """pwcmp's ``pw_scale`` for a batch of count vectors, from start ``q0``; returns JOD scores (B, K).
 
     Row u of ``pairs`` compares i = pairs[u, 0] and j = pairs[u, 1]; n[b, u] votes, w[b, u] of them
@@ -417,7 +417,10 @@ def _solve_pwcmp(pairs, n, w, K, q0, prior, gtol):
         grad = np.asarray(DT @ g_x.T).T / JOD_SIGMA + 0.02 * mean / K
         return float(loss.sum()), np.einsum("bij,bi->bj", P, grad).ravel()
 
-    z = _lbfgs(fun, np.zeros_like(q0), gtol)
+    # the Newton step of the preconditioned problem (Hessian ~ identity) as the start: L-BFGS-B
+    # would cap its first step at length 1
+    z0 = -fun(np.zeros(q0.size))[1]
+    z = _lbfgs(fun, z0.reshape(q0.shape), gtol)
     return q0 + np.einsum("bij,bj->bi", P, z)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from study import export
+from study import analysis, export
 from study.cli import main
 from study.export_bundle import build_bundle
 from study.models import Trial
@@ -279,3 +279,34 @@ def test_export_votes_writes_the_keyed_pseudonyms_and_refuses_a_missing_database
     missing = tmp_path / "typo.db"
     assert main(["export-votes", str(export_study), "--db", f"sqlite:///{missing}", "--out", str(tmp_path / "w.csv")]) == 2
     assert "no such SQLite database file" in capsys.readouterr().err and not missing.exists()
+
+
+def test_cant_tell_votes_reach_the_tie_rates_of_the_scores_and_the_results_tab(tmp_path):
+    """A study with allow_tie: a rater who answers "can't tell" on every regular trial: the ties
+    are stored as ties, count half in the scores, and show as tie rates per condition and pair."""
+    from ui.results_tab import leaderboard_html, pairs_html
+
+    study = make_study(tmp_path, trials=8, catch=2, repeats=0, platform=PLATFORM, study_id="tie1")
+    study.write_text(study.read_text() + "allow_tie: true\n")
+    svc = StudyService.open(study, f"sqlite:///{tmp_path / 'tie.db'}", seed=2)
+    for n in range(2):
+        pid = f"{n:024x}"
+        st = svc.start_session(Participant("prolific", pid, "STUDY1", f"SUB{n}"))
+        st = svc.consent(st.token, True, st.consent_version)
+        while st.trial is not None:
+            with svc.Session() as db:
+                trial = db.get(Trial, st.trial.id)
+            choice = trial.correct_side if trial.kind == "catch" else ("tie" if n == 0 else "left")
+            st = svc.vote(st.token, st.trial.id, choice).state
+    bundle = build_bundle(svc, tmp_path / "out", formats=["csv"], bootstrap=20)
+    votes = pd.read_csv(bundle.folder / "votes.csv")
+    regular = votes[~votes["is_catch"]]
+    assert (regular["winner"] == "tie").sum() == 6 == (regular["choice"] == "tie").sum()
+    tests = pd.read_csv(bundle.folder / "scores/pairwise_tests.csv")
+    assert tests["ties"].sum() == 6 and ((tests["tie_rate"] - tests["ties"] / tests["votes"]).abs() < 1e-12).all()
+    board = pd.read_csv(bundle.folder / "scores/scores.csv")
+    assert (board["tie_rate"] > 0).any() and (board["tie_rate"] <= 1).all()
+    result = analysis.analyse(svc.votes_frame(), bootstrap=0)
+    shown = pairs_html(result.tests) + leaderboard_html(result.board, "bt", analysis.unstable(result.board, "bt"))
+    for rate in result.tests["tie_rate"]:
+        assert f">{100 * rate:.0f}%<" in shown

@@ -38,8 +38,8 @@ CSS = """
 .results-table td { white-space: nowrap; }
 .results-table .ci { color: #666; font-size: 0.8em; white-space: nowrap; display: block; }
 .results-table tr.unstable td { background: #fff6e0; }
-@media (max-width: 640px) { .results-table table { font-size: 0.75rem; }
-  .results-table th, .results-table td { padding: 0.2rem 0.25rem; } }
+@media (max-width: 640px) { .results-table table { font-size: 0.72rem; }
+  .results-table th, .results-table td { padding: 0.15rem 0.1rem; } }
 """
 _OUT = 10  # outputs of `show` after the status line
 

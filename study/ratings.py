@@ -588,7 +588,9 @@ def leave_one_rater_out_likelihood(votes: pd.DataFrame, prior: str = "gaussian")
     mine = tally.rater_cells.toarray()  # (raters, cells)
     n_r, w_r = tally.totals(mine)
     n_o, w_o = tally.totals(tally.cell_counts[None, :] - mine)
-    q = _fit_pwcmp(pairs, n_o, w_o, len(conds), np.zeros((len(mine), len(conds))), prior)
+    n_all, w_all = tally.totals(tally.cell_counts[None, :])
+    start = _fit_pwcmp(pairs, n_all, w_all, len(conds), np.zeros((1, len(conds))), prior)  # close to every fit
+    q = _fit_pwcmp(pairs, n_o, w_o, len(conds), np.repeat(start, len(mine), axis=0), prior)
     d = (q[:, pairs[:, 0]] - q[:, pairs[:, 1]]) / JOD_SIGMA
     log_binom = gammaln(n_r + 1) - gammaln(w_r + 1) - gammaln(n_r - w_r + 1)
     loglik = (log_binom + w_r * log_ndtr(d) + (n_r - w_r) * log_ndtr(-d)).sum(axis=1) / np.log(10)

@@ -349,7 +349,8 @@ class _GaussianPrior:
         best = np.full(self.mode.shape, -np.inf)
         for idx in (np.clip(hi - 1, 0, last), np.clip(hi, 0, last)):
             r = np.take_along_axis(order, idx, axis=1)
-            best = np.maximum(best, self.k * np.take_along_axis(A, r, axis=1) + self.m * np.take_along_axis(Bv, r, axis=1))
+            value = self.k * np.take_along_axis(A, r, axis=1) + self.m * np.take_along_axis(Bv, r, axis=1)
+            best = np.maximum(best, value)
         return np.where(self.on & np.isfinite(best), best, 0.0)
 
 

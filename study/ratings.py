@@ -308,8 +308,8 @@ class _GaussianPrior:
         self.on, self.rows_on = on, np.concatenate([on, on], axis=1)
         self.k = np.where(on & (w == 0), 1.0, np.where(on & (lose == 0), n - 1.0, w))
         self.m = np.where(on, n - self.k, 0.0)
-        with np.errstate(divide="ignore", invalid="ignore"):  # +-inf where all of s's votes went one way
-            self.mode = np.arctan(ndtri(np.where(on, self.k / (self.k + self.m), 0.5)))
+        share = np.divide(self.k, self.k + self.m, out=np.full_like(self.k, 0.5), where=on)
+        self.mode = np.arctan(ndtri(share))  # ndtri is +-inf where all of s's votes went one way
         B, U = n.shape
         self.E = np.empty((B, 2 * U, U))
         self.off = 4.0 * np.arange(B)[:, None]  # arctan < pi/2 < 4: replicate b's values sit in (4b - 2, 4b + 2]

@@ -53,6 +53,7 @@ class Isolated:
         self.load, self.memory_mb, self.timeout_s, self.name = load, memory_mb, timeout_s, name
         self._proc: subprocess.Popen | None = None
         self._conn: Connection | None = None
+        self._loaded = False  # the child's model is loaded
         self._lock = threading.Lock()  # one call at a time, and one start
         self.starts = 0  # how many children were started (1 + restarts)
         atexit.register(self.close)
@@ -60,7 +61,7 @@ class Isolated:
     @property
     def ready(self) -> bool:
         """A child is running with its model loaded."""
-        return self._conn is not None and self._proc is not None and self._proc.poll() is None
+        return self._loaded and self._proc is not None and self._proc.poll() is None
 
     @property
     def pid(self) -> int | None:
@@ -114,6 +115,7 @@ class Isolated:
         if kind == "error":
             self._kill()
             raise payload[0]
+        self._loaded = True
 
     def _receive(self, deadline: float | None):
         try:
@@ -134,7 +136,7 @@ class Isolated:
 
     def _kill(self) -> int | None:
         """Kill the child (if any) and return its exit status (negative: the signal that ended it)."""
-        proc, conn, self._proc, self._conn = self._proc, self._conn, None, None
+        proc, conn, self._proc, self._conn, self._loaded = self._proc, self._conn, None, None, False
         if conn is not None:
             conn.close()
         if proc is None:

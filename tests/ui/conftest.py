@@ -20,6 +20,7 @@ EXAMPLE = ROOT / "assets" / "examples" / "coffee.png"
 MAX_PIXELS = 1_000_000
 MAX_UPLOAD_MB = 2
 QUEUE_SIZE = 4
+WORKER_MEMORY_MB = 4096  # the tiny backbone's model process needs about 1 GB
 ADMIN_TOKEN = "test-admin-token-3f9a"
 SERVER = {}  # of the running app: "pid" (the server process) and "results" (its RESULTS_DIR)
 
@@ -38,7 +39,7 @@ def server(tmp_path_factory):
     env = dict(
         os.environ,
         APP_BACKBONE="tiny", APP_MODE="analytic", APP_MAX_PIXELS=str(MAX_PIXELS), APP_MAX_UPLOAD_MB=str(MAX_UPLOAD_MB),
-        APP_QUEUE_SIZE=str(QUEUE_SIZE),
+        APP_QUEUE_SIZE=str(QUEUE_SIZE), APP_WORKER_MEMORY_MB=str(WORKER_MEMORY_MB),
         APP_STUDY_FILE="assets/studies/demo.yaml", RESULTS_DIR=str(tmp / "results"), GRADIO_TEMP_DIR=str(tmp / "gradio"),
         GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port), GRADIO_ANALYTICS_ENABLED="False",
         HF_HUB_OFFLINE="1", ADMIN_TOKEN=ADMIN_TOKEN,

@@ -19,7 +19,7 @@ from gradio_client.exceptions import AppError
 from gradio_client.utils import Status
 from PIL import Image
 
-from tests.ui.conftest import SERVER
+from tests.ui.conftest import SERVER, WORKER_MEMORY_MB
 
 
 def _model_process() -> psutil.Process:
@@ -48,6 +48,12 @@ def _vote_once(api: str) -> None:
 @pytest.fixture(scope="module")
 def bitstream(client, small_png) -> str:
     return client.predict(handle_file(str(small_png)), 0.3, ["jpeg"], api_name="/compress")[3]
+
+
+def test_the_model_process_has_the_configured_memory_limit(client, bitstream):
+    with open(f"/proc/{_model_process().pid}/limits") as f:
+        line = next(row for row in f if row.startswith("Max data size"))
+    assert line.split()[3:5] == [str(WORKER_MEMORY_MB * 2**20)] * 2, line
 
 
 def test_killing_the_model_process_mid_decode_costs_that_request_only(server, client, bitstream, study_votes):

@@ -178,6 +178,16 @@ _AT = (_T.c.session_id == bindparam("sid"), _T.c.index == bindparam("at"))
 _TRIAL_COLS = (_T.c.id, _T.c.image_id, _T.c.left_id, _T.c.right_id, _T.c.kind)
 _SHOW_FRESH = update(_T).where(*_AT).values(first_shown_at=bindparam("now")).returning(*_TRIAL_COLS)
 _TRIAL_AT = select(*_TRIAL_COLS, _T.c.first_shown_at).where(*_AT)
+# Built once (the consent path): the planned regular pairs of a study, and their votes.
+_L, _R = aliased(Stimulus), aliased(Stimulus)
+_PLANNED = (select(Image.key, _L.key, _R.key).select_from(Trial).join(Image, Trial.image_id == Image.id)
+            .join(_L, Trial.left_id == _L.id).join(_R, Trial.right_id == _R.id)
+            .where(Image.study_id == bindparam("study"), Trial.kind == "regular"))
+_PAIR_COUNTS = _PLANNED.add_columns(func.count()).group_by(Image.key, _L.key, _R.key)
+_PAIR_WINS = (_PLANNED.join(Vote, Vote.trial_id == Trial.id).add_columns(Vote.choice, func.count())
+              .group_by(Image.key, _L.key, _R.key, Vote.choice))
+_SESSION = select(Session).where(Session.token == bindparam("token"), Session.study_id == bindparam("study"))
+_SESSION_LOCKED = _SESSION.with_for_update()
 _SET_REPEAT = update(_T).where(_T.c.id == bindparam("tid")).values(repeat_of=bindparam("of"))
 _SESSION_ID = select(_S.c.id).where(_S.c.token == bindparam("token"), _S.c.study_id == bindparam("study"))
 # Counts an event against its session's cap; matches no row once the cap is reached.
@@ -423,17 +433,12 @@ class StudyService:
 
     def _history(self, db):
         """Planned regular comparisons per (image, pair), and wins per ordered condition pair."""
-        L, R = aliased(Stimulus), aliased(Stimulus)
-        base = (select(Image.key, L.key, R.key).select_from(Trial).join(Image, Trial.image_id == Image.id)
-                .join(L, Trial.left_id == L.id).join(R, Trial.right_id == R.id)
-                .where(Image.study_id == self.cfg.id, Trial.kind == "regular"))
         counts: dict = {}
-        for im, a, b, n in db.execute(base.add_columns(func.count()).group_by(Image.key, L.key, R.key)):
+        for im, a, b, n in db.execute(_PAIR_COUNTS, {"study": self.cfg.id}):
             k = scheduler.pair_key(im, a, b)
             counts[k] = counts.get(k, 0) + n
         wins: dict = {}
-        voted = base.join(Vote, Vote.trial_id == Trial.id).add_columns(Vote.choice, func.count())
-        for _, a, b, choice, n in db.execute(voted.group_by(Image.key, L.key, R.key, Vote.choice)):
+        for _, a, b, choice, n in db.execute(_PAIR_WINS, {"study": self.cfg.id}):
             shares = {"left": [((a, b), n)], "right": [((b, a), n)], "tie": [((a, b), n / 2), ((b, a), n / 2)]}
             for key, won in shares[choice]:     # a tie is half a win each way
                 wins[key] = wins.get(key, 0) + won
@@ -451,8 +456,7 @@ class StudyService:
     def _session(self, db, token: str, lock: bool = False) -> Session:
         if not isinstance(token, str) or not 10 <= len(token) <= 64:
             raise NotFound("unknown session")
-        q = select(Session).where(Session.token == token, Session.study_id == self.cfg.id)
-        s = db.scalar(q.with_for_update() if lock else q)
+        s = db.scalar(_SESSION_LOCKED if lock else _SESSION, {"token": token, "study": self.cfg.id})
         if s is None:
             raise NotFound("unknown session")
         return s

@@ -10,7 +10,6 @@ until a new vote arrives. Rater ids shown are study.pseudonym's keyed pseudonyms
 from __future__ import annotations
 
 import html
-import math
 import threading
 import time
 
@@ -18,7 +17,7 @@ import gradio as gr
 import pandas as pd
 import yaml
 
-from ui.admin_tab import WRONG_TOKEN, Backoff, client_address, token_matches
+from ui.admin_tab import refusal
 from ui.context import AppContext
 
 REFRESH_S = 15
@@ -105,24 +104,15 @@ def build_results_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab) -> gr.Tim
     analyses = _Cache()
     pages = _Cache()        # the rendered outputs, so a refresh with nothing new costs one query
     rendering = threading.Lock()
-    backoff = Backoff()
 
     def check(given, request) -> str:
         """"" when the results may be shown to this caller, else what to tell them. An empty box
-        is no guess; a wrong token slows its client down as in the Admin tab."""
+        is no guess; a token is checked as the Admin tab's, with the same back-off per client."""
         if public:
             return ""
-        expected = ctx.settings.admin_token  # read at every call, as the Admin tab does
-        if not expected or not given:
+        if not given:
             return PRIVATE
-        client = client_address(request)
-        wait = backoff.begin(client)
-        if wait:
-            return f"Too many wrong tokens; try again in {math.ceil(wait)} s."
-        if not token_matches(given, expected):
-            return WRONG_TOKEN
-        backoff.succeeded(client)
-        return ""
+        return refusal(ctx, given, request) or ""
 
     def show(given, apply_rules: bool, rounds: int, score_key: str, request: gr.Request):
         return answer(check(given, request), apply_rules, rounds, score_key)

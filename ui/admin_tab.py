@@ -135,8 +135,10 @@ def build_admin_tab(ctx: AppContext) -> None:
         rules = ", ".join(f"{k} = {v:g}" for k, v in s["exclusion_rules"].items())
         excluded = (f"**{s['excluded_raters']}** raters excluded by {rules}" if s["excluded_raters"] is not None
                     else f"exclusion rules: {rules or 'none in the study file'}")
+        warnings = "".join(f"\n\n**Warning:** {w}." for w in ctx.study.cfg.warnings())
         return (f"{s['votes']} votes from {s['raters']} raters in {s['sessions']} sessions ({states}); "
-                f"{s['catch_votes']} votes on catch trials; {excluded}; last vote: {s['last_vote'] or 'none yet'}.")
+                f"{s['catch_votes']} votes on catch trials; {excluded}; last vote: {s['last_vote'] or 'none yet'}."
+                f"{warnings}")
 
     def export(given, apply_rules: bool, rounds, request: gr.Request):
         if why := refusal(ctx, given, request):

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from gradio_client import handle_file
 
-from tests.ui.conftest import ADMIN_TOKEN
+from tests.ui.conftest import ADMIN_TOKEN, ROOT
 from ui.admin_tab import Backoff, client_address, token_matches
 
 HOSTILE_CLIENTS = 24
@@ -157,6 +157,10 @@ def test_24_wrong_token_clients_do_not_delay_a_visitors_decode(server, client, s
         ok = http.post(base + "/gradio_api/run/predict",
                        json={"data": [ADMIN_TOKEN], "fn_index": status_fn, "session_hash": uuid.uuid4().hex})
     assert ok.status_code == 200 and "votes from" in ok.json()["data"][0], ok.text
+    from study.config import load
+
+    for warning in load(ROOT / "assets" / "studies" / "demo.yaml").warnings():  # what the admin should know
+        assert f"**Warning:** {warning}." in ok.json()["data"][0]
 
 
 def _queued(http: httpx.Client, base: str, body: dict) -> str | None:

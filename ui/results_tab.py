@@ -4,7 +4,8 @@ while it is open; behind the admin token unless the study file sets `results_pub
 All statistics come from `study.analysis.analyse` (the same pipeline as `python -m study scores`
 and the export); this module only lays them out as an author reads them (human headers, rounded
 numbers, HTML tables that scroll sideways on a phone instead of hiding columns) and caches them
-until a new vote arrives. Rater ids shown are study.pseudonym's keyed pseudonyms.
+until a new vote arrives. Rater ids shown are study.pseudonym's keyed pseudonyms. Its events run
+outside the queue, as the Admin tab's: a wrong token is answered at once and never holds a place.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def exclusion_rules(study) -> dict | None:
 
 
 class _Cache:
-    """The last analysis per option set, recomputed only when the votes table changed."""
+    """The value for the key most recently asked for (an analysis, a rendered page), recomputed
+    only when the key (the votes table's length and last vote, the options) changes."""
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -117,9 +119,9 @@ def build_results_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab) -> gr.Tim
     def show(given, apply_rules: bool, rounds: int, score_key: str, request: gr.Request):
         return answer(check(given, request), apply_rules, rounds, score_key)
 
-    def answer(refusal: str, apply_rules: bool, rounds: int, score_key: str):
-        if refusal:
-            return refusal, gr.Column(visible=False), *[None] * (_OUT - 1)
+    def answer(why_not: str, apply_rules: bool, rounds: int, score_key: str):
+        if why_not:
+            return why_not, gr.Column(visible=False), *[None] * (_OUT - 1)
         votes = study.votes_frame()
         if votes.empty:
             return "No votes yet.", gr.Column(visible=False), *[None] * (_OUT - 1)
@@ -162,8 +164,8 @@ def build_results_tab(ctx: AppContext, blocks: gr.Blocks, tab: gr.Tab) -> gr.Tim
                 raters_html(result.raters, rules, apply_rules))
 
     def open_tab(given, apply_rules: bool, rounds: int, score_key: str, request: gr.Request):
-        refusal = check(given, request)
-        return *answer(refusal, apply_rules, rounds, score_key), gr.Timer(active=not refusal)
+        why_not = check(given, request)
+        return *answer(why_not, apply_rules, rounds, score_key), gr.Timer(active=not why_not)
 
     def open_if_linked(given, apply_rules: bool, rounds: int, score_key: str, request: gr.Request):
         """A page opened at ?tab=results shows the results at once (no select event fires there)."""

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from codec.backbone import BackboneUnavailable
-from codec.bitstream import BitstreamError
+from codec.bitstream import DEFAULT_MAX_PIXELS, DEFAULT_MAX_STEPS, MAX_STEPS_FIELD, BitstreamError
 from codec.images import ImageError
 
 
@@ -24,6 +24,13 @@ def _parser() -> argparse.ArgumentParser:
                        help="hub id, local diffusers folder, 'demo' or 'tiny' (default: Stable Diffusion if loadable, else demo)")
         p.add_argument("--adapter", default="auto", help="trained adapter folder (default: the one shipped with the backbone)")
         p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+        limit_options(p)
+
+    def limit_options(p):
+        p.add_argument("--max-pixels", type=_positive(), default=DEFAULT_MAX_PIXELS,
+                       help=f"refuse images whose padded area exceeds this (default: {DEFAULT_MAX_PIXELS:,}, as the app)")
+        p.add_argument("--max-steps", type=_positive(MAX_STEPS_FIELD), default=DEFAULT_MAX_STEPS,
+                       help=f"refuse files that ask for more denoising steps (default: {DEFAULT_MAX_STEPS})")
 
     enc = sub.add_parser("encode", help="compress an image into a bitstream file")
     enc.add_argument("input", type=Path)
@@ -43,7 +50,22 @@ def _parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="print a bitstream's header fields and bpp")
     info.add_argument("input", type=Path)
+    limit_options(info)
     return parser
+
+
+def _positive(maximum: int | None = None):
+    wanted = f"an integer from 1 to {maximum}" if maximum else "a positive integer"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1 or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {wanted}")
+        return value
+    return parse
 
 
 def main(argv=None) -> int:
@@ -52,12 +74,13 @@ def main(argv=None) -> int:
         if args.command == "info":
             from codec.bitstream import describe
 
-            print(json.dumps(describe(_read(args.input)), indent=2))
+            print(json.dumps(describe(_read(args.input), args.max_pixels, args.max_steps), indent=2))
             return 0
 
         from codec.codec import DiffusionCodec
 
-        codec = DiffusionCodec.load(args.backbone, args.adapter, getattr(args, "mode", None), device=args.device)
+        codec = DiffusionCodec.load(args.backbone, args.adapter, getattr(args, "mode", None), device=args.device,
+                                    max_pixels=args.max_pixels, max_steps=args.max_steps)
         print(codec.backbone_notice, file=sys.stderr)
         if args.command == "encode":
             if args.bpp is None and args.lam is None and args.step is None:

@@ -25,10 +25,11 @@ from compressai.models import CompressionModel, get_scale_table
 from safetensors.torch import load_file, save, save_file
 from torch import nn
 
-from codec.bitstream import FINGERPRINT_BYTES, quantize_side_info
+from codec.bitstream import FINGERPRINT_BYTES, quantize_side_info, rans_decoder_input
 
 CONFIG_FILE = "adapter.json"
 WEIGHTS_FILE = "adapter.safetensors"
+MAX_SYMBOL_MAGNITUDE = 2**26  # the largest |symbol| the entropy coder is given (see _check_codable)
 
 
 @dataclass
@@ -157,19 +158,26 @@ class LearnedAdapter(CompressionModel):
     def compress(self, z: torch.Tensor) -> list[bytes]:
         with torch.no_grad():
             h = self.h_a(z)
+            _check_codable(h - self.entropy_bottleneck._get_medians().view(1, -1, 1, 1))
             h_strings = self.entropy_bottleneck.compress(h)
             h_hat = self.entropy_bottleneck.decompress(h_strings, h.shape[-2:])
             means, scales = self.prior(h_hat, z.shape[-2:])
+            _check_codable(z - means)
             z_strings = self.gaussian_conditional.compress(z, self.gaussian_conditional.build_indexes(scales), means=means)
         return [h_strings[0], z_strings[0]]
 
+    def symbol_counts(self, latent_size) -> list[int]:
+        """How many symbols each payload (hyper-latent, latent) codes for a latent of `latent_size`."""
+        h, w = _hyper_size(latent_size)
+        return [self.config["hyper_channels"] * h * w, self.config["channels"] * latent_size[0] * latent_size[1]]
+
     def decompress(self, payloads: list[bytes], latent_size) -> torch.Tensor:
-        h_size = (math.ceil(latent_size[0] / 4), math.ceil(latent_size[1] / 4))
+        h_symbols, z_symbols = self.symbol_counts(latent_size)
         with torch.no_grad():
-            h_hat = self.entropy_bottleneck.decompress([payloads[0]], h_size)
+            h_hat = self.entropy_bottleneck.decompress([rans_decoder_input(payloads[0], h_symbols)], _hyper_size(latent_size))
             means, scales = self.prior(h_hat, latent_size)
             return self.gaussian_conditional.decompress(
-                [payloads[1]], self.gaussian_conditional.build_indexes(scales), means=means
+                [rans_decoder_input(payloads[1], z_symbols)], self.gaussian_conditional.build_indexes(scales), means=means
             )
 
     # -- persistence --------------------------------------------------------------------------
@@ -240,11 +248,30 @@ class AnalyticAdapter:
         return float(-torch.log2(likelihoods).sum())
 
     def compress(self, z: torch.Tensor, prior_scales) -> list[bytes]:
+        _check_codable(z)
         return self.gaussian_conditional.compress(z, self._indexes(prior_scales, z), means=torch.zeros_like(z))
 
+    @staticmethod
+    def symbol_counts(latent_shape) -> list[int]:
+        """How many symbols the one payload codes for a latent of `latent_shape`."""
+        return [math.prod(latent_shape)]
+
     def decompress(self, payloads: list[bytes], latent_shape, prior_scales) -> torch.Tensor:
+        (symbols,) = self.symbol_counts(latent_shape)
         like = torch.zeros(latent_shape)
-        return self.gaussian_conditional.decompress(payloads, self._indexes(prior_scales, like), means=like)
+        return self.gaussian_conditional.decompress([rans_decoder_input(payloads[0], symbols)],
+                                                    self._indexes(prior_scales, like), means=like)
+
+
+def _check_codable(residual: torch.Tensor) -> None:
+    """compressai's rANS encoder loops forever on escape values of 2**28 and more (a 32-bit shift in
+    its nibble count), so symbols must stay well below; real latents are a few thousand at most."""
+    if not bool(torch.isfinite(residual).all()) or float(residual.abs().max()) >= MAX_SYMBOL_MAGNITUDE:
+        raise ValueError("The quantized latent is out of the entropy coder's range (non-finite or huge values).")
+
+
+def _hyper_size(latent_size) -> tuple[int, int]:
+    return math.ceil(latent_size[0] / 4), math.ceil(latent_size[1] / 4)  # h_a has two stride-2 convs
 
 
 def default_t_max(num_train_timesteps: int) -> int:

@@ -20,6 +20,13 @@ MODES = ("learned", "analytic")
 MAX_FILE_BYTES = 64 * 1024 * 1024
 MAX_CHANNELS = 16
 MAX_TIMESTEP = 999
+MAX_STEPS_FIELD = 255  # steps is one byte
+PAD_MULTIPLE = 64  # images are padded to multiples of 64 (VAE /8 and hyperprior /4, with margin)
+
+# Decoding limits: settings of the decoder (DiffusionCodec, the CLI, the app), not of the file. These
+# defaults are the app's: a file may ask for at most this much work whatever its header says.
+DEFAULT_MAX_PIXELS = 1536 * 1536  # of the padded image, the area the VAE and the UNet really process
+DEFAULT_MAX_STEPS = 20  # DDIM steps (5x the demo backbone's default of 4, 2x Stable Diffusion's 10)
 
 FINGERPRINT_BYTES = 4
 # magic, version, mode, backbone fingerprint, adapter fingerprint, height, width, t, steps, channels
@@ -92,8 +99,11 @@ def pack(header: Header, payloads: list[bytes]) -> bytes:
     return body + _CRC.pack(zlib.crc32(body))
 
 
-def parse(data: bytes, max_pixels: int | None = None) -> tuple[Header, list[bytes]]:
-    """Validate `data` completely and return its header and payloads."""
+def parse(data: bytes, max_pixels: int | None = None, max_steps: int | None = None) -> tuple[Header, list[bytes]]:
+    """Validate `data` completely and return its header and payloads.
+
+    `max_pixels` bounds the padded area and `max_steps` the denoising steps (None: no limit).
+    """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise BitstreamError("Expected the bytes of a bitstream file.")
     data = bytes(data)
@@ -141,7 +151,7 @@ def parse(data: bytes, max_pixels: int | None = None) -> tuple[Header, list[byte
         prior_scales=tuple(floats[2 * channels:]),
     )
     try:
-        _validate_header(header, max_pixels)
+        _validate_header(header, max_pixels, max_steps)
     except ValueError as exc:
         raise BitstreamError(str(exc)) from None
     return header, payloads
@@ -168,28 +178,98 @@ def _read_varint(body: bytes, offset: int) -> tuple[int, int]:
     raise BitstreamError("Invalid payload length in the header.")
 
 
-def describe(data: bytes, max_pixels: int | None = None) -> dict:
+def describe(data: bytes, max_pixels: int | None = None, max_steps: int | None = None) -> dict:
     """Header fields, size and bpp of a bitstream (validated, without decoding)."""
-    header, payloads = parse(data, max_pixels)
+    header, payloads = parse(data, max_pixels, max_steps)
     fields = header.as_dict()
     fields.update(bytes=len(data), bpp=8 * len(data) / (header.width * header.height),
                   payload_bytes=[len(p) for p in payloads])
     return fields
 
 
-def _validate_header(h: Header, max_pixels: int | None = None) -> None:
+# -- compressai's rANS strings ------------------------------------------------------------------
+# compressai 1.2.8's RansDecoder (cpp_exts/rans/rans_interface.cpp, third_party/ryg_rans/rans64.h)
+# keeps a 64-bit state x and reads the string as 32-bit words, in order, without ever checking its
+# length: 2 words to start, at most one per symbol (renormalisation is an `if`, not a loop), and for
+# each escape (the top symbol of a CDF, "bypass mode") 4-bit reads of at most one word each: one
+# count nibble, another for every count nibble equal to 15, then as many raw nibbles as the counts
+# add up to. The counts come from the stream, so a forged string (or an empty one) makes the decoder
+# read far past its end: garbage from the heap, or a segfault. Hence both rules below.
+#
+# 1. Lengths: the encoder writes whole words, at least the 2 of its final state, and per symbol at
+#    most 52 bits of state (16 for the symbol, 4 for each of at most 9 bypass nibbles: one count and
+#    8 raw nibbles of a 32-bit value; in fact at most 7, see adapter._check_codable), one word per 32
+#    bits: at most 2 + 1.63 S words for S symbols. Any other length is refused, before anything is
+#    decoded or allocated.
+# 2. Padding: the decoder gets the string followed by R words 0x80000000. Let b be the bit length of
+#    x. A refill from the padding raises b by exactly 32 (it happens when x < 2^31, and the word's top
+#    bit is set); a symbol lowers b by at most 16 (x' >= freq * (x >> 16), freq >= 1) and a 4-bit
+#    read by 4; b stays in 0..64. With G 4-bit reads, the padding words read are at most
+#    (64 + 16 S + 4 G) / 32. In one escape, nibbles of 15 come from x (at most 9 before x < 2^31
+#    forces a refill) and at most 8 per refilled word; a padding word's low nibble is 0, which ends
+#    the count. f nibbles of 15 cost at most f + 1 count reads and 15 f + 14 raw reads, with
+#    f <= 9 + 8 r, where r counts the string's own words read during that count (r sums to at most
+#    the N words of the string): G <= 159 S + 128 N. So R = 3 + (16 S + 4 G) // 32 words always suffice.
+# For a 1536x1536 image (S = 147,456 per payload) R is 12 MB for a typical string, 31 MB at most.
+_RANS_WORD = 4
+_RANS_PAD_WORD = struct.pack("<I", 0x80000000)
+
+
+def max_rans_payload_bytes(symbols: int) -> int:
+    """The longest string compressai's encoder can write for `symbols` symbols (2 + 2 S words)."""
+    return _RANS_WORD * (2 + 2 * symbols)
+
+
+def check_rans_payload(payload: bytes, symbols: int) -> None:
+    """Refuse a payload that compressai's encoder cannot have written for `symbols` symbols."""
+    longest = max_rans_payload_bytes(symbols)
+    if len(payload) % _RANS_WORD or not 2 * _RANS_WORD <= len(payload) <= longest:
+        raise BitstreamError(
+            f"An entropy-coded payload of {len(payload):,} bytes cannot hold {symbols:,} symbols (it must be a "
+            f"multiple of {_RANS_WORD} bytes between {2 * _RANS_WORD} and {longest:,}): the file is damaged or forged."
+        )
+
+
+def rans_decoder_input(payload: bytes, symbols: int) -> bytes:
+    """`payload` checked and padded so that compressai's rANS decoder cannot read past it (see above)."""
+    check_rans_payload(payload, symbols)
+    reads = 159 * symbols + 128 * (len(payload) // _RANS_WORD)  # G, the 4-bit reads
+    return bytes(payload) + _RANS_PAD_WORD * (3 + (16 * symbols + 4 * reads) // 32)
+
+
+def padded_size(height: int, width: int) -> tuple[int, int]:
+    """The size the encoder pads an image to, which the VAE and the UNet process."""
+    return -(-height // PAD_MULTIPLE) * PAD_MULTIPLE, -(-width // PAD_MULTIPLE) * PAD_MULTIPLE
+
+
+def check_pixels(height: int, width: int, max_pixels: int) -> None:
+    """Raise ValueError when the padded image exceeds `max_pixels`."""
+    padded_h, padded_w = padded_size(height, width)
+    if padded_h * padded_w > max_pixels:
+        # Exact pixel counts: a rounded "2.4 megapixels; the limit is 2.4" would read as equal.
+        raise ValueError(
+            f"The image is {width}x{height}, coded as {padded_w}x{padded_h} = {padded_w * padded_h:,} pixels "
+            f"(padded to multiples of {PAD_MULTIPLE}); the limit is {max_pixels:,} pixels."
+        )
+
+
+def _validate_header(h: Header, max_pixels: int | None = None, max_steps: int | None = None) -> None:
     if h.mode not in MODES:
         raise ValueError(f"Unknown coding mode {h.mode!r}.")
     if len(h.backbone_fingerprint) != FINGERPRINT_BYTES or len(h.adapter_fingerprint) != FINGERPRINT_BYTES:
         raise ValueError(f"Fingerprints must be {FINGERPRINT_BYTES} bytes.")
+    if h.mode == "analytic" and h.adapter_fingerprint != bytes(FINGERPRINT_BYTES):
+        raise ValueError("An analytic-mode file must have a zero adapter fingerprint.")
     if not (1 <= h.height <= 65535 and 1 <= h.width <= 65535):
         raise ValueError(f"Invalid image size {h.width}x{h.height}.")
-    if max_pixels is not None and h.height * h.width > max_pixels:
-        raise ValueError(f"The image in this file ({h.width}x{h.height}) exceeds the pixel limit of {max_pixels}.")
+    if max_pixels is not None:
+        check_pixels(h.height, h.width, max_pixels)
     if not 1 <= h.t <= MAX_TIMESTEP:
         raise ValueError(f"Invalid diffusion timestep t={h.t}.")
-    if not 1 <= h.steps <= min(h.t, 255):
+    if not 1 <= h.steps <= min(h.t, MAX_STEPS_FIELD):
         raise ValueError(f"Invalid number of denoising steps {h.steps} for t={h.t}.")
+    if max_steps is not None and h.steps > max_steps:
+        raise ValueError(f"The file asks for {h.steps} denoising steps; this decoder's limit is {max_steps}.")
     if not 1 <= len(h.scale) <= MAX_CHANNELS or len(h.shift) != len(h.scale):
         raise ValueError("Invalid gamma (per-channel scale and shift).")
     if not all(math.isfinite(a) and a > 0 for a in h.scale) or not all(math.isfinite(b) for b in h.shift):

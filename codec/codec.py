@@ -13,10 +13,10 @@ from PIL import Image
 from codec import bitstream, images
 from codec.adapter import AnalyticAdapter, LearnedAdapter, Quantization, default_t_max
 from codec.backbone import Backbone, load_backbone, load_default_backbone
-from codec.bitstream import FINGERPRINT_BYTES, BitstreamError, Header
+from codec.bitstream import (DEFAULT_MAX_PIXELS, DEFAULT_MAX_STEPS, FINGERPRINT_BYTES, PAD_MULTIPLE, BitstreamError,
+                              Header)
 from codec.denoise import denoise
 
-PAD_MULTIPLE = 64  # VAE /8 and hyperprior /4, with margin (paper-spec §7.1)
 ADAPTER_SUBFOLDER = "adapter"  # a backbone folder may ship its trained adapter here
 RATE_CONTROL_ITERATIONS = 24
 
@@ -53,20 +53,26 @@ class _Candidate:
 
 
 class DiffusionCodec:
+    """`max_pixels` (padded area) and `max_steps` bound the work of encoding and decoding one image:
+    files that ask for more are refused, and the encoder never writes such a file."""
+
     def __init__(self, backbone: Backbone, adapter: LearnedAdapter | None = None, mode: str | None = None,
-                 max_pixels: int = images.DEFAULT_MAX_PIXELS, notice: str = ""):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, notice: str = "", max_steps: int = DEFAULT_MAX_STEPS):
         self.backbone = backbone
         self.learned = adapter.to(backbone.device) if adapter is not None else None
         self.analytic = AnalyticAdapter(backbone.alphas_cumprod, default_t_max(backbone.num_train_timesteps))
         self.mode = mode or ("learned" if adapter is not None else "analytic")
         if self.mode == "learned" and adapter is None:
             raise ValueError("Learned mode needs a trained adapter (use mode='analytic' without one).")
-        self.max_pixels = max_pixels
+        if not 1 <= max_steps <= bitstream.MAX_STEPS_FIELD:
+            raise ValueError(f"max_steps must be between 1 and {bitstream.MAX_STEPS_FIELD}.")
+        self.max_pixels, self.max_steps = max_pixels, max_steps
         self.backbone_notice = notice or f"Backbone: {backbone.name}."
 
     @classmethod
     def load(cls, backbone: str = "auto", adapter: str | None = "auto", mode: str | None = None,
-             device=None, dtype=None, max_pixels: int = images.DEFAULT_MAX_PIXELS, allow_tiny: bool = False):
+             device=None, dtype=None, max_pixels: int = DEFAULT_MAX_PIXELS, allow_tiny: bool = False,
+             max_steps: int = DEFAULT_MAX_STEPS):
         """Load a backbone ("auto", "demo", "tiny", folder, hub id) and its adapter.
 
         adapter="auto" uses the adapter shipped in the backbone folder when there is one; without a
@@ -90,7 +96,7 @@ class DiffusionCodec:
             learned.prepare()
         elif mode == "learned":
             raise ValueError(f"No trained adapter found for backbone {bb.name}; use --mode analytic or --adapter PATH.")
-        codec = cls(bb, learned, mode, max_pixels, notice)
+        codec = cls(bb, learned, mode, max_pixels, notice, max_steps)
         if codec.mode == "analytic":
             codec.backbone_notice += " Adapter: analytic (training-free)."
         return codec
@@ -104,11 +110,17 @@ class DiffusionCodec:
             raise ValueError("This codec has no learned adapter; use mode='analytic'.")
         if sum(v is not None for v in (lam, target_bpp, step)) != 1:
             raise ValueError("Give exactly one of lam, step or target_bpp.")
+        if steps is not None and not 1 <= steps <= self.max_steps:
+            raise ValueError(f"steps must be between 1 and {self.max_steps} (max_steps).")
         report = progress or (lambda stage, fraction: None)
         timings = {}
         start = time.perf_counter()
         im = images.load_image(image, self.max_pixels)
         width, height = im.size
+        try:
+            bitstream.check_pixels(height, width, self.max_pixels)
+        except ValueError as exc:
+            raise images.ImageError(f"{exc} Please downscale it first.") from None
         x = images.pad_to_multiple(images.to_tensor(im), PAD_MULTIPLE)
         report("VAE encode", 0.0)
         with torch.no_grad():
@@ -157,7 +169,7 @@ class DiffusionCodec:
                     else self.analytic.compress(candidate.z, candidate.prior_scales))
         header = Header(
             mode=mode, backbone_fingerprint=self.backbone.fingerprint, adapter_fingerprint=self._adapter(mode).fingerprint,
-            height=height, width=width, t=q.t, steps=min(steps or self.backbone.default_steps, q.t, 255),
+            height=height, width=width, t=q.t, steps=min(steps or self.backbone.default_steps, q.t, self.max_steps),
             scale=q.scale, shift=q.shift, prior_scales=candidate.prior_scales,
         )
         return bitstream.pack(header, payloads)
@@ -230,7 +242,7 @@ class DiffusionCodec:
     # -- decoding -----------------------------------------------------------------------------
     def parse(self, data: bytes) -> Header:
         """Validate a bitstream and check that it belongs to this backbone and adapter."""
-        header, _ = bitstream.parse(data, self.max_pixels)
+        header, _ = bitstream.parse(data, self.max_pixels, self.max_steps)
         self._check_compatible(header)
         return header
 
@@ -257,16 +269,19 @@ class DiffusionCodec:
 
     def dequantize(self, data: bytes) -> tuple[Header, torch.Tensor]:
         """Validate, entropy-decode and invert gamma: the header and y_hat (before any denoising)."""
-        header, payloads = bitstream.parse(data, self.max_pixels)
+        header, payloads = bitstream.parse(data, self.max_pixels, self.max_steps)
         self._check_compatible(header)
-        latent_size = (_ceil_to(header.height, PAD_MULTIPLE) // self.backbone.downsample,
-                       _ceil_to(header.width, PAD_MULTIPLE) // self.backbone.downsample)
+        latent_size = tuple(side // self.backbone.downsample for side in bitstream.padded_size(header.height, header.width))
+        latent_shape = (1, header.channels, *latent_size)
+        counts = (self.learned.symbol_counts(latent_size) if header.mode == "learned"
+                  else self.analytic.symbol_counts(latent_shape))
+        for payload, symbols in zip(payloads, counts):  # lengths the shape allows, before anything is allocated
+            bitstream.check_rans_payload(payload, symbols)
         try:
             if header.mode == "learned":
                 z_hat = self.learned.decompress(payloads, latent_size)
             else:
-                shape = (1, header.channels, *latent_size)
-                z_hat = self.analytic.decompress(payloads, shape, header.prior_scales)
+                z_hat = self.analytic.decompress(payloads, latent_shape, header.prior_scales)
         except (RuntimeError, ValueError, OverflowError) as exc:
             raise BitstreamError(f"The entropy-coded data is corrupt ({exc}).") from None
         return header, Quantization(header.scale, header.shift, header.t).invert(z_hat.float())
@@ -303,11 +318,7 @@ class DiffusionCodec:
 
     def info(self, data: bytes) -> dict:
         """Header fields and bpp of a bitstream (validated, without decoding)."""
-        return bitstream.describe(data, self.max_pixels)
-
-
-def _ceil_to(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
+        return bitstream.describe(data, self.max_pixels, self.max_steps)
 
 
 def _backbone_folder(bb: Backbone) -> Path | None:

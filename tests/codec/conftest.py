@@ -1,3 +1,5 @@
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -35,3 +37,11 @@ def tiny_codec() -> DiffusionCodec:
 def noise_image() -> Image.Image:
     rng = np.random.default_rng(0)
     return Image.fromarray(rng.integers(0, 256, (70, 90, 3), dtype=np.uint8))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The fuzz tests' case counts and their slowest and largest case (tests/codec/test_codec_fuzz.py)."""
+    fuzz = sys.modules.get("tests.codec.test_codec_fuzz")
+    if fuzz is not None and fuzz.STATS.cases:
+        for line in fuzz.STATS.lines():
+            terminalreporter.write_line(line)

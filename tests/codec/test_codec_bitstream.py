@@ -1,4 +1,8 @@
-"""Forged, truncated and bit-flipped files must raise BitstreamError and nothing else, quickly."""
+"""Forged, truncated and bit-flipped files must raise BitstreamError and nothing else, quickly.
+
+The parser is pure Python; decoding forged files (native code) is fuzzed in a worker process by
+test_codec_fuzz.py.
+"""
 
 import os
 import struct
@@ -110,19 +114,3 @@ def test_pack_refuses_invalid_headers(change, message):
                   t=5, steps=2, scale=(1.0,) * 4, shift=(0.0,) * 4, prior_scales=(1.0,) * 4)
     with pytest.raises(ValueError, match=message):
         pack(Header(**change(fields)), [b"x"])
-
-
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
-@given(data=st.data())
-def test_decoder_on_payloads_forged_behind_a_valid_checksum(tiny_codec, valid, data):
-    """Garbage entropy-coded data with a correct CRC decodes to some image or a BitstreamError, never a crash."""
-    mode = data.draw(st.sampled_from(sorted(valid)))
-    header, payloads = parse(valid[mode])
-    body = bytearray(valid[mode][:-4])
-    start = len(body) - sum(len(p) for p in payloads)
-    for _ in range(data.draw(st.integers(1, 6))):
-        body[data.draw(st.integers(start, len(body) - 1))] = data.draw(st.integers(0, 255))
-    try:
-        assert tiny_codec.decode(_with_crc(bytes(body))).image.size == (header.width, header.height)
-    except BitstreamError:
-        pass

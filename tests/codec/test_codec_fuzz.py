@@ -1,0 +1,213 @@
+"""Fuzzing the decoder with forged files, in a worker process (tests/codec/fuzz_worker.py).
+
+Every case is parsed and entropy-decoded (small images also run the tiny UNet and VAE) where a
+segfault or a hang fails the test, naming the case, instead of killing pytest. Each case must end
+in an image or a one-line BitstreamError, within 2 CPU seconds and 1 GiB of added resident memory,
+both measured in the worker; the slowest and the largest case are reported at the end.
+"""
+
+import collections
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from codec.bitstream import (_FIXED, DEFAULT_MAX_PIXELS, MAGIC, MODES, VERSION, BitstreamError, Header, _varint, pack,
+                             padded_size, parse, payload_count)
+from tests.codec.fuzz_worker import Worker
+
+FORGED_CASES = 3000
+MUTATED_CASES = 2000
+LARGE_CASES = 300
+MAX_CPU_S = 2.0
+MAX_RSS_KIB = 1024 * 1024
+FUZZ = dict(deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+SIZES = [1, 7, 63, 64, 65, 127, 128, 129, 512, 1535, 1536, 1537, 2048, 4096, 36296, 36864, 65535]
+
+
+class Stats:
+    def __init__(self):
+        self.cases = collections.Counter()
+        self.outcomes = collections.Counter()
+        self.slowest = self.largest = None
+        self.largest_area = 0  # padded pixels of the largest image that was entropy-decoded
+
+    def add(self, kind: str, data: bytes, result: dict):
+        self.cases[kind] += 1
+        self.outcomes[result["outcome"]] += 1
+        if result["outcome"] == "entropy-decoded":
+            header, _ = parse(data)
+            height, width = padded_size(header.height, header.width)
+            self.largest_area = max(self.largest_area, height * width)
+        if self.slowest is None or result["cpu_s"] > self.slowest[0]["cpu_s"]:
+            self.slowest = (result, data)
+        if self.largest is None or result["rss_kib"] > self.largest[0]["rss_kib"]:
+            self.largest = (result, data)
+
+    def lines(self) -> list[str]:
+        def describe(entry):
+            result, data = entry
+            try:
+                header, _ = parse(data)
+                what = f"{header.mode} {header.width}x{header.height}"
+            except BitstreamError:
+                what = "unparsable file"
+            return (f"{what}, {len(data)} bytes ({result['outcome']}): {result['cpu_s']:.3f} s CPU, "
+                    f"{result['wall_s']:.3f} s wall, +{result['rss_kib'] / 1024:.0f} MiB RSS "
+                    f"(worker at {result['base_rss_kib'] / 1024:.0f} MiB)")
+        return [f"fuzz: {sum(self.cases.values())} cases {dict(self.cases)}; outcomes {dict(self.outcomes)}; "
+                f"largest entropy-decoded image {self.largest_area:,} padded pixels",
+                f"fuzz: slowest case {describe(self.slowest)}", f"fuzz: largest case {describe(self.largest)}"]
+
+
+STATS = Stats()  # printed at the end of the run by tests/codec/conftest.py
+
+
+@pytest.fixture(scope="module")
+def worker(tiny_codec):
+    w = Worker()
+    # The worker builds the same seeded models: its files are this process's files.
+    assert w.hello == {"backbone": tiny_codec.backbone.fingerprint.hex(), "adapter": tiny_codec.learned.fingerprint.hex()}
+    yield w
+    w.close()
+
+
+def check(worker, kind: str, data: bytes) -> dict:
+    result = worker.run(data)
+    STATS.add(kind, data, result)
+    assert not result["outcome"].startswith("error"), f"{result['outcome']} on case {data.hex()}"
+    assert result["cpu_s"] <= MAX_CPU_S, f"{result['cpu_s']:.2f} CPU seconds on case {data.hex()}"
+    assert result["rss_kib"] <= MAX_RSS_KIB, f"+{result['rss_kib'] / 1024:.0f} MiB on case {data.hex()}"
+    return result
+
+
+def _with_crc(body: bytes) -> bytes:
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def _payload():
+    word = st.sampled_from([b"\0\0\0\0", b"\xff\xff\xff\xff", b"\0\0\0\x80", b"\xff\xff\xff\x7f"])
+    repeated = st.tuples(word, st.integers(0, 200)).map(lambda wn: wn[0] * wn[1])
+    words = st.integers(0, 64).flatmap(lambda n: st.binary(min_size=4 * n, max_size=4 * n))
+    return st.one_of(st.just(b""), st.binary(max_size=16), repeated, words, st.binary(max_size=600))
+
+
+def _half_floats(n: int, low: float, high: float):
+    valid = st.lists(st.floats(low, high, width=16), min_size=n, max_size=n).map(
+        lambda v: struct.pack(f"<{n}e", *v))
+    return st.one_of(valid, valid, valid, st.binary(min_size=2 * n, max_size=2 * n))
+
+
+@st.composite
+def forged_files(draw, backbone_fp: bytes, adapter_fp: bytes):
+    """Header fields drawn from anything to sane, payloads from empty to random, behind a valid CRC."""
+    mode_id = draw(st.one_of(st.integers(0, 1), st.integers(0, 1), st.integers(0, 255)))
+    mode = MODES[mode_id] if mode_id < len(MODES) else "learned"
+    right_adapter = adapter_fp if mode == "learned" else bytes(4)
+    fingerprints = draw(st.sampled_from([backbone_fp + right_adapter] * 8 + [backbone_fp + adapter_fp, b""]))
+    if not fingerprints:
+        fingerprints = draw(st.binary(min_size=8, max_size=8))
+    side = st.one_of(st.integers(1, 200), st.sampled_from(SIZES), st.integers(0, 65535))
+    height, width = draw(side), draw(side)
+    t = draw(st.one_of(st.integers(1, 100), st.integers(0, 65535)))
+    steps = draw(st.one_of(st.integers(1, 4), st.integers(0, 255)))
+    channels = draw(st.one_of(st.just(4), st.integers(0, 255)))
+    fixed = _FIXED.pack(MAGIC, VERSION, mode_id, fingerprints[:4], fingerprints[4:], height, width, t, steps, channels)
+    n = min(channels, 16)
+    floats = draw(_half_floats(n, 2.0**-10, 1024.0)) + draw(_half_floats(n, -128.0, 128.0))
+    if mode == "analytic":
+        floats += draw(_half_floats(n, 2.0**-7, 128.0))
+    payloads = [draw(_payload()) for _ in range(draw(st.sampled_from([payload_count(mode)] * 9 + [0, 1, 3])))]
+    lengths = b"".join(_varint(len(p)) for p in payloads)
+    if draw(st.integers(0, 19)) == 0:
+        lengths = draw(st.binary(max_size=6))
+    return _with_crc(fixed + floats + lengths + b"".join(payloads))
+
+
+@pytest.mark.slow
+@settings(max_examples=FORGED_CASES, **FUZZ)
+@given(data=st.data())
+def test_forged_files_decode_or_are_refused_within_limits(worker, data):
+    backbone_fp, adapter_fp = (bytes.fromhex(worker.hello[k]) for k in ("backbone", "adapter"))
+    check(worker, "forged", data.draw(forged_files(backbone_fp, adapter_fp)))
+
+
+@st.composite
+def large_files(draw, backbone_fp: bytes, adapter_fp: bytes):
+    """Valid headers declaring images up to the pixel limit (any aspect ratio), with empty, tiny or junk payloads."""
+    mode = draw(st.sampled_from(MODES))
+    width = draw(st.one_of(st.sampled_from([64, 1536, 2304, 36864]), st.integers(1, DEFAULT_MAX_PIXELS // 64)))
+    tallest = DEFAULT_MAX_PIXELS // padded_size(1, width)[1] // 64 * 64
+    height = draw(st.one_of(st.just(tallest), st.integers(max(1, tallest // 4), tallest)))
+    t = draw(st.integers(1, 100))
+    half = st.floats(2.0**-6, 64.0, width=16)
+    header = Header(mode=mode, backbone_fingerprint=backbone_fp,
+                    adapter_fingerprint=adapter_fp if mode == "learned" else bytes(4), height=height, width=width,
+                    t=t, steps=draw(st.integers(1, min(t, 20))), scale=tuple(draw(half) for _ in range(4)),
+                    shift=(0.0,) * 4, prior_scales=tuple(draw(half) for _ in range(4)) if mode == "analytic" else ())
+    return pack(header, [draw(_payload()) for _ in range(payload_count(mode))])
+
+
+@pytest.mark.slow
+@settings(max_examples=LARGE_CASES, **FUZZ)
+@given(data=st.data())
+def test_large_declared_sizes_with_tiny_payloads_decode_within_limits(worker, data):
+    backbone_fp, adapter_fp = (bytes.fromhex(worker.hello[k]) for k in ("backbone", "adapter"))
+    check(worker, "large", data.draw(large_files(backbone_fp, adapter_fp)))
+
+
+@pytest.fixture(scope="module")
+def valid(tiny_codec, photo):
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 70, 3), dtype=np.uint8))
+    return [tiny_codec.encode(image, mode=mode, **knob).data
+            for image in (photo, noise)
+            for mode, knob in (("learned", {"lam": 10.0}), ("analytic", {"step": 1.0}))]
+
+
+@pytest.mark.slow
+@settings(max_examples=MUTATED_CASES, **FUZZ)
+@given(data=st.data())
+def test_mutated_valid_files_decode_or_are_refused_within_limits(worker, valid, data):
+    """Real files with header fields, payload bytes or payload lengths rewritten, and the CRC fixed."""
+    blob = data.draw(st.sampled_from(valid))
+    header, payloads = parse(blob)
+    body = bytearray(blob[:-4])
+    start = len(body) - sum(len(p) for p in payloads)
+    how = data.draw(st.sampled_from(["header", "payload", "both", "resize"]))
+    if how == "resize":  # keep a prefix of each payload (or extend it) and write consistent lengths
+        cut = [p[:data.draw(st.integers(0, len(p) + 8))] + data.draw(st.binary(max_size=8)) for p in payloads]
+        lengths_at = start - sum(len(_varint(len(p))) for p in payloads)
+        body = bytearray(bytes(body[:lengths_at]) + b"".join(_varint(len(p)) for p in cut) + b"".join(cut))
+    if how in ("header", "both"):
+        for _ in range(data.draw(st.integers(1, 4))):
+            body[data.draw(st.integers(3, start - 1))] = data.draw(st.integers(0, 255))
+    if how in ("payload", "both"):
+        for _ in range(data.draw(st.integers(1, 8))):
+            body[data.draw(st.integers(start, len(body) - 1))] = data.draw(st.integers(0, 255))
+    check(worker, "mutated", _with_crc(bytes(body)))
+
+
+def test_enough_cases_ran_and_no_case_was_slow_or_large():
+    """The fuzz tests above ran in full (this file's tests run in order); skipped when run alone."""
+    if not STATS.cases:
+        pytest.skip("run with the fuzz tests")
+    counts = {"forged": FORGED_CASES, "mutated": MUTATED_CASES, "large": LARGE_CASES}
+    assert all(STATS.cases[kind] >= n for kind, n in counts.items()), STATS.lines()
+    assert STATS.outcomes["decoded"] and STATS.outcomes["entropy-decoded"] and STATS.outcomes["refused"], STATS.lines()
+    assert STATS.largest_area > 2_000_000, STATS.lines()  # some case entropy-decoded a latent near the pixel limit
+
+
+def test_a_segfault_in_the_worker_fails_the_case_instead_of_killing_pytest(tiny_codec, photo):
+    data = tiny_codec.encode(photo, step=1.0, mode="analytic").data
+    crashing = Worker("--crash-on", data.hex())
+    try:
+        assert crashing.run(data[:-1])["outcome"] == "refused"  # the worker works until the crashing case
+        with pytest.raises(AssertionError, match=f"fuzz worker died \\(exit status -11\\) on case {data.hex()}"):
+            crashing.run(data)
+    finally:
+        crashing.close()
+

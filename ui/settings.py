@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from codec.bitstream import DEFAULT_MAX_PIXELS, DEFAULT_MAX_STEPS
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_FILE = ROOT / "Space.yaml"
 
@@ -26,7 +28,8 @@ class Settings:
     mode: str = "auto"  # "auto" (learned when an adapter is loaded) | "learned" | "analytic"
     device: str | None = None  # None = cuda when available, else cpu
     max_upload_mb: float = 20.0
-    max_pixels: int = 1536 * 1536
+    max_pixels: int = DEFAULT_MAX_PIXELS  # the padded area (multiples of 64) of an image or a bitstream
+    max_steps: int = DEFAULT_MAX_STEPS  # denoising steps a bitstream may ask for
     queue_size: int = 16
     concurrency: int = 1  # simultaneous model runs (encode/decode), the rest wait in the queue
     worker: bool = True  # the model in a process of its own (codec/isolated.py); off where `spaces` is installed
@@ -58,6 +61,7 @@ ENV_VARS = {
     "device": "APP_DEVICE",
     "max_upload_mb": "APP_MAX_UPLOAD_MB",
     "max_pixels": "APP_MAX_PIXELS",
+    "max_steps": "APP_MAX_STEPS",
     "queue_size": "APP_QUEUE_SIZE",
     "concurrency": "APP_CONCURRENCY",
     "worker": "APP_WORKER",

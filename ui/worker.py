@@ -19,13 +19,15 @@ def gpu(fn):
     return spaces.GPU(duration=120)(fn)
 
 
-def load_codec(backbone: str | None, adapter: str | None, mode: str, device: str | None, max_pixels: int):
+def load_codec(backbone: str | None, adapter: str | None, mode: str, device: str | None, max_pixels: int,
+               max_steps: int):
     from codec.codec import DiffusionCodec
 
     return DiffusionCodec.load(
         backbone=backbone, adapter=adapter, mode=None if mode == "auto" else mode, device=device,
         max_pixels=max_pixels,
         allow_tiny=True,  # never refuse to start; the notice on every result says the model is random
+        max_steps=max_steps,
     )
 
 

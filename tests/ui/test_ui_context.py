@@ -108,3 +108,17 @@ def test_the_worker_is_off_where_spaces_is_installed(monkeypatch, tmp_path):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "spaces" else find_spec(name, *a))
     assert AppContext(settings).worker is None
     assert AppContext(dataclasses.replace(settings, worker=False)).worker is None
+
+
+@pytest.mark.parametrize("in_worker", [True, False])
+def test_the_codec_gets_the_limits_of_the_settings(tmp_path, in_worker):
+    from operator import attrgetter
+
+    settings = Settings(results_dir=str(tmp_path / "results"), backbone="tiny", mode="analytic", max_pixels=640 * 640,
+                        max_steps=3, worker=in_worker)
+    ctx = AppContext(settings)
+    try:
+        assert ctx.run(attrgetter("max_pixels")) == 640 * 640 and ctx.run(attrgetter("max_steps")) == 3
+        assert (ctx.worker is not None) == in_worker and ctx.codec_loaded
+    finally:
+        ctx.close()

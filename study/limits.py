@@ -112,8 +112,9 @@ def json_shape_problem(body: bytes, max_depth: int, max_values: int) -> str | No
         return None
     try:
         doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return "the body is not valid JSON"
+    except orjson.JSONDecodeError as e:    # orjson stops at 1024 levels of nesting
+        return f"the body nests JSON deeper than {max_depth} levels" if "depth limit" in str(e) else \
+            "the body is not valid JSON"
     stack, values = [(doc, 1)], 0
     while stack:
         value, depth = stack.pop()

@@ -161,6 +161,7 @@ def test_json_shape_is_bounded_and_errors_never_echo_the_body(tmp_path, open_stu
             assert set(r.json()) == {"detail"} and isinstance(r.json()["detail"], str), name
         assert "deeper than 6" in refusals["deep"].json()["detail"]
         assert "more than 512" in refusals["wide"].json()["detail"]
+        assert "deeper than 6" in refusals["deeper than orjson"].json()["detail"]
         assert refusals["type"].json()["detail"].startswith("body.trial_id:")
         # a vote in the limits goes through, with a client object of a sensible size
         r = http.post(votes, json={**ok, "client": {"viewport": [1280, 800], "dpr": 2, "zooms": 3}})

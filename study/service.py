@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from datetime import timezone
 from pathlib import Path
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, cast, func, insert, select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 
@@ -164,11 +164,12 @@ class VoteResult:
 # Prepared statements of the hot paths (vote, show a trial): built once, so a request pays only
 # for executing them. bindparam names differ from the column names they set.
 _T, _S, _V = Trial.__table__, Session.__table__, Vote.__table__
+# Read without a lock: the writes below are guarded by what was read (see _record).
 _VOTE_ROW = (select(_T.c.id, _T.c.index, _T.c.kind, _T.c.correct_side, _T.c.first_shown_at, _S.c.id.label("sid"),
                     _S.c.study_id, _S.c.token, _S.c.status, _S.c.next_index, _S.c.n_trials, _S.c.catch_failures,
                     _V.c.choice.label("stored"))
              .select_from(_T).join(_S, _T.c.session_id == _S.c.id).outerjoin(_V, _V.c.trial_id == _T.c.id)
-             .where(_T.c.id == bindparam("trial_id")).with_for_update(of=_S))
+             .where(_T.c.id == bindparam("trial_id")))
 _INSERT_VOTE = insert(_V)
 # Guarded by the index read before: a concurrent vote that moved the session on matches no row.
 _MOVE_ON = (update(_S).where(_S.c.id == bindparam("sid"), _S.c.next_index == bindparam("at"))
@@ -178,6 +179,32 @@ _AT = (_T.c.session_id == bindparam("sid"), _T.c.index == bindparam("at"))
 _TRIAL_COLS = (_T.c.id, _T.c.image_id, _T.c.left_id, _T.c.right_id, _T.c.kind)
 _SHOW_FRESH = update(_T).where(*_AT).values(first_shown_at=bindparam("now")).returning(*_TRIAL_COLS)
 _TRIAL_AT = select(*_TRIAL_COLS, _T.c.first_shown_at).where(*_AT)
+# A vote's writes on PostgreSQL as ONE statement, so that in autocommit mode the vote is two
+# round trips (this and _VOTE_ROW) instead of six (BEGIN, read, three writes, COMMIT): move the
+# session on (guarded as _MOVE_ON), and only if it moved, insert the vote, the end-of-session
+# event if any, and mark the next trial shown while the session goes on. SQLite has no
+# data-modifying CTEs: there _record runs the same writes one by one in its transaction.
+def _param(name: str, column):
+    """A parameter typed as `column` (a NULL in a SELECT list would otherwise be text)."""
+    return cast(bindparam(name, type_=column.type), column.type)
+
+
+_MOVED = _MOVE_ON.returning(_S.c.id, _S.c.status).cte("moved")
+_VOTE_FIELDS = ("trial_id", "session_id", "choice", "server_ms", "client_ms", "client", "created_at")
+_RECORDED = insert(_V).from_select(
+    list(_VOTE_FIELDS),
+    select(*(_MOVED.c.id if f == "session_id" else _param("now" if f == "created_at" else f, _V.c[f])
+             for f in _VOTE_FIELDS))).returning(_V.c.id).cte("recorded")
+_E = Event.__table__
+_ENDED = insert(_E).from_select(
+    ["study_id", "session_id", "kind", "payload", "created_at"],
+    select(_param("study", _E.c.study_id), _MOVED.c.id, _param("event", _E.c.kind),
+           _param("event_payload", _E.c.payload), _param("now", _E.c.created_at))
+    .where(_param("event", _E.c.kind).is_not(None))).cte("ended")
+_SHOWN = (update(_T).where(_T.c.session_id == _MOVED.c.id, _T.c.index == bindparam("to"), _MOVED.c.status == "active")
+          .values(first_shown_at=bindparam("now")).returning(*_TRIAL_COLS).cte("shown"))
+_RECORD = (select(_RECORDED.c.id.label("vote_id"), *_SHOWN.c)
+           .select_from(_RECORDED.outerjoin(_SHOWN, true())).add_cte(_ENDED))
 # Built once (the consent path): the planned regular pairs of a study, and their votes.
 _L, _R = aliased(Stimulus), aliased(Stimulus)
 _PLANNED = (select(Image.key, _L.key, _R.key).select_from(Trial).join(Image, Trial.image_id == Image.id)
@@ -209,6 +236,11 @@ class StudyService:
         # polling the busy timeout (whose sleeps of up to 100 ms would dominate the tail latency);
         # other processes still wait through busy_timeout.
         self._writer = threading.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext()
+        # Votes on PostgreSQL run in autocommit mode: a vote's read and its one write statement
+        # (_RECORD, guarded by what was read) need no transaction around them, and psycopg sends
+        # no BEGIN and no COMMIT. On SQLite a vote is one BEGIN IMMEDIATE transaction.
+        self._one_statement = engine.dialect.name == "postgresql"
+        self._votes = engine.execution_options(isolation_level="AUTOCOMMIT") if self._one_statement else engine
         self._sync_study()
 
     @contextlib.contextmanager
@@ -461,14 +493,14 @@ class StudyService:
             raise NotFound("unknown session")
         return s
 
-    def _state(self, db, s, mark_shown: bool = False, fresh: bool = False) -> SessionState:
+    def _state(self, db, s, mark_shown: bool = False, shown=None) -> SessionState:
         """State of session `s` (an ORM row or a Core row with the same column names).
-        fresh: the current trial was never shown (it comes right after a vote)."""
+        shown: the current trial's row, already marked shown (a vote's write returns it)."""
         trial = None
         if s.status == "active" and s.next_index < s.n_trials:
             at = {"sid": s.id, "at": s.next_index}
-            if mark_shown and fresh:
-                t = db.execute(_SHOW_FRESH, {**at, "now": utcnow()}).one()
+            if shown is not None:
+                t = shown
             else:
                 t = db.execute(_TRIAL_AT, at).one()
                 if mark_shown and t.first_shown_at is None:
@@ -525,7 +557,7 @@ class StudyService:
     def vote(self, token: str, trial_id: int, choice: str, client_ms: float | None = None,
              client: dict | None = None) -> VoteResult:
         args = self._vote_args(token, trial_id, choice, client_ms, client)
-        with self._writer, self.engine.connect() as conn:
+        with self._writer, self._votes.connect() as conn:
             return self._vote_on(conn, *args)
 
     def _vote_args(self, token, trial_id, choice, client_ms, client) -> tuple:
@@ -545,7 +577,7 @@ class StudyService:
         try:
             with conn.begin():
                 return self._vote(conn, token, trial_id, choice, client_ms, client)
-        except IntegrityError:
+        except (IntegrityError, _Lost):
             # The same trial was voted on concurrently and the other request won: answer with
             # that vote, exactly as for a resubmission.
             with conn.begin():
@@ -557,7 +589,7 @@ class StudyService:
             raise
 
     def _vote(self, db, token, trial_id, choice, client_ms, client) -> VoteResult:
-        # The hot path: four prepared Core statements, one transaction.
+        # The hot path: a read, the decision here, then one write (_record).
         row = db.execute(_VOTE_ROW, {"trial_id": trial_id}).first()
         if row is None or row.study_id != self.cfg.id or not hmac.compare_digest(row.token.encode(), token.encode()):
             self._session_id(db, token)     # 404 for an unknown token, else:
@@ -578,24 +610,40 @@ class StudyService:
             shown = row.first_shown_at
             shown = shown if shown.tzinfo else shown.replace(tzinfo=timezone.utc)   # SQLite drops tz
             server_ms = (now - shown).total_seconds() * 1000
-        # The unique trial_id is checked here, before the session moves on.
-        db.execute(_INSERT_VOTE, {"trial_id": row.id, "session_id": s.id, "choice": choice, "server_ms": server_ms,
-                                  "client_ms": client_ms, "client": client, "created_at": now})
-        status, finished = row.status, None
+        status, finished, event = row.status, None, None
         failures = row.catch_failures + (row.kind == "catch" and choice != row.correct_side)
         limit = self.cfg.max_catch_failures
         if limit is not None and failures >= limit:
-            status, finished = "screened_out", now
-            _event(db, self.cfg.id, s.id, "screened_out", {"catch_failures": failures})
+            status, finished, event = "screened_out", now, ("screened_out", {"catch_failures": failures})
         elif row.next_index + 1 >= row.n_trials:
-            status, finished = "completed", now
-            _event(db, self.cfg.id, s.id, "completed")
-        moved = db.execute(_MOVE_ON, {"sid": s.id, "at": row.next_index, "to": row.next_index + 1,
-                                      "new_status": status, "failures": failures, "finished": finished}).rowcount
-        if moved != 1:
-            raise Conflict("the session moved on meanwhile: reload")
+            status, finished, event = "completed", now, ("completed", None)
+        shown = self._record(db, {"trial_id": row.id, "choice": choice, "server_ms": server_ms,
+                                  "client_ms": client_ms, "client": client, "now": now, "sid": s.id,
+                                  "at": row.next_index, "to": row.next_index + 1, "new_status": status,
+                                  "failures": failures, "finished": finished}, event)
         after = _Row(id=s.id, token=s.token, status=status, next_index=row.next_index + 1, n_trials=row.n_trials)
-        return VoteResult(row.id, choice, False, self._state(db, after, mark_shown=True, fresh=True))
+        return VoteResult(row.id, choice, False, self._state(db, after, mark_shown=True, shown=shown))
+
+    def _record(self, db, p: dict, event: tuple[str, dict | None] | None):
+        """A vote's writes: move the session on from p["at"], insert the vote and the end event,
+        mark the next trial shown; returns that trial's row (None when the session ended).
+        Raises _Lost when a concurrent vote moved the session on first (nothing is written)."""
+        if self._one_statement:
+            kind, payload = event or (None, None)
+            r = db.execute(_RECORD, {**p, "study": self.cfg.id, "event": kind, "event_payload": payload}).first()
+            if r is None:
+                raise _Lost()
+            return r if r.id is not None else None
+        # The unique trial_id is checked here, before the session moves on.
+        db.execute(_INSERT_VOTE, {**{f: p[f] for f in ("trial_id", "choice", "server_ms", "client_ms", "client")},
+                                  "session_id": p["sid"], "created_at": p["now"]})
+        if event:
+            _event(db, self.cfg.id, p["sid"], *event)
+        if db.execute(_MOVE_ON, p).rowcount != 1:
+            raise _Lost()
+        if p["new_status"] != "active":
+            return None
+        return db.execute(_SHOW_FRESH, {"sid": p["sid"], "at": p["to"], "now": p["now"]}).one()
 
     def log_event(self, token: str, kind: str, payload: dict | None = None) -> None:
         """Client telemetry (zoom, pan, focus changes, ...): appended, never interpreted here."""
@@ -648,6 +696,14 @@ def _event(db, study_id: str, session_id: int | None, kind: str, payload: dict |
 
 def _same_submission(s: Session, who: Participant) -> bool:
     return (s.platform_study_id, s.platform_session_id) == (who.platform_study_id, who.platform_session_id)
+
+
+class _Lost(Conflict):
+    """A vote's write found its session moved on by a concurrent vote (nothing was written):
+    retried once, and answered 409 if it happens again."""
+
+    def __init__(self):
+        super().__init__("the session moved on meanwhile: reload")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,6 @@
 """The study service on SQLite and PostgreSQL: the session life, resuming, limits, integrity."""
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -305,3 +307,26 @@ def test_sqlite_wal_is_checkpointed_in_the_background(tmp_path, study_file):
             break
         time.sleep(0.2)
     assert n == 10
+
+
+def test_racing_votes_on_one_trial_store_one(db_url, study_file):
+    """Votes on one trial at once (a double click, two tabs): one is stored, every answer names
+    it, the session moves on by one trial. On PostgreSQL a vote reads without a lock: the
+    write's guard decides, and the losers answer as for a resubmission."""
+    svc = StudyService.open(study_file, db_url, seed=1)
+    for n in range(4):
+        st = start(svc, f"racer{n}")
+        barrier = threading.Barrier(8)
+
+        def cast(i):
+            barrier.wait()
+            return svc.vote(st.token, st.trial.id, ("left", "right")[i % 2])
+
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(cast, range(8)))
+        stored = count(svc, Vote, Vote.trial_id == st.trial.id)
+        assert stored == 1 and sum(not r.replayed for r in results) == 1
+        assert len({r.choice for r in results}) == 1
+        assert all(r.state.index == 1 and r.state.trial.index == 1 for r in results)
+        with svc.Session() as db:
+            assert db.scalar(select(Session.next_index).where(Session.token == st.token)) == 1

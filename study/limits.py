@@ -147,37 +147,21 @@ class Guard:
             wait = self._rate_limit(scope)
             if wait:
                 seconds = max(1, math.ceil(wait))
-                return await _answer(send, 429, f"too many requests: retry in {seconds} s",
+                return await answer(send, 429, f"too many requests: retry in {seconds} s",
                                      [(b"retry-after", str(seconds).encode())])
         if scope["method"] not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
         limit = self.limits.max_body_bytes
-        declared = _header(scope, b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            return await _too_large(send, limit)
-        body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            if len(body) > limit:
-                return await _too_large(send, limit)
-            if not message.get("more_body"):
-                break
+        try:
+            body = await read_body(scope, receive, limit)
+        except BodyTooLarge:
+            return await too_large(send, limit)
+        if body is None:
+            return      # the client left
         problem = json_shape_problem(bytes(body), self.limits.max_json_depth, self.limits.max_json_values)
         if problem:
-            return await _answer(send, 422, problem)
-        replayed = False
-
-        async def replay():
-            nonlocal replayed
-            if replayed:
-                return await receive()      # after the body: the disconnect, when it comes
-            replayed = True
-            return {"type": "http.request", "body": bytes(body), "more_body": False}
-
-        return await self.app(scope, replay, send)
+            return await answer(send, 422, problem)
+        return await self.app(scope, replay(body, receive), send)
 
     def _rate_limit(self, scope) -> float:
         """Seconds until this request would be allowed; 0: it is, and it was counted."""
@@ -185,12 +169,12 @@ class Guard:
             return 0.0
         path = _route_path(scope)
         if path == "/sessions":
-            names = (("start_per_address", _client_address(scope, self.limits.trust_forwarded_for)),
+            names = (("start_per_address", client_address(scope, self.limits.trust_forwarded_for)),
                      ("start_overall", ""))
         elif m := _SESSION_ROUTE.match(path):
             what = "vote" if m["what"] == "votes" else "event"
             names = ((f"{what}_per_session", m["token"]),
-                     (f"{what}_per_address", _client_address(scope, self.limits.trust_forwarded_for)))
+                     (f"{what}_per_address", client_address(scope, self.limits.trust_forwarded_for)))
         else:
             return 0.0
         # Narrowest first; a refused request is not charged to the wider buckets, so a client
@@ -202,34 +186,72 @@ class Guard:
         return 0.0
 
 
+class BodyTooLarge(Exception):
+    """The request's body is, or says it is, over the limit."""
+
+
+async def read_body(scope, receive, limit: int) -> bytes | None:
+    """The whole body of an ASGI request, read no further than `limit` bytes (BodyTooLarge past
+    that, or at once when Content-Length says so); None when the client leaves first."""
+    declared = header(scope, b"content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise BodyTooLarge
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        body += message.get("body", b"")
+        if len(body) > limit:
+            raise BodyTooLarge
+        if not message.get("more_body"):
+            return bytes(body)
+
+
+def replay(body: bytes, receive):
+    """An ASGI `receive` that hands the application the body read already, then the client's
+    next message (its disconnect, when it comes)."""
+    replayed = False
+
+    async def receive_again():
+        nonlocal replayed
+        if replayed:
+            return await receive()
+        replayed = True
+        return {"type": "http.request", "body": body, "more_body": False}
+    return receive_again
+
+
 def _route_path(scope) -> str:
     """The path below the application's mount point."""
     path, root = scope["path"], scope.get("root_path", "")
     return path[len(root):] if root and path.startswith(root) else path
 
 
-def _header(scope, name: bytes) -> str | None:
+def header(scope, name: bytes) -> str | None:
+    """The value of request header `name` (lower-case bytes), or None."""
     for key, value in scope["headers"]:
         if key == name:
             return value.decode("latin-1").strip()
     return None
 
 
-def _client_address(scope, trust_forwarded_for: bool) -> str:
+def client_address(scope, trust_forwarded_for: bool) -> str:
+    """The first X-Forwarded-For entry (behind a proxy that sets it), else the socket's address."""
     if trust_forwarded_for:
-        forwarded = _header(scope, b"x-forwarded-for")
+        forwarded = header(scope, b"x-forwarded-for")
         if forwarded:
             return forwarded.split(",")[0].strip()[:64]
     client = scope.get("client")
     return client[0] if client else ""
 
 
-async def _too_large(send, limit: int):
+async def too_large(send, limit: int):
     # The rest of the body is never read: the connection cannot carry another request.
-    await _answer(send, 413, f"the body is larger than {limit // 1024} KB", [(b"connection", b"close")])
+    await answer(send, 413, f"the body is larger than {limit // 1024} KB", [(b"connection", b"close")])
 
 
-async def _answer(send, status: int, detail: str, headers: list | None = None):
+async def answer(send, status: int, detail: str, headers: list | None = None):
     body = orjson.dumps({"detail": detail})
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),

@@ -16,6 +16,7 @@ from ui.admin_tab import build_admin_tab
 from ui.compress_tab import build_compress_tab
 from ui.context import AppContext
 from ui.decode_tab import build_decode_tab
+from ui.guard import GradioGuard
 from ui.rater_page import PATH as RATER_PATH, add_rater_page
 from ui.results_tab import build_results_tab
 from ui.settings import ROOT, Settings, load_settings
@@ -78,6 +79,9 @@ def build_app(settings: Settings) -> tuple[FastAPI, gr.Blocks]:
     # mount_gradio_app leaves it False, which skips gradio's check that an input file was uploaded
     # (any server path posted as a file would be copied in and handed to the handler).
     blocks.has_launched = True
+    # Gradio reads whole bodies and queues any event for anyone: bound both (ui.guard).
+    app.add_middleware(GradioGuard, max_upload_mb=settings.max_upload_mb, joins_at_once=settings.client_queue_burst,
+                       joins_per_minute=settings.client_queue_per_minute)
     app.state.ctx = ctx
     return app, blocks
 

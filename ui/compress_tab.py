@@ -196,12 +196,15 @@ def build_compress_tab(ctx: AppContext, examples: list[str]) -> None:
     run.click(lambda: None, None, trajectory, queue=False, api_visibility="private")  # no stale trajectory
     compressed = run.click(compress, [image_in, bpp, methods], outputs, api_name="compress", concurrency_id="model",
                            concurrency_limit=limit)
-    compressed.success(update_crops, crop_inputs, [overview, crops], api_visibility="private")
+    # Crops are a few Pillow calls on images already made: outside the queue, so dragging a
+    # slider takes no queue place (and no share of a visitor's queue joins, ui.guard).
+    light = {"api_visibility": "private", "queue": False}
+    compressed.success(update_crops, crop_inputs, [overview, crops], **light)
     compressed.success(trajectory_of, bitstream_file, trajectory, api_name="trajectory", concurrency_id="model",
                        concurrency_limit=limit)
     for event in (crop_x.release, crop_y.release, crop_size.change):
-        event(update_crops, crop_inputs, [overview, crops], api_visibility="private")
-    overview.select(click_crop, [shown, crop_size], [crop_x, crop_y, overview, crops], api_visibility="private")
+        event(update_crops, crop_inputs, [overview, crops], **light)
+    overview.select(click_crop, [shown, crop_size], [crop_x, crop_y, overview, crops], **light)
     # API only (no button in the page): the same inputs, the gallery and the table.
     gr.Button(visible=False).click(
         baselines, [image_in, bpp, methods], [gallery, table], api_name="baselines", concurrency_id="model",

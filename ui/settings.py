@@ -31,6 +31,8 @@ class Settings:
     max_pixels: int = DEFAULT_MAX_PIXELS  # the padded area (multiples of 64) of an image or a bitstream
     max_steps: int = DEFAULT_MAX_STEPS  # denoising steps a bitstream may ask for
     queue_size: int = 16
+    client_queue_burst: int = 6  # queue joins one client address may make at once (ui/guard.py) ...
+    client_queue_per_minute: float = 30.0  # ... and then per minute
     concurrency: int = 1  # simultaneous model runs (encode/decode), the rest wait in the queue
     worker: bool = True  # the model in a process of its own (codec/isolated.py); off where `spaces` is installed
     worker_memory_mb: int = 12288  # the model process's RLIMIT_DATA
@@ -63,6 +65,8 @@ ENV_VARS = {
     "max_pixels": "APP_MAX_PIXELS",
     "max_steps": "APP_MAX_STEPS",
     "queue_size": "APP_QUEUE_SIZE",
+    "client_queue_burst": "APP_CLIENT_QUEUE_BURST",
+    "client_queue_per_minute": "APP_CLIENT_QUEUE_PER_MINUTE",
     "concurrency": "APP_CONCURRENCY",
     "worker": "APP_WORKER",
     "worker_memory_mb": "APP_WORKER_MEMORY_MB",

@@ -92,7 +92,8 @@ def _serve(study_file: Path, tmp: Path):
     env = dict(os.environ, APP_BACKBONE="tiny", APP_MODE="analytic", APP_STUDY_FILE=str(study_file),
                DATABASE_URL=url, RESULTS_DIR=str(tmp / "results"), GRADIO_TEMP_DIR=str(tmp / "gradio"),
                GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port), GRADIO_ANALYTICS_ENABLED="False",
-               HF_HUB_OFFLINE="1", ADMIN_TOKEN=ADMIN_TOKEN)
+               HF_HUB_OFFLINE="1", ADMIN_TOKEN=ADMIN_TOKEN,
+               APP_CLIENT_QUEUE_BURST="1000")  # these tests call the queue as fast as it answers
     with open(tmp / "server.log", "w") as log:
         proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         base = f"http://127.0.0.1:{port}"

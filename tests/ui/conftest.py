@@ -45,6 +45,8 @@ def server(tmp_path_factory):
         HF_HUB_OFFLINE="1", ADMIN_TOKEN=ADMIN_TOKEN,
         # These tests vote as fast as they can; the study API's rate limits have tests of their own.
         STUDY_LIMIT_VOTE_PER_SESSION="1000/1000",
+        # Likewise the queue: tests/ui/test_ui_guard.py tests the per-client limit itself.
+        APP_CLIENT_QUEUE_BURST="1000",
     )
     log = open(tmp / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -17,7 +17,13 @@ fi
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -r requirements-dev.txt
 
-# A throwaway PostgreSQL server for the study tests (tests/conftest.py reads TEST_POSTGRES_URL).
+# A throwaway PostgreSQL server for the database tests (tests/study/conftest.py reads
+# TEST_POSTGRES_URL): its own data folder and a free port, so checkouts never share one, and
+# stopped and removed when the tests end.
+PGTEST_DATA=$(mktemp -d /tmp/codec-pgtest.XXXXXX)
+PGTEST_PORT=$(.venv/bin/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+export PGTEST_DATA PGTEST_PORT
+trap 'bash scripts/start_postgres.sh --stop >/dev/null; rm -rf "$PGTEST_DATA"' EXIT
 eval "$(bash scripts/start_postgres.sh)"
 
 export GRADIO_ANALYTICS_ENABLED=False HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1

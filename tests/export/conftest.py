@@ -53,7 +53,7 @@ def fill(study_file: Path, url: str) -> StudyService:
     return svc
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def filled_db(request, export_study, tmp_path) -> str:
     """URL of a database holding the export study with every rater's votes."""
     url = f"sqlite:///{tmp_path / 'study.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")

@@ -1,16 +1,7 @@
-from pathlib import Path
-
 import pytest
 from PIL import Image
 
-PHOTOS = Path(__file__).resolve().parents[3] / "shared" / "data" / "photos"
-
-
-def photo(name: str, width: int | None = None) -> Image.Image:
-    im = Image.open(PHOTOS / f"{name}.png").convert("RGB")
-    if width:
-        im = im.resize((width, round(im.height * width / im.width)), Image.LANCZOS)
-    return im
+from tests.photos import photo
 
 
 @pytest.fixture(scope="session")

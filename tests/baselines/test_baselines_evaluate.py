@@ -15,7 +15,7 @@ from codec import baselines, evaluate
 from codec.adapter import LearnedAdapter
 from codec.backbone import build_tiny_backbone
 
-from .conftest import photo
+from tests.photos import photo
 
 REPO = Path(__file__).resolve().parents[2]
 TARGETS = (0.3, 0.6)

@@ -5,7 +5,7 @@ from codec import baselines
 from codec.backbone import build_tiny_backbone
 from codec.baselines import NAIVE_STEPS, NaiveCodec, NaivePriorMissing, encode_at_bpp, encode_at_quality
 
-from .conftest import photo
+from tests.photos import photo
 
 
 @pytest.fixture(scope="module")

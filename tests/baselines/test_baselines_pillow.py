@@ -8,7 +8,7 @@ from codec import baselines
 from codec.baselines import METHODS, decode, encode_at_bpp, encode_at_quality
 from codec.metrics import psnr
 
-from .conftest import photo
+from tests.photos import PHOTOS, photo
 
 
 def _check_real_decode(result, original):
@@ -72,7 +72,7 @@ def test_fast_settings_hit_the_target_and_say_so(bee, method):
 
 
 def test_metadata_is_not_counted():
-    with Image.open(baselines.Path(__file__).resolve().parents[3] / "shared/data/photos/cups.png") as f:
+    with Image.open(PHOTOS / "cups.png") as f:
         assert "icc_profile" in f.info
         with_icc = f.convert("RGB").crop((0, 0, 256, 160))
     assert "icc_profile" in with_icc.info

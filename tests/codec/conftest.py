@@ -8,14 +8,14 @@ from PIL import Image
 from codec.adapter import LearnedAdapter
 from codec.backbone import build_tiny_backbone
 from codec.codec import DiffusionCodec
+from tests.photos import photo as photo_named
 
-PHOTOS = __import__("pathlib").Path(__file__).resolve().parents[3] / "shared" / "data" / "photos"
 
 
 @pytest.fixture(scope="session")
 def photo() -> Image.Image:
     """A real photo crop with an odd size (not a multiple of 8 or 64)."""
-    return Image.open(PHOTOS / "kite.png").convert("RGB").crop((100, 60, 100 + 150, 60 + 101))
+    return photo_named("kite").crop((100, 60, 100 + 150, 60 + 101))
 
 
 def make_tiny_codec() -> DiffusionCodec:

@@ -72,6 +72,12 @@ class Platform:
     def completion_url(self, code: str) -> str | None:
         return self.redirect_url.format(code=code) if self.redirect_url else None
 
+    def code_for(self, status: str) -> str | None:
+        """The platform code of a session that ended as `status` (completed, screened_out or
+        declined), or None: the one the rater is shown and sent back with."""
+        return {"completed": self.completion_code, "screened_out": self.screenout_code,
+                "declined": self.no_consent_code}.get(status) or None
+
     def accepts(self, participant: str) -> bool:
         """Whether a rater who came from `participant` (prolific | mturk | anonymous) may take part."""
         if participant == "anonymous":

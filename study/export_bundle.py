@@ -120,9 +120,6 @@ def _payments(service, stats: pd.DataFrame | None, key: bytes) -> pd.DataFrame:
     The first two columns are what Prolific's bulk bonus takes (``<participant_id>,<amount>`` a
     line, once ``bonus`` is filled in); ``participant_id`` alone is its bulk-approve list, and
     ``submission_id`` the submission ids its API prefers. For MTurk: workerId, assignmentId, hitId."""
-    plat = service.cfg.platform
-    codes = {"completed": plat.completion_code, "screened_out": plat.screenout_code,
-             "no_consent": getattr(plat, "no_consent_code", "") or plat.screenout_code}
     last_vote = (select(Vote.session_id, func.count().label("n"), func.max(Vote.created_at).label("last"))
                  .group_by(Vote.session_id).subquery())
     q = (select(Rater.platform, Rater.external_id, Session.platform_session_id, Session.platform_study_id,
@@ -134,8 +131,8 @@ def _payments(service, stats: pd.DataFrame | None, key: bytes) -> pd.DataFrame:
             "started_at", "last_activity_at", "finished_at"]
     with service.Reader() as db:
         df = pd.DataFrame(db.execute(q).all(), columns=cols)
+    df["completion_code"] = [service.cfg.platform.code_for(s) or "" for s in df["status"]]   # as the rater saw it
     df["status"] = df["status"].map(lambda s: PAYMENT_STATUS.get(s, s))
-    df["completion_code"] = df["status"].map(codes).fillna("")
     df["votes"] = df["votes"].fillna(0).astype(int)
     df["last_activity_at"] = df["last_activity_at"].fillna(df["started_at"])
     df["bonus"] = ""

@@ -478,16 +478,14 @@ class StudyService:
 
     def _session_id(self, db, token: str) -> int:
         """The id of the session `token` (a Core query: `db` may be a Connection)."""
-        if not isinstance(token, str) or not 10 <= len(token) <= 64:
-            raise NotFound("unknown session")
+        _check_token(token)
         sid = db.execute(_SESSION_ID, {"token": token, "study": self.cfg.id}).scalar()
         if sid is None:
             raise NotFound("unknown session")
         return sid
 
     def _session(self, db, token: str, lock: bool = False) -> Session:
-        if not isinstance(token, str) or not 10 <= len(token) <= 64:
-            raise NotFound("unknown session")
+        _check_token(token)
         s = db.scalar(_SESSION_LOCKED if lock else _SESSION, {"token": token, "study": self.cfg.id})
         if s is None:
             raise NotFound("unknown session")
@@ -511,8 +509,7 @@ class StudyService:
         if s.status in ("consent", "active"):
             return SessionState(s.token, s.status, s.next_index, s.n_trials, trial, self.cfg.consent_version)
         cfg, plat = self.cfg, self.cfg.platform
-        code = {"completed": plat.completion_code, "screened_out": plat.screenout_code,
-                "declined": plat.no_consent_code}[s.status] or None
+        code = plat.code_for(s.status)
         reason = {"completed": f"You have answered all {s.n_trials} comparisons. Thank you!",
                   "screened_out": "The study ended early: in {} check trial{}, where one image is clearly damaged, "
                                   "the damaged image was chosen.".format(cfg.max_catch_failures,
@@ -692,6 +689,12 @@ class StudyService:
 def _event(db, study_id: str, session_id: int | None, kind: str, payload: dict | None = None) -> None:
     db.execute(insert(Event.__table__).values(study_id=study_id, session_id=session_id, kind=kind,
                                               payload=payload, created_at=utcnow()))
+
+
+def _check_token(token) -> None:
+    """NotFound for anything that cannot be a session token, before it reaches a query."""
+    if not isinstance(token, str) or not 10 <= len(token) <= 64:
+        raise NotFound("unknown session")
 
 
 def _same_submission(s: Session, who: Participant) -> bool:

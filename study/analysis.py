@@ -43,7 +43,7 @@ class Analysis:
     @property
     def primary(self) -> str:
         """The score the table is ordered and ranked by (as ratings.leaderboard)."""
-        return next(m for m in ("bt", "jod", "elo") if m in self.models)
+        return ratings.primary_model(self.models)
 
 
 def analyse(votes: pd.DataFrame, *, rules: dict | None = None, drop_excluded: bool = True,
@@ -64,7 +64,7 @@ def analyse(votes: pd.DataFrame, *, rules: dict | None = None, drop_excluded: bo
     if by == "rater" and scoring["rater"].nunique() < 2:
         raise ratings.VoteTableError("a bootstrap over raters needs votes from at least 2 raters")
     board = ratings.leaderboard(scoring, models=models, bootstrap=bootstrap, by=by, seed=seed, anchor=anchor)
-    primary = next(m for m in ("bt", "jod", "elo") if m in board.columns)
+    primary = ratings.primary_model(board.columns)
     board = _with_condition_extras(board, scoring)
     board["warning"] = unstable(board, primary)
     bitrate = None
@@ -127,7 +127,7 @@ def per_image(votes: pd.DataFrame, board: pd.DataFrame, model: str) -> tuple[pd.
 
     if "image" not in votes.columns or votes["image"].nunique() < 2:
         return pd.DataFrame(), pd.DataFrame()
-    y = votes["winner"].map({"a": 1.0, "b": 0.0, "tie": 0.5}).to_numpy()
+    y = ratings.outcome(votes)
     sides = pd.DataFrame({"image": np.r_[votes["image"], votes["image"]],
                           "condition": np.r_[votes["condition_a"], votes["condition_b"]],
                           "score": np.r_[y, 1.0 - y], "tie": np.r_[y, y] == 0.5})

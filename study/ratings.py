@@ -92,7 +92,7 @@ def conditions(votes: pd.DataFrame) -> list[str]:
     return sorted(pd.unique(both))
 
 
-def _outcome(votes: pd.DataFrame) -> np.ndarray:
+def outcome(votes: pd.DataFrame) -> np.ndarray:
     """1 if side a won, 0 if side b won, 0.5 for a tie."""
     return votes["winner"].map({"a": 1.0, "b": 0.0, "tie": 0.5}).to_numpy(dtype=float)
 
@@ -151,7 +151,7 @@ def _pair_tally(votes: pd.DataFrame, conds: list[str]) -> _Tally:
     index = {c: k for k, c in enumerate(conds)}
     ia = votes["condition_a"].map(index).to_numpy()
     ib = votes["condition_b"].map(index).to_numpy()
-    y = _outcome(votes)
+    y = outcome(votes)
     swap = ia > ib
     i, j = np.where(swap, ib, ia), np.where(swap, ia, ib)
     y = np.where(swap, 1.0 - y, y)
@@ -195,7 +195,7 @@ def wins_matrix(votes: pd.DataFrame, ties: str = "half") -> pd.DataFrame:
     if ties not in ("half", "exclude"):
         raise ValueError("ties must be 'half' or 'exclude'")
     conds = conditions(votes)
-    y = _outcome(votes)
+    y = outcome(votes)
     tie_value = 0.5 if ties == "half" else 0.0
     frame = pd.DataFrame({
         "i": np.r_[votes["condition_a"], votes["condition_b"]],
@@ -489,7 +489,7 @@ def elo(votes: pd.DataFrame, *, bootstrap: int = 1000, seed: int = 0, ci: float 
     index = {c: n for n, c in enumerate(conds)}
     ia = votes["condition_a"].map(index).to_numpy()
     ib = votes["condition_b"].map(index).to_numpy()
-    y = _outcome(votes)
+    y = outcome(votes)
     params = dict(k=k, base=base, scale=scale, init=init)
     if bootstrap <= 0:
         order = vote_order(votes)
@@ -642,7 +642,7 @@ def bitrate_controlled_bt(votes: pd.DataFrame, *, bootstrap: int = 1000, by: str
     ma = usable["method_a"].astype(str).map(index).to_numpy()
     mb = usable["method_b"].astype(str).map(index).to_numpy()
     x = np.round(np.log2(usable["bpp_a"].to_numpy(float) / usable["bpp_b"].to_numpy(float)), 9)
-    y = _outcome(usable)
+    y = outcome(usable)
     # One orientation per design row: lower method index first (equal methods: x >= 0).
     swap = (ma > mb) | ((ma == mb) & (x < 0))
     i, j = np.where(swap, mb, ma), np.where(swap, ma, mb)
@@ -730,7 +730,7 @@ def rank_ub(lo, hi) -> np.ndarray:
 
 def condition_summary(votes: pd.DataFrame) -> pd.DataFrame:
     """Per condition: method (from method_a/_b, else the condition), mean bpp, votes, win rate."""
-    y = _outcome(votes)
+    y = outcome(votes)
     sides = pd.DataFrame({
         "condition": np.r_[votes["condition_a"], votes["condition_b"]],
         "score": np.r_[y, 1.0 - y],
@@ -745,6 +745,11 @@ def condition_summary(votes: pd.DataFrame) -> pd.DataFrame:
         "votes": g.size(),
         "win_rate": g["score"].mean(),
     }).reset_index()
+
+
+def primary_model(models) -> str:
+    """The score a leaderboard of `models` is ordered and ranked by: the first of bt, jod, elo."""
+    return next(m for m in ("bt", "jod", "elo") if m in models)
 
 
 def leaderboard(votes: pd.DataFrame, *, models=("elo", "bt", "jod"), bootstrap: int = 1000, by: str | None = None,
@@ -766,7 +771,7 @@ def leaderboard(votes: pd.DataFrame, *, models=("elo", "bt", "jod"), bootstrap: 
         table = table.merge(bradley_terry(votes, **common, by=by or "vote", anchor=anchor, l2=l2), on="condition")
     if "jod" in models:
         table = table.merge(jod(votes, **common, by=by or "rater", anchor=anchor), on="condition")
-    primary = next(m for m in ("bt", "jod", "elo") if m in models)
+    primary = primary_model(models)
     table["rank_ub"] = rank_ub(table[f"{primary}_lo"], table[f"{primary}_hi"])
     table = table.sort_values(primary, ascending=False, kind="stable").reset_index(drop=True)
     columns = ["condition", "method", "bpp"] + [c for m in ("elo", "bt", "jod") if m in models

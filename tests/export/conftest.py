@@ -11,6 +11,7 @@ from study.models import Trial
 from study.service import Participant, StudyService
 from tests.study.conftest import make_study, postgres_url  # noqa: F401  (fixture)
 from tests.ui.conftest import client, server, study_votes  # noqa: F401  (fixtures)
+from tests.ui.conftest import running_app
 
 PLATFORM = "{kind: prolific, completion_code: C0MPL3TE, screenout_code: SCR33N, no_consent_code: N0C0NS3NT}"
 EXCLUSION = "exclusion: {max_catch_failure_rate: 0.5}\n"
@@ -78,42 +79,10 @@ def public_results_app(tmp_path_factory, export_study):
 
 
 def _serve(study_file: Path, tmp: Path):
-    import os
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    from tests.ui.conftest import ADMIN_TOKEN, ROOT, _free_port
-
     url = f"sqlite:///{tmp / 'study.db'}"
     fill(study_file, url).engine.dispose()
-    port = _free_port()
-    env = dict(os.environ, APP_BACKBONE="tiny", APP_MODE="analytic", APP_STUDY_FILE=str(study_file),
-               DATABASE_URL=url, RESULTS_DIR=str(tmp / "results"), GRADIO_TEMP_DIR=str(tmp / "gradio"),
-               GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port), GRADIO_ANALYTICS_ENABLED="False",
-               HF_HUB_OFFLINE="1", ADMIN_TOKEN=ADMIN_TOKEN,
-               APP_CLIENT_QUEUE_BURST="1000")  # these tests call the queue as fast as it answers
-    with open(tmp / "server.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.time() + 120
-            while True:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"app did not start:\n{(tmp / 'server.log').read_text()[-4000:]}")
-                try:
-                    with urllib.request.urlopen(base + "/health", timeout=2):
-                        break
-                except OSError:
-                    time.sleep(0.5)
-            yield base, url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    with running_app(tmp, APP_STUDY_FILE=str(study_file), DATABASE_URL=url) as (_, base):
+        yield base, url
 
 
 def _config(server: str) -> tuple[dict, dict]:

@@ -4,6 +4,7 @@ browser test of this folder."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -31,46 +32,52 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def running_app(tmp: Path, **env):
+    """`python app.py` with the tiny backbone on a free port of 127.0.0.1, the environment's
+    variables plus `env`, its log in tmp/server.log: yields (process, base URL) once /health
+    answers; its log is shown if it fails to start."""
+    port = _free_port()
+    env = dict(os.environ, APP_BACKBONE="tiny", APP_MODE="analytic", RESULTS_DIR=str(tmp / "results"),
+               GRADIO_TEMP_DIR=str(tmp / "gradio"), GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port),
+               GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", ADMIN_TOKEN=ADMIN_TOKEN,
+               # These tests call the queue as fast as it answers: test_ui_guard.py tests its limit.
+               APP_CLIENT_QUEUE_BURST="1000", **env)
+    url = f"http://127.0.0.1:{port}"
+    with open(tmp / "server.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + 120
+            while True:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"app did not start:\n{(tmp / 'server.log').read_text()[-4000:]}")
+                try:
+                    with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    time.sleep(0.5)
+            yield proc, url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
-    """Base URL of a running app; its log is printed if it fails to start."""
+    """Base URL of a running app serving the demo study (votes in a fresh SQLite file)."""
     tmp = tmp_path_factory.mktemp("app")
-    port = _free_port()
-    env = dict(
-        os.environ,
-        APP_BACKBONE="tiny", APP_MODE="analytic", APP_MAX_PIXELS=str(MAX_PIXELS), APP_MAX_UPLOAD_MB=str(MAX_UPLOAD_MB),
-        APP_QUEUE_SIZE=str(QUEUE_SIZE), APP_WORKER_MEMORY_MB=str(WORKER_MEMORY_MB),
-        APP_STUDY_FILE="assets/studies/demo.yaml", RESULTS_DIR=str(tmp / "results"), GRADIO_TEMP_DIR=str(tmp / "gradio"),
-        GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port), GRADIO_ANALYTICS_ENABLED="False",
-        HF_HUB_OFFLINE="1", ADMIN_TOKEN=ADMIN_TOKEN,
+    with running_app(
+        tmp, APP_MAX_PIXELS=str(MAX_PIXELS), APP_MAX_UPLOAD_MB=str(MAX_UPLOAD_MB), APP_QUEUE_SIZE=str(QUEUE_SIZE),
+        APP_WORKER_MEMORY_MB=str(WORKER_MEMORY_MB), APP_STUDY_FILE="assets/studies/demo.yaml",
         # These tests vote as fast as they can; the study API's rate limits have tests of their own.
         STUDY_LIMIT_VOTE_PER_SESSION="1000/1000",
-        # Likewise the queue: tests/ui/test_ui_guard.py tests the per-client limit itself.
-        APP_CLIENT_QUEUE_BURST="1000",
-    )
-    log = open(tmp / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    SERVER.update(pid=proc.pid, results=tmp / "results")
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    try:
-        while True:
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"app did not start:\n{(tmp / 'server.log').read_text()[-4000:]}")
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.5)
+    ) as (proc, url):
+        SERVER.update(pid=proc.pid, results=tmp / "results")
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.fixture(scope="session")

@@ -199,8 +199,9 @@ def describe(data: bytes, max_pixels: int | None = None, max_steps: int | None =
 # 1. Lengths: the encoder writes whole words, at least the 2 of its final state, and per symbol at
 #    most 52 bits of state (16 for the symbol, 4 for each of at most 9 bypass nibbles: one count and
 #    8 raw nibbles of a 32-bit value; in fact at most 7, see adapter._check_codable), one word per 32
-#    bits: at most 2 + 1.63 S words for S symbols. Any other length is refused, before anything is
-#    decoded or allocated.
+#    bits: at most 2 + 1.63 S words for S symbols. A length that is not whole words, or outside
+#    2 .. 2 + 2 S words (that bound with a margin: max_rans_payload_bytes), is refused before
+#    anything is decoded or allocated.
 # 2. Padding: the decoder gets the string followed by R words 0x80000000. Let b be the bit length of
 #    x. A refill from the padding raises b by exactly 32 (it happens when x < 2^31, and the word's top
 #    bit is set); a symbol lowers b by at most 16 (x' >= freq * (x >> 16), freq >= 1) and a 4-bit

@@ -136,6 +136,7 @@ class AppContext:
             except FileNotFoundError:
                 pass  # removed by a concurrent sweep
 
+
 def _local_or_id(settings: Settings, value: str | None) -> str | None:
     """A value naming an existing path relative to the repo root becomes that path; anything else
     (a hub id, "auto", "tiny", None) is passed through."""
@@ -143,7 +144,6 @@ def _local_or_id(settings: Settings, value: str | None) -> str | None:
         return None
     path = settings.resolve(value)
     return str(path) if path.exists() else value
-
 
 
 def _load_args(settings: Settings) -> dict:

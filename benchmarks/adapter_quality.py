@@ -24,10 +24,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from codec import images  # noqa: E402
-from codec.codec import DiffusionCodec  # noqa: E402
-from codec.denoise import denoise  # noqa: E402
-from codec.train import VALIDATION_PHOTOS  # noqa: E402
+from codec.core import images  # noqa: E402
+from codec.core.diffusion_codec import DiffusionCodec  # noqa: E402
+from codec.core.denoise import denoise  # noqa: E402
+from codec.data.photos import VALIDATION_PHOTOS  # noqa: E402
 
 PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos"
 

@@ -3,7 +3,7 @@ encode alone, the decode, and how many encodes the search took.
 
     python benchmarks/baselines_speed.py [--image PATH] [--bpp 0.1,0.2,0.4] [--backbone demo] [--fast]
 
-"naive" runs when the backbone loads and its prior is fitted (python -m codec.baselines fit-naive).
+"naive" runs when the backbone loads and its prior is fitted (python -m codec.evaluate.baselines fit-naive).
 Times are wall-clock seconds, the best of --repeat runs; the machine's load shows in them.
 """
 
@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from PIL import Image  # noqa: E402
 
-from codec import baselines  # noqa: E402
+from codec.evaluate import baselines  # noqa: E402
 
 DEFAULT_IMAGE = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos" / "creek.png"
 
@@ -38,7 +38,7 @@ def main() -> int:
     methods = list(baselines.METHODS)
     backbone = None
     if args.backbone != "none":
-        from codec.backbone import BackboneUnavailable, load_backbone
+        from codec.core.backbone import BackboneUnavailable, load_backbone
 
         try:
             backbone = load_backbone(args.backbone)

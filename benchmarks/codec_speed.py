@@ -21,7 +21,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from codec.codec import DiffusionCodec  # noqa: E402
+from codec.core.diffusion_codec import DiffusionCodec  # noqa: E402
 
 DEFAULT_IMAGE = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos" / "kite.png"
 

@@ -17,8 +17,10 @@ import torch
 from diffusers import UNet2DModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from codec.demo_models import DemoAutoencoder  # noqa: E402
-from codec.train import VALIDATION_PHOTOS, box_bicubic_reference, load_photos, msssim, psnr, vae_round_trip  # noqa: E402
+from codec.core.demo_models import DemoAutoencoder  # noqa: E402
+from codec.data.photos import VALIDATION_PHOTOS, load_photos  # noqa: E402
+from codec.evaluate.metrics import ms_ssim as msssim, psnr  # noqa: E402
+from codec.train.demo_backbone import box_bicubic_reference, vae_round_trip  # noqa: E402
 
 
 def best_time(fn, repeats: int) -> float:

@@ -10,9 +10,9 @@ import json
 import sys
 from pathlib import Path
 
-from codec.backbone import BackboneUnavailable
-from codec.bitstream import DEFAULT_MAX_PIXELS, DEFAULT_MAX_STEPS, MAX_STEPS_FIELD, BitstreamError
-from codec.images import ImageError
+from codec.core.backbone import BackboneUnavailable
+from codec.core.bitstream import DEFAULT_MAX_PIXELS, DEFAULT_MAX_STEPS, MAX_STEPS_FIELD, BitstreamError
+from codec.core.images import ImageError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,12 +72,12 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "info":
-            from codec.bitstream import describe
+            from codec.core.bitstream import describe
 
             print(json.dumps(describe(_read(args.input), args.max_pixels, args.max_steps), indent=2))
             return 0
 
-        from codec.codec import DiffusionCodec
+        from codec.core.diffusion_codec import DiffusionCodec
 
         codec = DiffusionCodec.load(args.backbone, args.adapter, getattr(args, "mode", None), device=args.device,
                                     max_pixels=args.max_pixels, max_steps=args.max_steps)

@@ -64,12 +64,12 @@ class _Coders:
     def __call__(self, image: Image.Image, method: str, bpp: float) -> tuple[Image.Image, bytes, float]:
         if method == "diffusion":
             if self._codec is None:
-                from codec.codec import DiffusionCodec
+                from codec.core.diffusion_codec import DiffusionCodec
                 self._codec = DiffusionCodec.load(backbone=self.cfg.codec_backbone,
                                                   adapter=self.cfg.codec_adapter, mode=self.cfg.codec_mode)
             res = self._codec.encode(image, target_bpp=bpp)
             return self._codec.decode(res.data).image.convert("RGB"), res.data, float(res.bpp)
-        from codec.baselines import encode_at_bpp
+        from codec.evaluate.baselines import encode_at_bpp
         r = encode_at_bpp(image, method, bpp)
         return r.image.convert("RGB"), r.data, float(r.bpp)
 

@@ -56,7 +56,7 @@ def _plain_upload_errors(ctx: AppContext, image: gr.Image) -> gr.Image:
         except gr.Error:
             raise
         except Exception:
-            from codec.images import NOT_AN_IMAGE, ImageError, load_image
+            from codec.core.images import NOT_AN_IMAGE, ImageError, load_image
 
             path = getattr(payload, "path", None)
             if not isinstance(path, str):  # e.g. a data: URL that is not an image
@@ -72,8 +72,8 @@ def _plain_upload_errors(ctx: AppContext, image: gr.Image) -> gr.Image:
 
 
 def baseline_choices() -> list[tuple[str, str]]:
-    """(label, key) pairs of the baseline codecs, in the order codec.baselines lists them."""
-    from codec.baselines import ALL_METHODS, LABELS
+    """(label, key) pairs of the baseline codecs, in the order codec.evaluate.baselines lists them."""
+    from codec.evaluate.baselines import ALL_METHODS, LABELS
 
     return [(LABELS[key], key) for key in ALL_METHODS]
 
@@ -83,7 +83,7 @@ def build_compress_tab(ctx: AppContext, examples: list[str]) -> None:
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=300):
             # image_mode=None: gradio hands over the uploaded file as it is (no decoding and
-            # re-saving before our size check); codec.images.load_image converts it.
+            # re-saving before our size check); codec.core.images.load_image converts it.
             image_in = _plain_upload_errors(ctx, gr.Image(
                 label="Image", type="filepath", sources=["upload", "clipboard"], height=300, elem_id="compress-input",
                 image_mode=None,
@@ -227,7 +227,7 @@ def _compare(ctx: AppContext, original, ours: Entry | None, methods, bpp, progre
     the naive latent baseline uses the backbone, which already uses every core, so it runs on its
     own (in the model process). A baseline that cannot run here (no fitted naive prior for this
     backbone) becomes a note."""
-    from codec.baselines import NaivePriorMissing, encode_at_bpp
+    from codec.evaluate.baselines import NaivePriorMissing, encode_at_bpp
 
     def one(method: str) -> Entry:
         try:
@@ -235,7 +235,7 @@ def _compare(ctx: AppContext, original, ours: Entry | None, methods, bpp, progre
                  else encode_at_bpp(original, method, bpp))
         except NaivePriorMissing:
             return Entry(short_label(method), 0, float("nan"), None, 0.0, 0.0, "unavailable: no fitted prior for "
-                         "this backbone (python -m codec.baselines fit-naive)")
+                         "this backbone (python -m codec.evaluate.baselines fit-naive)")
         note = "" if b.reached else "cannot go this low: its smallest file"
         return _scored(original, Entry(short_label(method), len(b.data), b.bpp, b.image, b.encode_s, b.decode_s, note))
 
@@ -254,7 +254,7 @@ def _compare(ctx: AppContext, original, ours: Entry | None, methods, bpp, progre
 
 
 def _scored(original: Image.Image, entry: Entry) -> Entry:
-    from codec.metrics import MetricUndefined, ms_ssim, psnr
+    from codec.evaluate.metrics import MetricUndefined, ms_ssim, psnr
 
     entry.psnr = psnr(original, entry.image)
     try:
@@ -266,7 +266,7 @@ def _scored(original: Image.Image, entry: Entry) -> Entry:
 
 def short_label(method: str) -> str:
     """"HEVC-intra (HEIC, x265)" -> "HEVC-intra": the name without its details, for captions and the table."""
-    from codec.baselines import LABELS
+    from codec.evaluate.baselines import LABELS
 
     return LABELS[method].split(" (")[0]
 

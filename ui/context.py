@@ -3,7 +3,7 @@ scratch folder for the files the app hands out.
 
 The codec is loaded on first use (or by `warm_up()` in a background thread at start-up), so the
 server answers within a second even while a large backbone is still loading. It lives in a model
-process of its own (codec/isolated.py, setting `worker`): a visitor's file that crashes the
+process of its own (codec/core/isolated.py, setting `worker`): a visitor's file that crashes the
 decoder, or a decode over the time or memory limit, ends that process, not the server, the study
 API or anyone's votes; the next request gets a fresh one. Every model call goes through `run`.
 """
@@ -37,7 +37,7 @@ class AppContext:
     def __init__(self, settings: Settings, study=None):
         self.settings = settings
         self.study = study  # study.service.StudyService, or None when no study is configured
-        self.worker = _model_process(settings)  # codec.isolated.Isolated, or None: the codec runs here
+        self.worker = _model_process(settings)  # codec.core.isolated.Isolated, or None: the codec runs here
         self._codec = None  # the DiffusionCodec, when it runs in this process
         self._notice: str | None = None
         self._codec_error: Exception | None = None
@@ -64,7 +64,7 @@ class AppContext:
         kwargs = {} if progress is None else {"progress": progress}
         if self.worker is None:
             return fn(self._codec, *args, **kwargs)
-        from codec.isolated import WorkerError
+        from codec.core.isolated import WorkerError
 
         try:
             return self.worker.call(fn, *args, **kwargs)
@@ -160,7 +160,7 @@ def _model_process(settings: Settings):
     if importlib.util.find_spec("spaces") is not None:
         log.info("ZeroGPU (spaces installed): the model runs in the server process, not in a worker")
         return None
-    from codec.isolated import Isolated
+    from codec.core.isolated import Isolated
 
     return Isolated(functools.partial(worker.load_codec, **_load_args(settings)), memory_mb=settings.worker_memory_mb,
                     timeout_s=settings.worker_timeout_s, name="model")

@@ -30,10 +30,10 @@ def without_paths(text: str) -> str:
 def friendly_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from codec.backbone import BackboneUnavailable
-        from codec.bitstream import BitstreamError
-        from codec.images import ImageError
-        from codec.isolated import WorkerError
+        from codec.core.backbone import BackboneUnavailable
+        from codec.core.bitstream import BitstreamError
+        from codec.core.images import ImageError
+        from codec.core.isolated import WorkerError
 
         try:
             return fn(*args, **kwargs)

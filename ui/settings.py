@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from codec.bitstream import DEFAULT_MAX_PIXELS, DEFAULT_MAX_STEPS
+from codec.core.bitstream import DEFAULT_MAX_PIXELS, DEFAULT_MAX_STEPS
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_FILE = ROOT / "Space.yaml"
@@ -34,7 +34,7 @@ class Settings:
     client_queue_burst: int = 6  # queue joins one client address may make at once (ui/guard.py) ...
     client_queue_per_minute: float = 30.0  # ... and then per minute
     concurrency: int = 1  # simultaneous model runs (encode/decode), the rest wait in the queue
-    worker: bool = True  # the model in a process of its own (codec/isolated.py); off where `spaces` is installed
+    worker: bool = True  # the model in a process of its own (codec/core/isolated.py); off where `spaces` is installed
     worker_memory_mb: int = 12288  # the model process's RLIMIT_DATA
     worker_timeout_s: float = 300.0  # longest model call (one encode, decode or trajectory)
     admin_token_env: str = "ADMIN_TOKEN"  # name of the variable that holds the admin token

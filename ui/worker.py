@@ -1,7 +1,7 @@
 """The model work of the Compress and Decode tabs: functions of the DiffusionCodec.
 
 `AppContext.run(fn, ...)` calls each with the codec as first argument, in the model process
-(codec/isolated.py) or, with the worker off, in the server itself, where `spaces.GPU` (ZeroGPU)
+(codec/core/isolated.py) or, with the worker off, in the server itself, where `spaces.GPU` (ZeroGPU)
 gives them the GPU. This module imports no gradio, so the model process loads only the codec.
 """
 
@@ -21,7 +21,7 @@ def gpu(fn):
 
 def load_codec(backbone: str | None, adapter: str | None, mode: str, device: str | None, max_pixels: int,
                max_steps: int):
-    from codec.codec import DiffusionCodec
+    from codec.core.diffusion_codec import DiffusionCodec
 
     return DiffusionCodec.load(
         backbone=backbone, adapter=adapter, mode=None if mode == "auto" else mode, device=device,
@@ -38,7 +38,7 @@ def notice(codec) -> str:
 def load_upload(codec, path: str):
     """A visitor's image file as RGB, within the codec's pixel limit: decoded here, because image
     decoders (libpng, libjpeg, libheif, libavif...) are native code fed by a stranger too."""
-    from codec.images import load_image
+    from codec.core.images import load_image
 
     return load_image(path, max_pixels=codec.max_pixels)
 
@@ -74,7 +74,7 @@ def decode(codec, data: bytes):
 
 @gpu
 def naive_baseline(codec, image, target_bpp: float):
-    """Naive latent quantization with this codec's backbone (codec.baselines)."""
-    from codec.baselines import encode_at_bpp
+    """Naive latent quantization with this codec's backbone (codec.evaluate.baselines)."""
+    from codec.evaluate.baselines import encode_at_bpp
 
     return encode_at_bpp(image, "naive", target_bpp, backbone=codec.backbone)

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from codec.evaluate import bd_quality, bd_rate, msssim_db
+from codec.evaluate.bdrate import bd_quality, bd_rate, msssim_db
 
 
 def test_same_quality_at_70_percent_of_the_rate_is_minus_30_percent():

@@ -11,9 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from codec import baselines, evaluate
-from codec.adapter import LearnedAdapter
-from codec.backbone import build_tiny_backbone
+from codec.evaluate import baselines
+from codec.evaluate import run as evaluate
+from codec.core.adapter import LearnedAdapter
+from codec.core.backbone import build_tiny_backbone
 
 from tests.photos import photo
 

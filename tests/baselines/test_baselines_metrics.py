@@ -4,8 +4,8 @@ import torch
 from PIL import Image
 from pytorch_msssim import ms_ssim as reference_ms_ssim
 
-from codec import metrics
-from codec.metrics import MetricUnavailable, ms_ssim, msssim_scales, psnr
+from codec.evaluate import metrics
+from codec.evaluate.metrics import MetricUnavailable, ms_ssim, msssim_scales, psnr
 
 C1 = (0.01 * 255) ** 2
 

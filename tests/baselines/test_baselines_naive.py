@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from codec import baselines
-from codec.backbone import build_tiny_backbone
-from codec.baselines import NAIVE_STEPS, NaiveCodec, NaivePriorMissing, encode_at_bpp, encode_at_quality
+from codec.evaluate import baselines
+from codec.core.backbone import build_tiny_backbone
+from codec.evaluate.baselines import NAIVE_STEPS, NaiveCodec, NaivePriorMissing, encode_at_bpp, encode_at_quality
 
 from tests.photos import photo
 

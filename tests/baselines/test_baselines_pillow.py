@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from codec import baselines
-from codec.baselines import METHODS, decode, encode_at_bpp, encode_at_quality
-from codec.metrics import psnr
+from codec.evaluate import baselines
+from codec.evaluate.baselines import METHODS, decode, encode_at_bpp, encode_at_quality
+from codec.evaluate.metrics import psnr
 
 from tests.photos import PHOTOS, photo
 

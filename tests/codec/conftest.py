@@ -5,9 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
-from codec.adapter import LearnedAdapter
-from codec.backbone import build_tiny_backbone
-from codec.codec import DiffusionCodec
+from codec.core.adapter import LearnedAdapter
+from codec.core.backbone import build_tiny_backbone
+from codec.core.diffusion_codec import DiffusionCodec
 from tests.photos import photo as photo_named
 
 

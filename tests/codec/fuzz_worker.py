@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from codec.bitstream import BitstreamError, padded_size, parse
+from codec.core.bitstream import BitstreamError, padded_size, parse
 from tests.codec.conftest import make_tiny_codec
 
 FULL_DECODE_PIXELS = 128 * 128  # padded area up to which a case also runs the tiny UNet and VAE (cheap)

@@ -10,9 +10,9 @@ import textwrap
 import pytest
 import torch
 
-from codec import backbone as backbone_module
-from codec.backbone import CONDITIONING_FILE, BackboneUnavailable, build_tiny_backbone, load_backbone, tiny_components
-from codec.codec import DiffusionCodec
+from codec.core import backbone as backbone_module
+from codec.core.backbone import CONDITIONING_FILE, BackboneUnavailable, build_tiny_backbone, load_backbone, tiny_components
+from codec.core.diffusion_codec import DiffusionCodec
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
 
@@ -80,7 +80,7 @@ def _run_offline(code: str, hf_home, cache_dir) -> subprocess.CompletedProcess:
 def test_hub_id_loads_from_the_local_cache_with_the_hub_offline(tiny_folder, tmp_path):
     _hub_cache(tiny_folder, tmp_path / "hf")
     run = _run_offline("""
-        from codec.backbone import load_backbone
+        from codec.core.backbone import load_backbone
         b = load_backbone("test-org/tiny-sd")
         print(b.name, b.fingerprint.hex(), tuple(b.conditioning.shape))
     """, tmp_path / "hf", tmp_path / "codec-cache")
@@ -94,7 +94,7 @@ def test_hub_id_loads_from_the_local_cache_with_the_hub_offline(tiny_folder, tmp
 
 def test_missing_hub_model_offline_gives_one_clear_message(tmp_path):
     run = _run_offline("""
-        from codec.backbone import BackboneUnavailable, load_backbone
+        from codec.core.backbone import BackboneUnavailable, load_backbone
         try:
             load_backbone("test-org/not-downloaded")
         except BackboneUnavailable as exc:

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from codec.bitstream import FINGERPRINT_BYTES, MAGIC, BitstreamError, Header, _varint, pack, parse
+from codec.core.bitstream import FINGERPRINT_BYTES, MAGIC, BitstreamError, Header, _varint, pack, parse
 
 CASES = 2000 if os.environ.get("CI") else 300
 FUZZ = settings(max_examples=CASES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from codec.bitstream import (_FIXED, DEFAULT_MAX_PIXELS, MAGIC, MODES, VERSION, BitstreamError, Header, _varint, pack,
+from codec.core.bitstream import (_FIXED, DEFAULT_MAX_PIXELS, MAGIC, MODES, VERSION, BitstreamError, Header, _varint, pack,
                              padded_size, parse, payload_count)
 from tests.codec.fuzz_worker import Worker
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from codec.images import ImageError, crop, load_image, pad_to_multiple, to_tensor
+from codec.core.images import ImageError, crop, load_image, pad_to_multiple, to_tensor
 
 
 def _encode(im: Image.Image, fmt: str, **kw) -> bytes:

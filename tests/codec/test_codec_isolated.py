@@ -1,4 +1,4 @@
-"""codec.isolated: a model in a child process survives what would kill a server -- a segfault, an
+"""codec.core.isolated: a model in a child process survives what would kill a server -- a segfault, an
 allocation over the memory limit, a call that never ends -- and the next call gets a fresh child.
 
 The "model" here is a plain dict (the worker is generic over the model; the app's use with the
@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from codec.isolated import Isolated, WorkerDied, WorkerTimeout
+from codec.core.isolated import Isolated, WorkerDied, WorkerTimeout
 
 
 # -- what the child runs: fn(model, *args) -------------------------------------------------------
@@ -140,7 +140,7 @@ def test_a_failed_load_is_raised_to_the_caller():
 
 PARENT = """
 import functools, sys, time
-from codec.isolated import Isolated
+from codec.core.isolated import Isolated
 from tests.codec.test_codec_isolated import remember
 w = Isolated(functools.partial(dict))
 print(w.call(remember, "a", 1), flush=True)

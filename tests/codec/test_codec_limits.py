@@ -14,11 +14,11 @@ import torch
 from compressai.ans import RansDecoder
 from PIL import Image
 
-from codec import bitstream
-from codec.adapter import MAX_SYMBOL_MAGNITUDE
-from codec.bitstream import (DEFAULT_MAX_PIXELS, DEFAULT_MAX_STEPS, BitstreamError, Header, check_rans_payload,
+from codec.core import bitstream
+from codec.core.adapter import MAX_SYMBOL_MAGNITUDE
+from codec.core.bitstream import (DEFAULT_MAX_PIXELS, DEFAULT_MAX_STEPS, BitstreamError, Header, check_rans_payload,
                              max_rans_payload_bytes, pack, parse, rans_decoder_input)
-from codec.images import ImageError
+from codec.core.images import ImageError
 from tests.codec.fuzz_worker import Worker
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
@@ -161,7 +161,7 @@ def test_steps_are_bounded_by_t_and_by_max_steps(tiny_codec, photo):
     assert parse(data)[0].steps == DEFAULT_MAX_STEPS + 1  # a format-valid file: the limit is the decoder's setting
     with pytest.raises(ValueError, match="steps must be between 1 and 20"):
         tiny_codec.encode(photo, step=1.0, mode="analytic", steps=DEFAULT_MAX_STEPS + 1)
-    from codec.codec import DiffusionCodec
+    from codec.core.diffusion_codec import DiffusionCodec
 
     strict = DiffusionCodec(tiny_codec.backbone, mode="analytic", max_steps=1)
     result = strict.encode(photo, step=8.0)  # the backbone's default_steps (2) would exceed the setting

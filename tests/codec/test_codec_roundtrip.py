@@ -6,7 +6,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from codec.bitstream import BitstreamError, parse
+from codec.core.bitstream import BitstreamError, parse
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
 
@@ -74,8 +74,8 @@ def test_unreachable_target_returns_lowest_rate_honestly(tiny_codec, photo):
 
 
 def test_decoder_refuses_a_file_from_another_backbone(tiny_codec, photo):
-    from codec.backbone import build_tiny_backbone
-    from codec.codec import DiffusionCodec
+    from codec.core.backbone import build_tiny_backbone
+    from codec.core.diffusion_codec import DiffusionCodec
 
     other = DiffusionCodec(build_tiny_backbone(seed=1), mode="analytic")
     data = other.encode(photo, step=1.0).data
@@ -84,8 +84,8 @@ def test_decoder_refuses_a_file_from_another_backbone(tiny_codec, photo):
 
 
 def test_v_prediction_backbone_round_trip(photo):
-    from codec.backbone import build_tiny_backbone
-    from codec.codec import DiffusionCodec
+    from codec.core.backbone import build_tiny_backbone
+    from codec.core.diffusion_codec import DiffusionCodec
 
     codec = DiffusionCodec(build_tiny_backbone(prediction_type="v_prediction"), mode="analytic")
     result = codec.encode(photo, step=0.5)

@@ -9,8 +9,10 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, UNet2DModel
 from PIL import Image
 
-from codec import train
-from codec.demo_models import DemoAutoencoder
+from codec.core.demo_models import DemoAutoencoder
+from codec.data.photos import VALIDATION_PHOTOS, DataError, load_photos, split_photos
+from codec.evaluate.metrics import psnr
+from codec.train import demo_backbone as train
 
 TINY_VAE = dict(encoder_channels=16, encoder_blocks=1, decoder_channels=(16, 8, 8, 8), decoder_blocks=(1, 0, 0, 0))
 TINY = train.BackboneConfig(
@@ -49,7 +51,7 @@ def photo(seed: int, h: int = 192, w: int = 176) -> np.ndarray:
 def photo_folder(tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()
-    names = list(train.VALIDATION_PHOTOS) + ["train_a.png", "train_b.png"]
+    names = list(VALIDATION_PHOTOS) + ["train_a.png", "train_b.png"]
     for i, name in enumerate(names):
         Image.fromarray(photo(i)).save(folder / name)
     (folder / "SOURCES.json").write_text("{}")  # non-image files are ignored
@@ -110,7 +112,7 @@ def test_tiny_training_run_exports_loads_and_resumes(photo_folder, tmp_path):
         assert scheduler.config[key] == value, key
 
     # The scaling factor gives the training latents unit standard deviation.
-    photos = train.load_photos(photo_folder)
+    photos = load_photos(photo_folder)
     with torch.no_grad():
         z = torch.cat([vae.encode(train.to_tensor(photos[n])).latents.flatten() for n in ("train_a.png", "train_b.png")])
         assert (z * vae.config.scaling_factor).std() == pytest.approx(1.0, rel=1e-3)
@@ -119,15 +121,15 @@ def test_tiny_training_run_exports_loads_and_resumes(photo_folder, tmp_path):
     assert eps.shape == y.shape and torch.isfinite(eps).all()
 
     # A few steps must not wreck the starting point (the box/bicubic codec).
-    val = {n: photos[n] for n in train.VALIDATION_PHOTOS}
-    ours = np.mean([train.psnr(a, train.vae_round_trip(vae, a)) for a in val.values()])
-    ref = np.mean([train.psnr(a, train.box_bicubic_reference(a)) for a in val.values()])
+    val = {n: photos[n] for n in VALIDATION_PHOTOS}
+    ours = np.mean([psnr(a, train.vae_round_trip(vae, a)) for a in val.values()])
+    ref = np.mean([psnr(a, train.box_bicubic_reference(a)) for a in val.values()])
     assert ours > ref - 1.0
 
     vae_state, unet_state = torch.load(work / "vae.pt", weights_only=False), torch.load(work / "unet.pt", weights_only=False)
     assert vae_state["step"] > 0 and unet_state["step"] > 0
 
-    with pytest.raises(SystemExit, match="--resume"):
+    with pytest.raises(FileExistsError, match="--resume"):
         train.train_backbone(photo_folder, out, work, 0.02, 0.02, False, TINY)
 
     train.train_backbone(photo_folder, out, work, 0.02, 0.02, True, TINY)
@@ -138,5 +140,5 @@ def test_tiny_training_run_exports_loads_and_resumes(photo_folder, tmp_path):
 
 def test_validation_photos_must_be_present(tmp_path):
     Image.fromarray(photo(0)).save(tmp_path / "only.png")
-    with pytest.raises(SystemExit, match="validation photos missing"):
-        train.split_photos(train.load_photos(tmp_path))
+    with pytest.raises(DataError, match="validation photos missing"):
+        split_photos(load_photos(tmp_path))

@@ -124,8 +124,8 @@ def test_baselines_endpoint(client, small_png):
 def test_a_baseline_that_cannot_run_is_a_table_note(client, small_png):
     """The naive latent baseline needs a prior fitted for the backbone; without one the row says so
     and the other baselines still come back."""
-    from codec.backbone import build_tiny_backbone
-    from codec.baselines import NaivePriorMissing, load_naive_prior
+    from codec.core.backbone import build_tiny_backbone
+    from codec.evaluate.baselines import NaivePriorMissing, load_naive_prior
 
     try:
         load_naive_prior(build_tiny_backbone())
@@ -158,7 +158,7 @@ def test_broken_image_is_refused(client, tmp_path):
 
 @pytest.mark.parametrize("name", ["notes.txt", "notes.png", "notes"])
 def test_a_non_image_gets_the_command_lines_message(client, tmp_path, name):
-    from codec.images import NOT_AN_IMAGE
+    from codec.core.images import NOT_AN_IMAGE
 
     path = tmp_path / name
     path.write_text("hello, this is not an image\n" * 20)
@@ -168,7 +168,7 @@ def test_a_non_image_gets_the_command_lines_message(client, tmp_path, name):
 def test_a_non_image_data_url_gets_the_same_message(server):
     """A hand-made request (a data: URL instead of an upload) gets the message, not gradio's
     "Could not preprocess input component ..." report."""
-    from codec.images import NOT_AN_IMAGE
+    from codec.core.images import NOT_AN_IMAGE
 
     data = [{"url": "data:text/plain;base64,aGVsbG8=", "meta": {"_type": "gradio.FileData"}}, 0.1, ["jpeg"]]
     assert _called(server, "compress", data) == NOT_AN_IMAGE
@@ -242,8 +242,8 @@ def test_corrupt_bitstream_is_refused(client, compressed, tmp_path):
 
 def test_other_backbone_bitstream_is_refused(client, small_png, tmp_path):
     """A file made by another backbone (a tiny model with other weights) names the mismatch."""
-    from codec.backbone import build_tiny_backbone
-    from codec.codec import DiffusionCodec
+    from codec.core.backbone import build_tiny_backbone
+    from codec.core.diffusion_codec import DiffusionCodec
 
     other = DiffusionCodec(build_tiny_backbone(seed=1), mode="analytic")
     path = tmp_path / "other.dfcx"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from codec.bitstream import MAGIC
+from codec.core.bitstream import MAGIC
 from tests.ui.conftest import ROOT
 
 pytestmark = pytest.mark.browser

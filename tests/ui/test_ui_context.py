@@ -71,7 +71,7 @@ def test_messages_never_show_a_path(text, shown):
 FALLBACK = """
 from ui.context import AppContext
 from ui.settings import Settings
-import codec.backbone as backbone
+import codec.core.backbone as backbone
 backbone.SD_HUB_ID = "test-org/not-downloaded"
 ctx = AppContext(Settings(results_dir={results!r}, worker=False))
 ctx.run(lambda codec: None)

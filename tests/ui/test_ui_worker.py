@@ -1,4 +1,4 @@
-"""The model runs in a process of its own (codec/isolated.py): killing it in the middle of a visitor's
+"""The model runs in a process of its own (codec/core/isolated.py): killing it in the middle of a visitor's
 /decode costs that request only. The next /decode succeeds with the same image, /health answers,
 and the study's votes -- the ones already stored and one cast while the model process is down --
 are all there."""
@@ -24,7 +24,7 @@ from tests.ui.conftest import SERVER, WORKER_MEMORY_MB
 
 def _model_process() -> psutil.Process:
     server = psutil.Process(SERVER["pid"])
-    workers = [p for p in server.children() if "codec.isolated" in " ".join(p.cmdline())]
+    workers = [p for p in server.children() if "codec.core.isolated" in " ".join(p.cmdline())]
     assert len(workers) == 1, [p.cmdline() for p in server.children()]
     return workers[0]
 

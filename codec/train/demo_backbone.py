@@ -13,14 +13,12 @@ into the work folder, and re-exports the diffusers folder when validation improv
 always holds the best weights so far.
 """
 
-import argparse
 import copy
 import hashlib
 import logging
 import math
 import os
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,12 +28,11 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, UNet2DModel
 from PIL import Image
-from pytorch_msssim import ms_ssim
+from pytorch_msssim import ms_ssim as differentiable_ms_ssim
 
-from codec.demo_models import DOWNSCALE, DemoAutoencoder
-
-# Held out for validation, never trained on (also listed in assets/models/demo/MODEL_CARD.md).
-VALIDATION_PHOTOS = ("astronaut.png", "bee.png", "blinds.png", "creek.png", "kite.png", "wine.png")
+from codec.core.demo_models import DOWNSCALE, DemoAutoencoder
+from codec.data.photos import load_photos, split_photos
+from codec.evaluate.metrics import ms_ssim, psnr
 
 # Stable Diffusion's noise schedule, as a DDIM config the codec can load unchanged.
 SD_SCHEDULE = dict(
@@ -86,28 +83,6 @@ class BackboneConfig:
 # Data
 
 
-def load_photos(folder: Path) -> dict[str, np.ndarray]:
-    """All PNG/JPEG photos of a folder as RGB uint8 arrays cropped to multiples of 8."""
-    photos = {}
-    for path in sorted(Path(folder).iterdir()):
-        if path.suffix.lower() not in (".png", ".jpg", ".jpeg"):
-            continue
-        arr = np.asarray(Image.open(path).convert("RGB"))
-        h, w = arr.shape[0] // DOWNSCALE * DOWNSCALE, arr.shape[1] // DOWNSCALE * DOWNSCALE
-        photos[path.name] = arr[:h, :w]
-    return photos
-
-
-def split_photos(photos: dict[str, np.ndarray]) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
-    missing = [name for name in VALIDATION_PHOTOS if name not in photos]
-    if missing:
-        raise SystemExit(f"validation photos missing from the data folder: {', '.join(missing)}")
-    train = [arr for name, arr in photos.items() if name not in VALIDATION_PHOTOS]
-    if not train:
-        raise SystemExit("no training photos left after holding out the validation photos")
-    return train, {name: photos[name] for name in VALIDATION_PHOTOS}
-
-
 def to_tensor(arr: np.ndarray) -> torch.Tensor:
     """H x W x 3 uint8 -> 1 x 3 x H x W float in [-1, 1]."""
     return torch.from_numpy(np.array(arr)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
@@ -129,16 +104,6 @@ def box_bicubic_reference(arr: np.ndarray) -> np.ndarray:
     img = Image.fromarray(arr)
     small = img.resize((img.width // DOWNSCALE, img.height // DOWNSCALE), Image.BOX)
     return np.asarray(small.resize(img.size, Image.BICUBIC))
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float(10 * np.log10(255.0**2 / max(mse, 1e-12)))
-
-
-def msssim(a: np.ndarray, b: np.ndarray) -> float:
-    ta, tb = (torch.from_numpy(np.array(v)).permute(2, 0, 1)[None].float() for v in (a, b))
-    return float(ms_ssim(ta, tb, data_range=255.0))
 
 
 @torch.no_grad()
@@ -195,7 +160,7 @@ class VaeTrainer:
         reference = [box_bicubic_reference(a) for a in val.values()]
         self.reference_text = "box/bicubic {:.2f} dB, MS-SSIM {:.4f}".format(
             np.mean([psnr(a, r) for a, r in zip(val.values(), reference)]),
-            np.mean([msssim(a, r) for a, r in zip(val.values(), reference)]),
+            np.mean([ms_ssim(a, r) for a, r in zip(val.values(), reference)]),
         )
 
     def train_step(self) -> float:
@@ -204,7 +169,7 @@ class VaeTrainer:
         x_hat = self.model.decode_unclamped(self.model.encode(x).latents)
         loss = F.mse_loss((x_hat + 1) / 2, (x + 1) / 2)
         if self.cfg.msssim_weight:
-            loss = loss + self.cfg.msssim_weight * (1 - ms_ssim((x_hat.clamp(-1, 1) + 1) / 2, (x + 1) / 2, data_range=1.0))
+            loss = loss + self.cfg.msssim_weight * (1 - differentiable_ms_ssim((x_hat.clamp(-1, 1) + 1) / 2, (x + 1) / 2, data_range=1.0))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -217,7 +182,7 @@ class VaeTrainer:
         self.model.eval()
         ours = [vae_round_trip(self.model, arr) for arr in self.val.values()]
         p_vae = np.mean([psnr(a, o) for a, o in zip(self.val.values(), ours)])
-        s_vae = np.mean([msssim(a, o) for a, o in zip(self.val.values(), ours)])
+        s_vae = np.mean([ms_ssim(a, o) for a, o in zip(self.val.values(), ours)])
         return p_vae, f"val PSNR {p_vae:.2f} dB, MS-SSIM {s_vae:.4f} ({self.reference_text})"
 
     @torch.no_grad()
@@ -375,7 +340,7 @@ def run_phase(trainer, until_s: float, eval_every_s: float) -> None:
 def train_backbone(data: Path, out: Path, work: Path, vae_minutes: float, unet_minutes: float, resume: bool, cfg: BackboneConfig) -> None:
     for name in ("vae.pt", "unet.pt"):
         if (work / name).exists() and not resume:
-            raise SystemExit(f"{work / name} exists: pass --resume to continue it, or choose another --work folder")
+            raise FileExistsError(f"{work / name} exists: pass --resume to continue it, or choose another --work folder")
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -396,40 +361,3 @@ def train_backbone(data: Path, out: Path, work: Path, vae_minutes: float, unet_m
 
 # ---------------------------------------------------------------------------------------------
 # Command line
-
-
-def setup_logging(log_file: Path) -> None:
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
-    for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(log_file)):
-        handler.setFormatter(fmt)
-        log.addHandler(handler)
-    log.setLevel(logging.INFO)
-
-
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m codec.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
-    from codec import train_adapter
-
-    train_adapter.add_parser(commands)
-    bb = commands.add_parser("backbone", help="train the bundled demo backbone (VAE + UNet) on a photo folder")
-    bb.add_argument("--data", type=Path, required=True, help="folder of photos (validation photos are held out)")
-    bb.add_argument("--out", type=Path, default=Path("assets/models/demo"), help="diffusers folder to export to")
-    bb.add_argument("--work", type=Path, default=Path("runs/demo"), help="checkpoints and progress.log")
-    bb.add_argument("--vae-minutes", type=float, default=60.0, help="total VAE training time (across resumes)")
-    bb.add_argument("--unet-minutes", type=float, default=40.0, help="total UNet training time (across resumes)")
-    bb.add_argument("--resume", action="store_true", help="continue from the checkpoints in --work")
-    bb.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    args = parser.parse_args(argv)
-
-    torch.set_num_threads(getattr(args, "threads", 2))
-    setup_logging(args.work / "progress.log")
-    if args.command == "adapter":
-        train_adapter.run(args)
-        return
-    train_backbone(args.data, args.out, args.work, args.vae_minutes, args.unet_minutes, args.resume, BackboneConfig())
-
-
-if __name__ == "__main__":
-    main()

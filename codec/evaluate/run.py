@@ -6,7 +6,7 @@
 
 For every image and target bpp, each method's real file size (bpp), PSNR and MS-SSIM, plus
 LPIPS and DISTS per image and patch FID / KID per rate point where their weights are on disk
-(otherwise "unavailable"; see codec/metrics.py). The baselines are run at the bpp our codec
+(otherwise "unavailable"; see codec/evaluate/metrics.py). The baselines are run at the bpp our codec
 reached on that image (closest without going over), and report the bpp they actually reached.
 
 Writes into --out: per_image.csv, results-<method>.json (compressai's results format: mean over
@@ -27,9 +27,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from scipy.interpolate import PchipInterpolator
 
-from codec import baselines, metrics
+from codec.data.photos import VALIDATION_PHOTOS
+from codec.evaluate import baselines, metrics
+from codec.evaluate.bdrate import bd_quality, bd_rate, msssim_db
 
 OURS = ("ours", "ours-analytic")
 METHODS = OURS + baselines.ALL_METHODS
@@ -39,58 +40,6 @@ PER_IMAGE_METRICS = ("psnr", "ms_ssim", "lpips", "dists")
 SET_METRICS = ("fid", "kid")
 # compressai's key names in results JSON
 JSON_KEYS = {"psnr": "psnr-rgb", "ms_ssim": "ms-ssim-rgb", "lpips": "lpips", "dists": "dists", "fid": "fid", "kid": "kid"}
-
-
-# ----------------------------------------------------------------------------------------------
-# Bjontegaard deltas
-
-
-def _curve(rates, quality) -> tuple[np.ndarray, np.ndarray]:
-    r, q = np.asarray(rates, float), np.asarray(quality, float)
-    if r.shape != q.shape or r.size < 2 or np.any(r <= 0) or not np.all(np.isfinite(q)):
-        raise ValueError("a BD curve needs at least two points with positive rates and finite quality")
-    order = np.argsort(q)
-    return np.log(r[order]), q[order]
-
-
-def bd_rate(anchor_rates, anchor_quality, test_rates, test_quality) -> float:
-    """Bjontegaard delta rate in percent: the test's average rate difference at equal quality.
-
-    Piecewise cubic (monotone) interpolation of log rate over quality, integrated over the
-    quality range both curves cover, as in the common reference implementations (the 'pchip'
-    variant of JVET/AOM CTC tools). Negative means the test needs fewer bits.
-    """
-    lr1, q1 = _curve(anchor_rates, anchor_quality)
-    lr2, q2 = _curve(test_rates, test_quality)
-    if np.any(np.diff(q1) <= 0) or np.any(np.diff(q2) <= 0):
-        raise ValueError("quality must differ between the points of a curve")
-    lo, hi = max(q1[0], q2[0]), min(q1[-1], q2[-1])
-    if hi <= lo:
-        raise ValueError("the two curves do not overlap in quality")
-    mean1 = PchipInterpolator(q1, lr1).integrate(lo, hi) / (hi - lo)
-    mean2 = PchipInterpolator(q2, lr2).integrate(lo, hi) / (hi - lo)
-    return float((math.exp(mean2 - mean1) - 1) * 100)
-
-
-def bd_quality(anchor_rates, anchor_quality, test_rates, test_quality) -> float:
-    """Bjontegaard delta quality (e.g. BD-PSNR in dB): the test's average gain at equal rate."""
-    r1, r2 = np.log(np.asarray(anchor_rates, float)), np.log(np.asarray(test_rates, float))
-    q1, q2 = np.asarray(anchor_quality, float), np.asarray(test_quality, float)
-    o1, o2 = np.argsort(r1), np.argsort(r2)
-    r1, q1, r2, q2 = r1[o1], q1[o1], r2[o2], q2[o2]
-    if min(r1.size, r2.size) < 2 or np.any(np.diff(r1) <= 0) or np.any(np.diff(r2) <= 0):
-        raise ValueError("a BD curve needs at least two points with distinct rates")
-    lo, hi = max(r1[0], r2[0]), min(r1[-1], r2[-1])
-    if hi <= lo:
-        raise ValueError("the two curves do not overlap in rate")
-    mean1 = PchipInterpolator(r1, q1).integrate(lo, hi) / (hi - lo)
-    mean2 = PchipInterpolator(r2, q2).integrate(lo, hi) / (hi - lo)
-    return float(mean2 - mean1)
-
-
-def msssim_db(value: float) -> float:
-    """MS-SSIM on a dB scale, -10 log10(1 - MS-SSIM), the usual axis for BD and plots."""
-    return float("inf") if value >= 1 else -10 * math.log10(1 - value)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -117,7 +66,7 @@ class Runner:
     def __init__(self, methods, backbone: str, adapter: str | None):
         self.codec = None
         if any(m in OURS or m == "naive" for m in methods):
-            from codec.codec import DiffusionCodec
+            from codec.core.diffusion_codec import DiffusionCodec
 
             self.codec = DiffusionCodec.load(backbone=backbone, adapter=adapter or "auto")
             if "ours" in methods and self.codec.learned is None:
@@ -328,8 +277,6 @@ def _ensure_naive_prior(runner: Runner, train_dir: str | None, files, log) -> No
     except baselines.NaivePriorMissing as err:
         if not train_dir:
             raise SystemExit(f"error: {err} (or pass --naive-train DIR to fit it now)")
-    from codec.train import VALIDATION_PHOTOS
-
     evaluated = {p.resolve() for p in files}
     train = [p for p in _image_files(Path(train_dir), None, None)
              if p.resolve() not in evaluated and p.name not in VALIDATION_PHOTOS]
@@ -377,7 +324,7 @@ def main(argv=None) -> int:
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
-    from codec.backbone import BackboneUnavailable
+    from codec.core.backbone import BackboneUnavailable
 
     try:
         runner = Runner(methods, args.backbone, args.adapter)
@@ -411,7 +358,3 @@ def main(argv=None) -> int:
     print(bd_markdown(tables))
     print("plots: " + ", ".join(p.name for p in plots))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from codec.backbone import Backbone
+from codec.core.backbone import Backbone
 
 
 def timestep_grid(t: int, steps: int) -> list[int]:

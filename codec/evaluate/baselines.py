@@ -5,7 +5,7 @@
 - "naive": the paper's Figure-2 baseline. The codec's own VAE latent is quantized uniformly with
   a step size, entropy-coded with a factorized compressai EntropyBottleneck, and decoded by the
   VAE with no denoising. Its prior is fitted once per backbone on training photos
-  (`fit_naive_prior`, or `python -m codec.baselines fit-naive ...`) and cached by fingerprint.
+  (`fit_naive_prior`, or `python -m codec.evaluate.baselines fit-naive ...`) and cached by fingerprint.
 
 Rate control: bisection on the integer knob for the largest bpp not above the target, keeping
 the best result seen (size is not strictly monotone in the knob). ``fast=True`` swaps in quicker
@@ -32,7 +32,7 @@ import torch
 from compressai.entropy_models import EntropyBottleneck
 from PIL import Image
 
-from codec import images
+from codec.core import images
 
 pillow_heif.register_heif_opener()
 
@@ -214,7 +214,7 @@ def _result(method, label, image, data, quality, enc_s, reached, iterations, sea
 # step (channel k*4 + c models latent channel c divided by NAIVE_STEPS[k]).
 NAIVE_STEPS = torch.tensor(2.0 ** (np.arange(-40, 33) / 8), dtype=torch.float16).float()
 _LATENT_CHANNELS = 4
-_MULTIPLE = 64  # the same padding as the codec (codec.codec.PAD_MULTIPLE)
+_MULTIPLE = 64  # the same padding as the codec (codec.core.bitstream.PAD_MULTIPLE)
 _HEADER = struct.Struct(">HHeI")  # height, width, step (fp16), payload length
 PRIOR_DIRS_ENV = "CODEC_CACHE_DIR"
 _SHIPPED_PRIORS = Path(__file__).resolve().parent.parent / "assets" / "models" / "naive"
@@ -325,7 +325,7 @@ def load_naive_prior(backbone):
     if found is None:
         raise NaivePriorMissing(
             f"no naive-baseline prior for this backbone (looked for {' and '.join(map(str, candidates))}); "
-            "fit one on training photos with: python -m codec.baselines fit-naive --backbone ID --data DIR"
+            "fit one on training photos with: python -m codec.evaluate.baselines fit-naive --backbone ID --data DIR"
         )
     with safe_open(str(found), "pt") as f:
         if f.metadata().get("fingerprint") != _fingerprint_hex(backbone):
@@ -430,7 +430,7 @@ def _naive_result(image: Image.Image, backbone, target_bits, encode) -> Baseline
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m codec.baselines", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m codec.evaluate.baselines", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     fit = sub.add_parser("fit-naive", help="fit and cache the naive baseline's prior for a backbone")
     fit.add_argument("--backbone", default="demo", help="demo, tiny, a diffusers folder or a hub id")
@@ -442,8 +442,8 @@ def main(argv=None) -> int:
                      f"(default: ${PRIOR_DIRS_ENV} or ~/.cache/diffusion-codec; assets/models/naive ships it with the repo)")
     args = parser.parse_args(argv)
 
-    from codec.backbone import BackboneUnavailable, load_backbone
-    from codec.train import VALIDATION_PHOTOS
+    from codec.core.backbone import BackboneUnavailable, load_backbone
+    from codec.data.photos import VALIDATION_PHOTOS
 
     exclude = set(args.exclude.split(",")) if args.exclude is not None else set(VALIDATION_PHOTOS)
     files = sorted(p for p in Path(args.data).iterdir()

@@ -10,12 +10,12 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from codec import bitstream, images
-from codec.adapter import AnalyticAdapter, LearnedAdapter, Quantization, default_t_max
-from codec.backbone import Backbone, load_backbone, load_default_backbone
-from codec.bitstream import (DEFAULT_MAX_PIXELS, DEFAULT_MAX_STEPS, FINGERPRINT_BYTES, PAD_MULTIPLE, BitstreamError,
+from codec.core import bitstream, images
+from codec.core.adapter import AnalyticAdapter, LearnedAdapter, Quantization, default_t_max
+from codec.core.backbone import Backbone, load_backbone, load_default_backbone
+from codec.core.bitstream import (DEFAULT_MAX_PIXELS, DEFAULT_MAX_STEPS, FINGERPRINT_BYTES, PAD_MULTIPLE, BitstreamError,
                               Header)
-from codec.denoise import denoise
+from codec.core.denoise import denoise
 
 ADAPTER_SUBFOLDER = "adapter"  # a backbone folder may ship its trained adapter here
 RATE_CONTROL_ITERATIONS = 24
@@ -322,7 +322,7 @@ class DiffusionCodec:
 
 
 def _backbone_folder(bb: Backbone) -> Path | None:
-    from codec.backbone import DEMO_DIR
+    from codec.core.backbone import DEMO_DIR
 
     if bb.name == "demo":
         return DEMO_DIR

@@ -27,10 +27,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from codec.adapter import LearnedAdapter, default_t_max
-from codec.backbone import Backbone, load_backbone
-from codec.denoise import to_epsilon_and_x0
-from codec.images import to_tensor
+from codec.core.adapter import LearnedAdapter, default_t_max
+from codec.core.backbone import Backbone, load_backbone
+from codec.core.denoise import to_epsilon_and_x0
+from codec.core.images import to_tensor
+from codec.data.photos import load_photos, split_photos
 
 log = logging.getLogger("codec.train")
 
@@ -170,8 +171,6 @@ def add_parser(commands) -> None:
 
 
 def run(args) -> None:
-    from codec.train import load_photos, split_photos
-
     train_photos, _ = split_photos(load_photos(args.data))
     train_adapter(args.backbone, train_photos, args.out, args.work, args.minutes, args.resume, args.device,
                   crop=args.crop, batch=args.batch, lr=args.lr)

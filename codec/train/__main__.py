@@ -1,0 +1,61 @@
+"""python -m codec.train backbone|adapter: train the demo backbone or an adapter, resumable.
+
+    python -m codec.train backbone --data ../shared/data/photos --out assets/models/demo [--resume]
+    python -m codec.train adapter --backbone demo --data ../shared/data/photos --out OUT [--minutes M]
+
+See codec/train/demo_backbone.py and codec/train/adapter.py for what each run does.
+"""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from codec.data.photos import DataError
+from codec.train import adapter as train_adapter
+from codec.train.demo_backbone import BackboneConfig, train_backbone
+
+log = logging.getLogger("codec.train")
+
+
+def setup_logging(log_file: Path) -> None:
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(log_file)):
+        handler.setFormatter(fmt)
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m codec.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    train_adapter.add_parser(commands)
+    bb = commands.add_parser("backbone", help="train the bundled demo backbone (VAE + UNet) on a photo folder")
+    bb.add_argument("--data", type=Path, required=True, help="folder of photos (validation photos are held out)")
+    bb.add_argument("--out", type=Path, default=Path("assets/models/demo"), help="diffusers folder to export to")
+    bb.add_argument("--work", type=Path, default=Path("runs/demo"), help="checkpoints and progress.log")
+    bb.add_argument("--vae-minutes", type=float, default=60.0, help="total VAE training time (across resumes)")
+    bb.add_argument("--unet-minutes", type=float, default=40.0, help="total UNet training time (across resumes)")
+    bb.add_argument("--resume", action="store_true", help="continue from the checkpoints in --work")
+    bb.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(getattr(args, "threads", 2))
+    setup_logging(args.work / "progress.log")
+    try:
+        if args.command == "adapter":
+            train_adapter.run(args)
+        else:
+            train_backbone(args.data, args.out, args.work, args.vae_minutes, args.unet_minutes, args.resume,
+                           BackboneConfig())
+    except (DataError, FileExistsError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from codec.core import bitstream, images
+from codec.core import bitstream, images, rate_control
 from codec.core.adapter import AnalyticAdapter, LearnedAdapter, Quantization, default_t_max
 from codec.core.backbone import Backbone, load_backbone, load_default_backbone
 from codec.core.bitstream import (DEFAULT_MAX_PIXELS, DEFAULT_MAX_STEPS, FINGERPRINT_BYTES, PAD_MULTIPLE, BitstreamError,
@@ -18,7 +18,6 @@ from codec.core.bitstream import (DEFAULT_MAX_PIXELS, DEFAULT_MAX_STEPS, FINGERP
 from codec.core.denoise import denoise
 
 ADAPTER_SUBFOLDER = "adapter"  # a backbone folder may ship its trained adapter here
-RATE_CONTROL_ITERATIONS = 24
 
 
 @dataclass
@@ -186,50 +185,12 @@ class DiffusionCodec:
         z = q.apply(y)
         return _Candidate(knob, q, prior_scales, z, self.analytic.estimate_bits(z, prior_scales))
 
-    def _rate_control(self, candidate, pack, mode: str, target_bits: float) -> tuple[_Candidate, bytes]:
-        """The largest rate whose real file is <= target_bpp, searched over log(knob).
-
-        The search runs on the entropy model's estimate plus the header size (cheap, no coding),
-        with false position on log(bits), which is nearly linear in log(knob), alternating with
-        bisection. Each result is checked with the real coder; the ratio of real to estimated bits
-        then recalibrates the budget for another round, keeping the best real file that fits. If
-        even the lowest rate overshoots, that file is returned (its bpp says so).
-        """
+    def _rate_control(self, candidate, pack, mode: str, target_bits: float):
         if mode == "learned":
             knob_range = (math.log(self.learned.lam_min), math.log(self.learned.lam_max))
         else:  # a larger step means a lower rate
             knob_range = (math.log(AnalyticAdapter.step_max), math.log(AnalyticAdapter.step_min))
-        header_bits = 8 * len(self._pack_header_probe(mode))
-
-        def bits(candidate):
-            return candidate.estimated_bits + header_bits
-
-        lowest = candidate(math.exp(knob_range[0]))
-        highest = candidate(math.exp(knob_range[1]))
-        best, best_data = None, None
-        budget = target_bits
-        for _ in range(3):  # calibration rounds
-            lo, hi = lowest, highest
-            if bits(hi) <= budget:
-                lo = hi
-            for iteration in range(RATE_CONTROL_ITERATIONS):
-                if bits(lo) > budget or bits(lo) >= 0.995 * budget or bits(hi) - bits(lo) < 1e-3 * budget:
-                    break
-                f_lo, f_hi = math.log(bits(lo) / budget), math.log(bits(hi) / budget)
-                k_lo, k_hi = math.log(lo.knob), math.log(hi.knob)
-                frac = min(max(f_lo / (f_lo - f_hi), 0.05), 0.95) if iteration % 2 == 0 else 0.5
-                mid = candidate(math.exp(k_lo + frac * (k_hi - k_lo)))
-                lo, hi = (mid, hi) if bits(mid) <= budget else (lo, mid)
-            data = pack(lo)
-            real_bits = 8 * len(data)
-            if best is None or (real_bits <= target_bits and (len(best_data) * 8 > target_bits or len(data) > len(best_data))):
-                best, best_data = lo, data
-            if (lo is highest and real_bits <= target_bits) or (lo is lowest and real_bits > target_bits):
-                break
-            if 0.97 * target_bits <= real_bits <= target_bits:
-                break
-            budget = 0.998 * target_bits * bits(lo) / real_bits
-        return best, best_data
+        return rate_control.search(candidate, pack, knob_range, target_bits, 8 * len(self._pack_header_probe(mode)))
 
     def _pack_header_probe(self, mode: str) -> bytes:
         """A header with empty payloads, to know the exact container overhead for this mode."""

@@ -53,3 +53,37 @@ def bd_quality(anchor_rates, anchor_quality, test_rates, test_quality) -> float:
 def msssim_db(value: float) -> float:
     """MS-SSIM on a dB scale, -10 log10(1 - MS-SSIM), the usual axis for BD and plots."""
     return float("inf") if value >= 1 else -10 * math.log10(1 - value)
+
+
+def bd_tables(results: dict) -> dict:
+    """{metric: {test: {anchor: BD-rate % or None}}} for PSNR and MS-SSIM (dB)."""
+    tables = {}
+    for metric, key, transform in (("psnr", "psnr-rgb", float), ("ms-ssim", "ms-ssim-rgb", msssim_db)):
+        table = {}
+        for test, t in results.items():
+            table[test] = {}
+            for anchor, a in results.items():
+                try:
+                    value = bd_rate(
+                        a["results"]["bpp"], [transform(v) for v in a["results"][key]],
+                        t["results"]["bpp"], [transform(v) for v in t["results"][key]],
+                    )
+                except ValueError:
+                    value = None  # too few distinct points, or no overlap
+                table[test][anchor] = None if test == anchor else value
+        tables[metric] = table
+    return tables
+
+
+def bd_markdown(tables: dict) -> str:
+    lines = []
+    for metric, table in tables.items():
+        anchors = list(table)
+        lines += [f"### BD-rate (%) on {metric.upper()}: row method against column anchor (negative = fewer bits)", "",
+                  "| method | " + " | ".join(anchors) + " |", "|---" * (len(anchors) + 1) + "|"]
+        for test, row in table.items():
+            cells = ["" if test == a else ("n/a" if row[a] is None else f"{row[a]:+.1f}") for a in anchors]
+            lines.append(f"| {test} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines.append("n/a: the curves do not overlap in quality, or a curve has fewer than two distinct points.")
+    return "\n".join(lines) + "\n"

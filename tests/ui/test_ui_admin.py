@@ -121,11 +121,11 @@ def test_24_wrong_token_clients_do_not_delay_a_visitors_decode(server, client, s
             while not stop.is_set():
                 body = {"data": [f"guess-{n}-{uuid.uuid4().hex}"], "fn_index": status_fn, "session_hash": uuid.uuid4().hex}
                 if n % 2:
-                    answer = http.post(base + "/gradio_api/run/predict", json=body).json()["data"][0]
+                    route, answer = "page", http.post(base + "/gradio_api/run/predict", json=body).json()["data"][0]
                 else:
-                    answer = _queued(http, base, body)
+                    route, answer = "queue", _queued(http, base, body)
                 with lock:
-                    answers.append(answer)
+                    answers.append((route, answer))
 
     threads = [threading.Thread(target=hostile, args=(n,), daemon=True) for n in range(HOSTILE_CLIENTS)]
     for t in threads:
@@ -149,9 +149,12 @@ def test_24_wrong_token_clients_do_not_delay_a_visitors_decode(server, client, s
         # Nothing ahead of the visitor: every queue estimate it got says rank 0.
         ranks = [m["rank"] for m in queue_messages if m.get("msg") == "estimation"]
         assert all(rank == 0 for rank in ranks), ranks
-    assert "Wrong token." in answers
-    assert any(a and a.startswith("Too many wrong tokens; try again in") for a in answers)
-    assert not any(a and "queue" in a.lower() for a in answers), {a for a in answers}
+    assert "Wrong token." in {a for _, a in answers}
+    assert any(a and a.startswith("Too many wrong tokens; try again in") for _, a in answers)
+    # The page's route never queues a token check. Guesses pushed into the queue directly may be
+    # told "Queue is full" when the machine is slow: that refuses the attacker, not the visitor.
+    page = {a for route, a in answers if route == "page"}
+    assert page and not any(a and "queue" in a.lower() for a in page), page
     # The right token from an address that did not guess still works at once.
     with httpx.Client(timeout=60, headers={"x-forwarded-for": "192.0.2.1"}) as http:
         ok = http.post(base + "/gradio_api/run/predict",

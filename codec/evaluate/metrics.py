@@ -1,21 +1,30 @@
 """Image-quality metrics on 8-bit RGB images (PIL images or uint8 H x W x 3 arrays of one size).
 
-PSNR and MS-SSIM always run. LPIPS, DISTS, FID and KID need pretrained network weights that no
-package ships; they run only when those files are already on disk (torch's hub cache,
+PSNR, MS-SSIM and SWD (a realism measure without pretrained weights, codec/evaluate/realism.py)
+always run. LPIPS, DISTS, FID and KID need pretrained network weights that no package ships;
+they run only when those files are already on disk (torch's hub cache,
 ``$TORCH_HOME/hub/checkpoints``, where torchvision and torch-fidelity look for them) and raise
 `MetricUnavailable` otherwise: no download is attempted and no number is ever made up.
+
+`PER_IMAGE` and `PER_SET` are the registry the evaluation and the Compress table read: each
+metric's function, label, compressai JSON key and direction. docs/metrics.md says what each
+measures and how to read it.
 """
 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from pytorch_msssim.ssim import _fspecial_gauss_1d, _ssim
+
+from codec.evaluate import realism
 
 MSSSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003, as pytorch_msssim
 _WIN_SIZE = 11
@@ -105,6 +114,16 @@ def ms_ssim(a, b) -> float:
     return float(value.mean())
 
 
+def swd(a, b) -> float:
+    """Sliced Wasserstein distance x 1e3 between the Laplacian-pyramid 7x7 neighbourhoods of the
+    two images (Karras et al. 2018; codec/evaluate/realism.py), lower is better, 0 when identical.
+    A distribution distance: the images may differ in size."""
+    try:
+        return realism.swd(as_uint8(a), as_uint8(b))
+    except realism.ImageTooSmall as err:
+        raise MetricUndefined(str(err)) from None
+
+
 # ----------------------------------------------------------------------------------------------
 # Metrics that need pretrained weights
 
@@ -121,6 +140,9 @@ def weights_path(metric: str) -> Path:
 
 
 def available(metric: str) -> bool:
+    """Whether ``metric`` (a key of METRICS) can run here: always for those without weights."""
+    if not METRICS[metric].needs_weights:
+        return True
     try:
         weights_path(metric)
     except MetricUnavailable:
@@ -217,3 +239,31 @@ def kid(originals, reconstructions, subsets: int = 100) -> float:
     size = min(1000, len(f1), len(f2))
     result = kid_features_to_metric(f1, f2, kid_subsets=subsets, kid_subset_size=size, verbose=False)
     return float(result["kernel_inception_distance_mean"])
+
+
+# ----------------------------------------------------------------------------------------------
+# The registry
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    label: str  # for tables and plot axes
+    json_key: str  # the key in compressai's results JSON
+    higher_is_better: bool
+    needs_weights: bool  # pretrained files under torch.hub.get_dir()/checkpoints (WEIGHT_FILES)
+    fn: Callable  # per image: fn(original, reconstruction); per set: fn(originals, reconstructions)
+
+
+PER_IMAGE = {
+    "psnr": Metric("psnr", "PSNR (dB)", "psnr-rgb", True, False, psnr),
+    "ms_ssim": Metric("ms_ssim", "MS-SSIM", "ms-ssim-rgb", True, False, ms_ssim),
+    "swd": Metric("swd", "SWD x1e3", "swd", False, False, swd),
+    "lpips": Metric("lpips", "LPIPS", "lpips", False, True, lpips),
+    "dists": Metric("dists", "DISTS", "dists", False, True, dists),
+}
+PER_SET = {
+    "fid": Metric("fid", "patch FID", "fid", False, True, fid),
+    "kid": Metric("kid", "patch KID", "kid", False, True, kid),
+}
+METRICS = {**PER_IMAGE, **PER_SET}

@@ -149,7 +149,7 @@ def _local_or_id(settings: Settings, value: str | None) -> str | None:
 def _load_args(settings: Settings) -> dict:
     s = settings
     return dict(backbone=_local_or_id(s, s.backbone), adapter=_local_or_id(s, s.adapter), mode=s.mode,
-                device=s.device, max_pixels=s.max_pixels, max_steps=s.max_steps)
+                device=s.device, dtype=s.dtype, max_pixels=s.max_pixels, max_steps=s.max_steps)
 
 
 def _model_process(settings: Settings):

@@ -27,6 +27,7 @@ class Settings:
     adapter: str | None = "auto"  # learned adapter: "auto" = the one shipped with the backbone; path; None
     mode: str = "auto"  # "auto" (learned when an adapter is loaded) | "learned" | "analytic"
     device: str | None = None  # None = cuda when available, else cpu
+    dtype: str = "auto"  # "auto" = float16 on CUDA, float32 on CPU | "float32" | "float16" | "bfloat16"
     max_upload_mb: float = 20.0
     max_pixels: int = DEFAULT_MAX_PIXELS  # the padded area (multiples of 64) of an image or a bitstream
     max_steps: int = DEFAULT_MAX_STEPS  # denoising steps a bitstream may ask for
@@ -61,6 +62,7 @@ ENV_VARS = {
     "adapter": "APP_ADAPTER",
     "mode": "APP_MODE",
     "device": "APP_DEVICE",
+    "dtype": "APP_DTYPE",
     "max_upload_mb": "APP_MAX_UPLOAD_MB",
     "max_pixels": "APP_MAX_PIXELS",
     "max_steps": "APP_MAX_STEPS",
@@ -79,7 +81,7 @@ ENV_VARS = {
     "server_port": "GRADIO_SERVER_PORT",
 }
 
-_CHOICES = {"mode": ("auto", "learned", "analytic")}
+_CHOICES = {"mode": ("auto", "learned", "analytic"), "dtype": ("auto", "float32", "float16", "bfloat16")}
 _BOOLS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 
 

@@ -19,12 +19,13 @@ def gpu(fn):
     return spaces.GPU(duration=120)(fn)
 
 
-def load_codec(backbone: str | None, adapter: str | None, mode: str, device: str | None, max_pixels: int,
-               max_steps: int):
+def load_codec(backbone: str | None, adapter: str | None, mode: str, device: str | None, dtype: str,
+               max_pixels: int, max_steps: int):
     from codec.core.diffusion_codec import DiffusionCodec
 
     return DiffusionCodec.load(
         backbone=backbone, adapter=adapter, mode=None if mode == "auto" else mode, device=device,
+        dtype=None if dtype == "auto" else dtype,  # None: float16 on CUDA, float32 on the CPU
         max_pixels=max_pixels,
         allow_tiny=True,  # never refuse to start; the notice on every result says the model is random
         max_steps=max_steps,

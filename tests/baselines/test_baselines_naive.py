@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from codec.evaluate import baselines
-from codec.core.backbone import build_tiny_backbone
+from codec.core.backbone import build_tiny_backbone, load_backbone
 from codec.evaluate.baselines import NAIVE_STEPS, NaiveCodec, NaivePriorMissing, encode_at_bpp, encode_at_quality
 
 from tests.photos import photo
@@ -86,3 +86,25 @@ def test_fit_naive_cli(tmp_path, capsys):
     empty.mkdir()
     assert baselines.main(["fit-naive", "--backbone", "tiny", "--data", str(empty)]) == 2
     assert "no training photos" in capsys.readouterr().err
+
+
+def test_the_shipped_priors_folder_is_the_repositorys():
+    shipped = sorted(baselines._SHIPPED_PRIORS.glob("naive-prior-*.safetensors"))
+    assert shipped, f"no shipped naive priors in {baselines._SHIPPED_PRIORS}"
+
+
+@pytest.mark.slow
+def test_the_demo_backbone_finds_its_shipped_prior(tmp_path, monkeypatch):
+    """With an empty user cache the demo backbone's prior comes from assets/models/naive: the
+    evaluation and the Compress tab run the naive baseline on a fresh clone."""
+    monkeypatch.setenv(baselines.PRIOR_DIRS_ENV, str(tmp_path))
+    backbone = load_backbone("demo")
+    name = baselines.naive_prior_path(backbone).name
+    assert (baselines._SHIPPED_PRIORS / name).is_file(), (
+        f"{name} is not shipped: the demo backbone's fingerprint changed; fit its prior again "
+        "(python -m codec.evaluate.baselines fit-naive --backbone demo ...) into assets/models/naive")
+    prior = baselines.load_naive_prior(backbone)
+    assert prior.channels == len(NAIVE_STEPS) * baselines._LATENT_CHANNELS
+    assert not any(tmp_path.iterdir())  # nothing was fitted or written into the user cache
+    r = encode_at_quality(photo("kite", 128), "naive", 0.5, backbone=backbone)
+    assert np.array_equal(np.asarray(baselines.decode(r.data, "naive", backbone=backbone)), np.asarray(r.image))

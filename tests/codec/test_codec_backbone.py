@@ -128,3 +128,22 @@ def test_broken_folders_are_explained(tmp_path, make, message):
 def test_unknown_source_is_explained():
     with pytest.raises(BackboneUnavailable, match="neither"):
         load_backbone("./definitely/not/here")
+
+
+def test_the_demo_studys_bitstreams_are_of_the_bundled_demo_backbone():
+    """The demo study ships its diffusion stimuli's bitstreams (assets/studies/demo): they carry the
+    demo backbone's fingerprint and decode to the PNGs the raters see (a fingerprint change must
+    re-stamp them)."""
+    import numpy as np
+    from PIL import Image
+
+    from codec.core.bitstream import parse
+
+    codec = DiffusionCodec.load("demo", adapter=None, mode="analytic", device="cpu")
+    files = sorted((REPO / "assets" / "studies" / "demo" / "stimuli").glob("*/diffusion_*.bin"))
+    assert files
+    for path in files:
+        assert parse(path.read_bytes())[0].backbone_fingerprint == codec.backbone.fingerprint, path
+    decoded = np.asarray(codec.decode(files[0].read_bytes()).image.convert("RGB"), dtype=int)
+    shown = np.asarray(Image.open(files[0].with_suffix(".png")).convert("RGB"), dtype=int)
+    assert np.abs(decoded - shown).max() <= 4  # measured 1-3 levels (float arithmetic across machines)

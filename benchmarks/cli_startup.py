@@ -1,0 +1,120 @@
+"""Cold start of the codec CLI: each command in a fresh `python -m codec` process, as a user runs it.
+
+    python benchmarks/cli_startup.py [--runs 5] [--image tests/data/photos/kite.png] [--backbone demo] [--bpp 0.1]
+
+Times `info` on a real file, and `encode` / `decode` of a 768x512 photo with the given backbone,
+N times each (median and min of wall time, and the child's CPU time, which other processes on a
+busy machine do not inflate), then runs each command once under `python -X importtime` and lists
+the packages that cost the most import time. It also reports every warning line a command wrote on
+stderr: normal output is one notice line (encode/decode) and nothing else.
+
+Targets (issue 11, item 9): info <= 0.3 s, encode/decode <= 1.5 s cold on 2 cores (demo backbone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_IMAGE = ROOT / "tests" / "data" / "photos" / "kite.png"
+WARNING = re.compile(r"warn", re.IGNORECASE)
+IMPORT_TIME = re.compile(r"^import time:\s*(\d+) \|\s*(\d+) \|(\s*)(\S+)")
+
+
+def _cli(args: list, importtime: bool = False) -> tuple[float, float, subprocess.CompletedProcess]:
+    """Run `python -m codec ARGS` in a fresh process: (wall s, CPU s, result)."""
+    command = [sys.executable, *(["-X", "importtime"] if importtime else []), "-m", "codec", *map(str, args)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    run = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
+    wall = time.perf_counter() - start
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if run.returncode != 0:
+        sys.exit(f"{' '.join(command)} failed:\n{run.stderr}")
+    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
+    return wall, cpu, run
+
+
+def _warning_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if WARNING.search(line) and not line.startswith("import time:")]
+
+
+def _import_offenders(stderr: str, top: int) -> list[tuple[str, float]]:
+    """Import time (s) per top-level package, summing each module's own (self) time."""
+    per_package = Counter()
+    for line in stderr.splitlines():
+        match = IMPORT_TIME.match(line)
+        if match:
+            per_package[match.group(4).split(".")[0]] += int(match.group(1)) / 1e6
+    return per_package.most_common(top)
+
+
+def _photo_768x512(source: Path, out: Path) -> Path:
+    """`source` resized (cover) and centre-cropped to 768x512, saved as PNG."""
+    with Image.open(source) as im:
+        im = im.convert("RGB")
+    scale = max(768 / im.width, 512 / im.height)
+    im = im.resize((round(im.width * scale), round(im.height * scale)), Image.LANCZOS)
+    left, top = (im.width - 768) // 2, (im.height - 512) // 2
+    im.crop((left, top, left + 768, top + 512)).save(out)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5, help="cold runs per command (default 5)")
+    parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
+    parser.add_argument("--backbone", default="demo")
+    parser.add_argument("--bpp", type=float, default=0.1)
+    parser.add_argument("--top", type=int, default=6, help="packages listed per command in the import table")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        photo = _photo_768x512(args.image, tmp / "photo.png")
+        bits, decoded = tmp / "photo.dfc", tmp / "decoded.png"
+        model = ["--backbone", args.backbone]
+        commands = {
+            "info": ["info", bits],
+            "encode": ["encode", photo, bits, "--bpp", args.bpp, *model],
+            "decode": ["decode", bits, decoded, *model],
+        }
+        _cli(commands["encode"])  # the file info and decode read (and a warm page cache for all)
+
+        load_before = os.getloadavg()[0]
+        print(f"python -m codec, cold (a fresh process per run), {args.runs} runs, 768x512 photo "
+              f"{args.image.name}, --backbone {args.backbone}, --bpp {args.bpp}, {os.cpu_count()} CPUs")
+        print(f"{'command':8} {'median s':>9} {'min s':>7} {'CPU s':>7}  warning lines on stderr")
+        for name, command in commands.items():
+            walls, cpus, warnings = [], [], []
+            for _ in range(args.runs):
+                wall, cpu, run = _cli(command)
+                walls.append(wall)
+                cpus.append(cpu)
+                warnings += _warning_lines(run.stderr)
+            shown = "none" if not warnings else f"{len(warnings)}: {warnings[0][:70]}"
+            print(f"{name:8} {statistics.median(walls):9.2f} {min(walls):7.2f} {statistics.median(cpus):7.2f}  {shown}")
+        print(f"load average (1 min): {load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
+
+        print("\nImport time by top-level package (-X importtime, self time summed, s):")
+        for name, command in commands.items():
+            _, _, run = _cli(command, importtime=True)
+            offenders = ", ".join(f"{package} {seconds:.2f}" for package, seconds in _import_offenders(run.stderr, args.top))
+            print(f"{name:8} {offenders}")
+
+
+if __name__ == "__main__":
+    main()

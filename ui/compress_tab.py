@@ -7,8 +7,6 @@ trajectory), `/trajectory` (the decoding trajectory of a bitstream; the page cal
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -20,25 +18,9 @@ from ui.context import AppContext
 from ui.errors import friendly_errors
 
 BPP_PRESETS = {"Extreme 0.03": 0.03, "Low 0.06": 0.06, "Medium 0.1": 0.1, "High 0.2": 0.2}
-TABLE_COLUMNS = ["method", "bytes", "bpp", "PSNR (dB)", "MS-SSIM", "encode ms", "decode ms", "note"]
 CROP_SIZES = [48, 96, 160]
 OURS = "Ours (diffusion)"
 FAST_PNG = 1  # zlib level for the PNGs handed out: still lossless, ~4x faster to write than level 6
-
-
-@dataclass
-class Entry:
-    """One method's result, as the table, the gallery and the crops show it."""
-
-    label: str
-    data_bytes: int
-    bpp: float
-    image: Image.Image | None  # None: the method could not run here (see note)
-    encode_s: float
-    decode_s: float
-    note: str = ""
-    psnr: float | None = None  # set by _scored
-    ms_ssim: float | None = None  # None also where the image is too small for it (shown "n/a")
 
 
 def _plain_upload_errors(ctx: AppContext, image: gr.Image) -> gr.Image:
@@ -107,7 +89,7 @@ def build_compress_tab(ctx: AppContext, examples: list[str]) -> None:
                 bitstream_file = gr.File(label="Bitstream (decode it in the Decode tab)", elem_id="bitstream-file",
                                          height=90, interactive=False)
                 png_file = gr.File(label="Reconstruction (PNG)", elem_id="png-file", height=90, interactive=False)
-    table = gr.Dataframe(headers=TABLE_COLUMNS, label="Rate and distortion", interactive=False, elem_id="results-table")
+    table = gr.Dataframe(headers=_table_columns(), label="Rate and distortion", interactive=False, elem_id="results-table")
     gallery = gr.Gallery(label="Baselines at the closest bitrate they reach", format="png", columns=3, height="auto",
                          object_fit="contain", elem_id="baseline-gallery")
     trajectory = gr.Image(
@@ -142,14 +124,13 @@ def build_compress_tab(ctx: AppContext, examples: list[str]) -> None:
         progress(0.0, desc="Loading the model")
         original = _load(ctx, image)
         out = ctx.scratch_dir()
-        res, dec = ctx.run(worker.encode_and_decode, original, float(target_bpp), progress=progress)
-        ours = Entry(OURS, len(res.data), res.bpp, dec.image, res.timings["total"], dec.timings["total"])
-        entries = _compare(ctx, original, ours, methods or [], res.bpp, progress, start=0.7)
+        entries = _compare(ctx, original, ["ours", *(methods or [])], float(target_bpp), progress, start=0.7)
+        res, dec_image = entries[0].encoded, entries[0].image
         stem = Path(image).stem[:40] or "image"
         bitstream = out / f"{stem}_{res.bpp:.3f}bpp.dfcx"
         bitstream.write_bytes(res.data)
         png = out / f"{stem}_{res.bpp:.3f}bpp.png"
-        dec.image.save(png, compress_level=FAST_PNG)
+        dec_image.save(png, compress_level=FAST_PNG)
         original_png = out / "original.png"
         original.save(original_png, compress_level=FAST_PNG)
         saved = _save_entries(out, entries)
@@ -166,7 +147,7 @@ def build_compress_tab(ctx: AppContext, examples: list[str]) -> None:
         original = _load(ctx, image)
         if not methods:
             raise gr.Error("Pick at least one baseline.")
-        entries = _compare(ctx, original, None, methods, float(target_bpp), progress)
+        entries = _compare(ctx, original, methods, float(target_bpp), progress)
         return _save_entries(ctx.scratch_dir(), entries), _table(entries)
 
     @friendly_errors
@@ -219,49 +200,45 @@ def _load(ctx: AppContext, image) -> Image.Image:
     return ctx.run(worker.load_upload, str(image))
 
 
-def _compare(ctx: AppContext, original, ours: Entry | None, methods, bpp, progress, start=0.0) -> list[Entry]:
-    """`ours` (when given) and each baseline at the largest bpp not above `bpp`, in the order of
-    `methods`, each scored (PSNR, MS-SSIM) against the original.
+def _compare(ctx: AppContext, original, methods: list[str], target_bpp: float, progress, start=0.0):
+    """codec.evaluate.compare's pipeline, run here: "ours" (when asked) at `target_bpp` in the model
+    process, then each baseline at the bpp ours reached, in the order of `methods`, each scored
+    with every metric of codec.evaluate.metrics. The naive latent baseline uses the backbone, so it
+    runs in the model process too; the image codecs and the metrics run in two threads here."""
+    from codec.evaluate import compare
+    from codec.evaluate.baselines import encode_at_bpp
 
-    Two worker threads run the image codecs and the metrics (Pillow, x265 and torch release the GIL);
-    the naive latent baseline uses the backbone, which already uses every core, so it runs on its
-    own (in the model process). A baseline that cannot run here (no fitted naive prior for this
-    backbone) becomes a note."""
-    from codec.evaluate.baselines import NaivePriorMissing, encode_at_bpp
+    def encode_ours(method, image, target):
+        res, dec = ctx.run(worker.encode_and_decode, image, target, progress=progress)
+        progress(start, desc="Baselines")
+        return compare.ours_outcome(method, target, res, dec)
 
-    def one(method: str) -> Entry:
-        try:
-            b = (ctx.run(worker.naive_baseline, original, bpp) if method == "naive"
-                 else encode_at_bpp(original, method, bpp))
-        except NaivePriorMissing:
-            return Entry(short_label(method), 0, float("nan"), None, 0.0, 0.0, "unavailable: no fitted prior for "
-                         "this backbone (python -m codec.evaluate.baselines fit-naive)")
-        note = "" if b.reached else "cannot go this low: its smallest file"
-        return _scored(original, Entry(short_label(method), len(b.data), b.bpp, b.image, b.encode_s, b.decode_s, note))
+    def encode_baseline(method, image, aimed):
+        result = (ctx.run(worker.naive_baseline, image, aimed) if method == "naive"
+                  else encode_at_bpp(image, method, aimed))
+        return compare.baseline_outcome(result, aimed)
 
-    results: dict[str, Entry] = {}
-    progress(start, desc="Baselines")
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        scoring_ours = pool.submit(_scored, original, ours) if ours is not None else None
-        futures = {pool.submit(one, m): m for m in methods if m != "naive"}
-        if "naive" in methods:
-            results["naive"] = one("naive")
-        for future in as_completed(futures):
-            results[futures[future]] = future.result()
-            progress(start + (1 - start) * len(results) / len(methods), desc=f"Baselines: {futures[future]} done")
-        first = [scoring_ours.result()] if scoring_ours is not None else []
-    return first + [results[m] for m in methods]
+    baselines = [m for m in methods if m not in compare.OURS]
+    finished = []
+
+    def done(outcome):
+        if outcome.method not in compare.OURS:
+            finished.append(outcome.method)
+            progress(start + (1 - start) * len(finished) / len(baselines), desc=f"Baselines: {outcome.method} done")
+
+    if "ours" not in methods:
+        progress(start, desc="Baselines")
+    return compare.compare(original, target_bpp, methods, encode_ours, encode_baseline, threads=2, on_done=done)
 
 
-def _scored(original: Image.Image, entry: Entry) -> Entry:
-    from codec.evaluate.metrics import MetricUndefined, ms_ssim, psnr
+def _label(entry) -> str:
+    return OURS if entry.method == "ours" else short_label(entry.method)
 
-    entry.psnr = psnr(original, entry.image)
-    try:
-        entry.ms_ssim = ms_ssim(original, entry.image)
-    except MetricUndefined:  # fewer than 11 px on a side: the table says n/a
-        entry.ms_ssim = None
-    return entry
+
+def _note(entry) -> str:
+    if entry.note or entry.method == "ours" or entry.reached:
+        return entry.note
+    return "cannot go this low: its smallest file"
 
 
 def short_label(method: str) -> str:
@@ -271,7 +248,7 @@ def short_label(method: str) -> str:
     return LABELS[method].split(" (")[0]
 
 
-def _save_entries(out: Path, entries: list[Entry]) -> list[tuple[str, str]]:
+def _save_entries(out: Path, entries) -> list[tuple[str, str]]:
     """Write each reconstruction as PNG; return (path, caption) pairs for the gallery and the crops."""
     items = []
     for i, e in enumerate(entries):
@@ -279,18 +256,37 @@ def _save_entries(out: Path, entries: list[Entry]) -> list[tuple[str, str]]:
             continue
         path = out / f"{i:02d}.png"
         e.image.save(path, compress_level=FAST_PNG)
-        items.append((str(path), f"{e.label} · {e.bpp:.3f} bpp"))
+        items.append((str(path), f"{_label(e)} · {e.bpp:.3f} bpp"))
     return items
 
 
-def _table(entries: list[Entry]) -> pd.DataFrame:
+def _shown_metrics() -> list[str]:
+    """The registry's per-image metrics that can run here (those needing weights only when on disk)."""
+    from codec.evaluate import metrics
+
+    return [name for name in metrics.PER_IMAGE if metrics.available(name)]
+
+
+def _table_columns() -> list[str]:
+    from codec.evaluate import metrics
+
+    labels = [metrics.PER_IMAGE[name].label for name in _shown_metrics()]
+    return ["method", "bytes", "bpp", *labels, "encode ms", "decode ms", "note"]
+
+
+def _table(entries) -> pd.DataFrame:
+    shown = _shown_metrics()
+
+    def value(v):  # 4 significant digits; None: no value for this image (e.g. MS-SSIM under 11 px)
+        return "n/a" if v is None else float(f"{v:.4g}")
+
     rows = [
-        [e.label, e.data_bytes, round(e.bpp, 4), round(e.psnr, 2), "n/a" if e.ms_ssim is None else round(e.ms_ssim, 4),
-         round(1000 * e.encode_s), round(1000 * e.decode_s), e.note]
-        if e.image is not None else [e.label, None, None, None, None, None, None, e.note]
+        [_label(e), len(e.data), round(e.bpp, 4), *[value(e.scores.get(name)) for name in shown],
+         round(1000 * e.encode_s), round(1000 * e.decode_s), _note(e)]
+        if e.image is not None else [_label(e), None, None, *[None] * len(shown), None, None, _note(e)]
         for e in entries
     ]
-    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    return pd.DataFrame(rows, columns=_table_columns())
 
 
 def _crops(state: dict, x: float, y: float, size: int):
@@ -304,11 +300,11 @@ def _crops(state: dict, x: float, y: float, size: int):
     return views.mark_box(original, box), crops
 
 
-def _summary(notice: str, ours: Entry, res, target_bpp: float) -> str:
+def _summary(notice: str, ours, res, target_bpp: float) -> str:
     if "WARNING" in notice or "tiny" in notice.lower():
         notice = f"⚠️ **{notice}**"
     return (
-        f"{notice}\n\n**Ours:** {ours.data_bytes:,} bytes = **{ours.bpp:.4f} bpp** (target {target_bpp:.3f}); "
+        f"{notice}\n\n**Ours:** {len(ours.data):,} bytes = **{ours.bpp:.4f} bpp** (target {target_bpp:.3f}); "
         f"predicted timestep **t = {res.t}**, {res.steps} denoising step{'s' if res.steps != 1 else ''}; encode {1000 * ours.encode_s:.0f} ms, "
         f"decode {1000 * ours.decode_s:.0f} ms."
     )

@@ -92,6 +92,13 @@ def test_compress_returns_every_output_losslessly(compressed, small_png):
     assert rows[0][2] == pytest.approx(8 * size / (256 * 160), abs=1e-4)
     assert rows[0][2] <= 0.3 + 1e-9  # rate control never overshoots the target
     assert all(np.isfinite(row[3]) and 0 < row[4] <= 1 for row in rows)  # PSNR, MS-SSIM
+    # Every metric of codec.evaluate.metrics' registry that can run here has its column (SWD needs no weights).
+    from codec.evaluate import metrics
+
+    shown = [m.label for name, m in metrics.PER_IMAGE.items() if metrics.available(name)]
+    assert table["headers"] == ["method", "bytes", "bpp", *shown, "encode ms", "decode ms", "note"]
+    swd = table["headers"].index(metrics.PER_IMAGE["swd"].label)
+    assert all(np.isfinite(row[swd]) and row[swd] >= 0 for row in rows)
     assert "bpp" in summary and "t =" in summary
 
 

@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 import pillow_heif
 import torch
-from compressai.entropy_models import EntropyBottleneck
 from PIL import Image
 
 from codec.core import images
+from codec.core.entropy_coding import EntropyBottleneck
 
 pillow_heif.register_heif_opener()
 

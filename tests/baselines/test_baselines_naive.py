@@ -1,3 +1,7 @@
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -108,3 +112,12 @@ def test_the_demo_backbone_finds_its_shipped_prior(tmp_path, monkeypatch):
     assert not any(tmp_path.iterdir())  # nothing was fitted or written into the user cache
     r = encode_at_quality(photo("kite", 128), "naive", 0.5, backbone=backbone)
     assert np.array_equal(np.asarray(baselines.decode(r.data, "naive", backbone=backbone)), np.asarray(r.image))
+
+
+def test_baselines_import_compressai_through_the_codecs_entropy_coding():
+    """Not compressai's __init__, which imports its datasets and torch_geometric (slow, and a
+    FutureWarning on every call of the evaluation)."""
+    code = "import sys, codec.evaluate.baselines; print(sorted(m for m in ('torch_geometric', 'compressai.zoo') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-W", "error::FutureWarning", "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[2], check=True).stdout
+    assert out.strip() == "[]"

@@ -36,7 +36,6 @@ WEIGHT_FILES = {
     "fid": "weights-inception-2015-12-05-6726825d.pth",  # torch-fidelity's InceptionV3
     "kid": "weights-inception-2015-12-05-6726825d.pth",
 }
-PERCEPTUAL = tuple(WEIGHT_FILES)
 
 
 class MetricUnavailable(RuntimeError):

@@ -73,10 +73,10 @@ def test_bad_inputs_are_refused_clearly():
 def test_perceptual_metrics_are_unavailable_without_weights(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     a, b = const(300, 300, 10), const(300, 300, 20)
-    for name in metrics.PERCEPTUAL:
+    for name in metrics.WEIGHT_FILES:
         assert not metrics.available(name)
         with pytest.raises(MetricUnavailable, match=name.upper()) as err:
-            getattr(metrics, name)(a, b) if name in ("lpips", "dists") else getattr(metrics, name)([a], [b])
+            metrics.PER_IMAGE[name].fn(a, b) if name in metrics.PER_IMAGE else metrics.PER_SET[name].fn([a], [b])
         assert str(tmp_path) in str(err.value)
     assert not any(tmp_path.rglob("*.pth"))  # and nothing was downloaded
 

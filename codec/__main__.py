@@ -1,6 +1,9 @@
 """python -m codec encode|decode|info: the codec from the command line.
 
-Errors print one line on stderr and exit non-zero; no tracebacks for bad input.
+encode and decode take a file, or a folder and an output folder (codec/batch.py: the model is
+loaded once, files already done are skipped, OUT_DIR/summary.csv). Errors print one line on stderr
+and exit non-zero; no tracebacks for bad input. Each command imports only what it needs: `info`
+reads a header without torch, diffusers or compressai (benchmarks/cli_startup.py).
 """
 
 from __future__ import annotations
@@ -10,9 +13,9 @@ import json
 import sys
 from pathlib import Path
 
-from codec.core.backbone import BackboneUnavailable
-from codec.core.bitstream import DEFAULT_MAX_PIXELS, DEFAULT_MAX_STEPS, MAX_STEPS_FIELD, BitstreamError
-from codec.core.images import ImageError
+from codec.core.bitstream import DEFAULT_MAX_PIXELS, DEFAULT_MAX_STEPS, MAX_STEPS_FIELD
+
+DTYPES = ("float32", "float16", "bfloat16")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -24,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="hub id, local diffusers folder, 'demo' or 'tiny' (default: Stable Diffusion if loadable, else demo)")
         p.add_argument("--adapter", default="auto", help="trained adapter folder (default: the one shipped with the backbone)")
         p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+        p.add_argument("--dtype", choices=DTYPES, default=None,
+                       help="the models' dtype (default: float16 on CUDA, float32 on CPU); a file decodes in any dtype")
         limit_options(p)
 
     def limit_options(p):
@@ -32,9 +37,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--max-steps", type=_positive(MAX_STEPS_FIELD), default=DEFAULT_MAX_STEPS,
                        help=f"refuse files that ask for more denoising steps (default: {DEFAULT_MAX_STEPS})")
 
-    enc = sub.add_parser("encode", help="compress an image into a bitstream file")
-    enc.add_argument("input", type=Path)
-    enc.add_argument("output", type=Path)
+    enc = sub.add_parser("encode", help="compress an image into a bitstream file (or a folder's images into OUT_DIR)")
+    enc.add_argument("input", type=Path, help="an image, or a folder of images")
+    enc.add_argument("output", type=Path, help="the bitstream file (.dfcx), or the output folder")
     rate = enc.add_mutually_exclusive_group()
     rate.add_argument("--bpp", type=float, help="target bits per pixel (largest rate not above it)")
     rate.add_argument("--lam", type=float, help="rate-distortion trade-off lambda (learned mode)")
@@ -43,9 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     enc.add_argument("--steps", type=int, default=None, help="number of DDIM steps the decoder will run")
     model_options(enc)
 
-    dec = sub.add_parser("decode", help="reconstruct an image from a bitstream file")
-    dec.add_argument("input", type=Path)
-    dec.add_argument("output", type=Path, help="output image (PNG)")
+    dec = sub.add_parser("decode", help="reconstruct an image from a bitstream file (or a folder's .dfcx files)")
+    dec.add_argument("input", type=Path, help="a bitstream file, or a folder of .dfcx files")
+    dec.add_argument("output", type=Path, help="output image (PNG), or the output folder")
     model_options(dec)
 
     info = sub.add_parser("info", help="print a bitstream's header fields and bpp")
@@ -76,18 +81,14 @@ def main(argv=None) -> int:
 
             print(json.dumps(describe(_read(args.input), args.max_pixels, args.max_steps), indent=2))
             return 0
-
-        from codec.core.diffusion_codec import DiffusionCodec
-
-        codec = DiffusionCodec.load(args.backbone, args.adapter, getattr(args, "mode", None), device=args.device,
-                                    max_pixels=args.max_pixels, max_steps=args.max_steps)
-        print(codec.backbone_notice, file=sys.stderr)
+        if args.input.is_dir():
+            return _folder(args)
+        codec = _load_codec(args)
         if args.command == "encode":
-            if args.bpp is None and args.lam is None and args.step is None:
-                args.bpp = 0.1
-            result = codec.encode(args.input, lam=args.lam, target_bpp=args.bpp, step=args.step,
-                                  mode=args.mode, steps=args.steps)
-            args.output.write_bytes(result.data)
+            from codec.batch import write_atomically
+
+            result = codec.encode(args.input, **_encode_options(args))
+            write_atomically(args.output, result.data)
             print(f"{args.output}: {len(result.data)} bytes, {result.bpp:.4f} bpp, t={result.t}, "
                   f"{result.steps} steps, {result.mode} mode, {result.timings['total']:.2f} s")
         else:
@@ -96,9 +97,56 @@ def main(argv=None) -> int:
             print(f"{args.output}: {result.image.width}x{result.image.height}, {result.bpp:.4f} bpp, "
                   f"t={result.header['t']}, {result.timings['total']:.2f} s")
         return 0
-    except (BitstreamError, ImageError, BackboneUnavailable, ValueError, OSError) as exc:
+    except Exception as exc:
+        if not _bad_input(exc):
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+def _folder(args) -> int:
+    """encode/decode DIR OUT_DIR: every file of DIR not done yet, a progress bar, one line per bad file."""
+    from tqdm import tqdm
+
+    from codec.batch import DecodeBatch, EncodeBatch
+
+    batch = (EncodeBatch if args.command == "encode" else DecodeBatch)(args.input, args.output)
+    codec = _load_codec(args)
+    options = _encode_options(args) if args.command == "encode" else {}
+    failed = skipped = 0
+    with tqdm(total=len(batch), desc=args.command, unit="file", file=sys.stderr, dynamic_ncols=True) as bar:
+        for row in batch.run(codec, **options):
+            if row.error:
+                failed += 1
+                bar.write(f"error: {row.file}: {row.error}", file=sys.stderr)
+            skipped += row.skipped
+            bar.update()
+    print(f"{batch.summary}: {len(batch) - skipped - failed} {args.command}d, {skipped} already done, {failed} failed")
+    return 1 if failed else 0
+
+
+def _load_codec(args):
+    from codec.core.diffusion_codec import DiffusionCodec
+
+    codec = DiffusionCodec.load(args.backbone, args.adapter, getattr(args, "mode", None), device=args.device,
+                                dtype=args.dtype, max_pixels=args.max_pixels, max_steps=args.max_steps)
+    print(codec.backbone_notice, file=sys.stderr)
+    return codec
+
+
+def _encode_options(args) -> dict:
+    rate = dict(lam=args.lam, target_bpp=args.bpp, step=args.step)
+    if all(value is None for value in rate.values()):
+        rate["target_bpp"] = 0.1
+    return dict(rate, mode=args.mode, steps=args.steps)
+
+
+def _bad_input(exc: Exception) -> bool:
+    """Errors of bad input or settings, reported in one line: ValueError (BitstreamError, ImageError
+    and BatchError are ones), OSError, and BackboneUnavailable -- looked up only when the backbone
+    module was imported (info imports neither it nor torch; a module not imported raised nothing)."""
+    backbone = sys.modules.get("codec.core.backbone")
+    return isinstance(exc, (ValueError, OSError)) or (backbone is not None and isinstance(exc, backbone.BackboneUnavailable))
 
 
 def _read(path: Path) -> bytes:

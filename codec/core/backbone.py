@@ -150,30 +150,36 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def _load_hub(repo_id: str, device, dtype) -> Backbone:
+    patterns = ["*.json", "*.txt", "vae/*.safetensors", "unet/*.safetensors", "text_encoder/*.safetensors"]
+    folder = hub_snapshot(repo_id, patterns)
+    cache = Path(os.environ.get("CODEC_CACHE_DIR", Path.home() / ".cache" / "diffusion-codec"))
+    return _load_diffusers(str(folder), cache / repo_id.replace("/", "--"), repo_id, device, dtype)
+
+
+def hub_snapshot(repo_id: str, allow_patterns: list[str]) -> Path:
+    """The local folder of hub model `repo_id` (the files matching `allow_patterns`): the Hugging
+    Face cache first, which works offline and costs no request, then a download if the Hub answers.
+    Raises BackboneUnavailable saying how to get the files otherwise."""
     from huggingface_hub import snapshot_download
 
-    patterns = ["*.json", "*.txt", "vae/*.safetensors", "unet/*.safetensors", "text_encoder/*.safetensors"]
     try:
-        # The local cache first: it works offline and costs no request.
-        folder = snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True)
+        return Path(snapshot_download(repo_id, allow_patterns=allow_patterns, local_files_only=True))
     except Exception:  # noqa: BLE001 - any cache miss means "not downloaded yet"
         if not _hub_reachable():
             raise BackboneUnavailable(
                 # The first sentence becomes the app's fallback notice: no path in it.
-                f"Backbone {repo_id} is not in the local Hugging Face cache and the Hub cannot be "
+                f"Model {repo_id} is not in the local Hugging Face cache and the Hub cannot be "
                 "reached. Download it once on a machine with network (`huggingface-cli download "
                 f"{repo_id}`) and copy the cache to {_hf_cache_dir()} (or set HF_HOME to it), or pass a local "
                 "diffusers folder with --backbone /path/to/folder; offline, use --backbone demo."
             ) from None
-        try:
-            folder = snapshot_download(repo_id, allow_patterns=patterns)
-        except Exception as exc:  # noqa: BLE001 - network, auth, 404: all mean unavailable
-            raise BackboneUnavailable(
-                f"Backbone {repo_id} could not be downloaded from the Hub ({type(exc).__name__}). Check the id, "
-                "your network and HF_TOKEN for gated models, or pass a local diffusers folder with --backbone."
-            ) from None
-    cache = Path(os.environ.get("CODEC_CACHE_DIR", Path.home() / ".cache" / "diffusion-codec"))
-    return _load_diffusers(folder, cache / repo_id.replace("/", "--"), repo_id, device, dtype)
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=allow_patterns))
+    except Exception as exc:  # noqa: BLE001 - network, auth, 404: all mean unavailable
+        raise BackboneUnavailable(
+            f"Model {repo_id} could not be downloaded from the Hub ({type(exc).__name__}). Check the id, "
+            "your network and HF_TOKEN for gated models, or pass a local diffusers folder with --backbone."
+        ) from None
 
 
 def _hf_cache_dir() -> str:
@@ -332,6 +338,11 @@ def tiny_components(seed: int = 0, prediction_type: str = "epsilon"):
     return vae, unet, text_encoder, scheduler
 
 
+def cast(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """`model` with its floating-point weights in `dtype` (diffusers' `.to(dtype)` warns on every call)."""
+    return {torch.float32: model.float, torch.float16: model.half, torch.bfloat16: model.bfloat16}[dtype]()
+
+
 def build_tiny_backbone(seed: int = 0, prediction_type: str = "epsilon", device=None, dtype=None) -> Backbone:
     device, dtype = default_device_dtype(device, dtype)
     vae, unet, text_encoder, scheduler = tiny_components(seed, prediction_type)
@@ -342,7 +353,7 @@ def build_tiny_backbone(seed: int = 0, prediction_type: str = "epsilon", device=
     weights = {"vae": vae.state_dict(), "unet": unet.state_dict()}
     identity = weights_fingerprint(vae, unet, weights, prediction_type, scheduler.alphas_cumprod)
     return Backbone(
-        name="tiny", vae=vae.to(device, dtype), unet=unet.to(device, dtype),
+        name="tiny", vae=cast(vae, dtype).to(device), unet=cast(unet, dtype).to(device),
         alphas_cumprod=scheduler.alphas_cumprod.double(), prediction_type=prediction_type,
         scaling_factor=vae.config.scaling_factor, conditioning=conditioning, device=device, dtype=dtype,
         default_steps=2, fingerprint=identity,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from codec.core.backbone import CONDITIONING_FILE, default_device_dtype, tiny_components
+from codec.core.backbone import CONDITIONING_FILE, cast, default_device_dtype, tiny_components
 
 # The published configs, field by field as in huggingface.co/stabilityai/stable-diffusion-2-1-base
 # (unet/config.json, vae/config.json, scheduler/scheduler_config.json) and .../stable-diffusion-2-1
@@ -71,15 +71,24 @@ def save_random_backbone(kind: str, folder: str | Path, dtype=torch.float32, see
     else:
         configs = KINDS[kind]
         vae, unet = AutoencoderKL(**configs["vae"]), UNet2DConditionModel(**configs["unet"])
-        scheduler = PNDMScheduler(**configs["scheduler"])
+        scheduler = PNDMScheduler.from_config(configs["scheduler"])  # it ignores clip_sample, as when SD loads
+        _calibrate_scaling_factor(vae)
     conditioning = torch.randn(1, 77, unet.config.cross_attention_dim)
-    # One module at a time: SD's UNet in fp32 is 3.5 GB, and a cast copy of it would double that.
     for name, model in (("vae", vae), ("unet", unet)):
-        model.to(dtype).save_pretrained(folder / name)
-    del vae, unet
+        cast(model, dtype).save_pretrained(folder / name)  # in place: no second copy of SD's 3.5 GB UNet
     scheduler.save_pretrained(folder / "scheduler")
     save_file({"conditioning": conditioning.contiguous()}, folder / CONDITIONING_FILE)
     return folder
+
+
+@torch.no_grad()
+def _calibrate_scaling_factor(vae) -> None:
+    """Random weights give latents of std ~0.3 where SD's trained VAE gives ~5.5 (hence its 0.18215).
+    The codec matches quantization noise to diffusion noise in units of unit-variance latents, so the
+    random VAE gets the factor that makes its latents unit-variance, as SD's was chosen; with 0.18215
+    every rate would pick t = 0 and no denoising step would run."""
+    z = vae.encode(torch.rand(1, 3, 256, 256) * 2 - 1).latent_dist.mode()
+    vae.register_to_config(scaling_factor=float(1.0 / z.std()))
 
 
 def main(argv=None) -> int:

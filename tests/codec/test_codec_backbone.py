@@ -147,3 +147,9 @@ def test_the_demo_studys_bitstreams_are_of_the_bundled_demo_backbone():
     decoded = np.asarray(codec.decode(files[0].read_bytes()).image.convert("RGB"), dtype=int)
     shown = np.asarray(Image.open(files[0].with_suffix(".png")).convert("RGB"), dtype=int)
     assert np.abs(decoded - shown).max() <= 4  # measured 1-3 levels (float arithmetic across machines)
+
+
+def test_demo_loads_the_bundled_folder():
+    demo = load_backbone("demo", "cpu")
+    assert backbone_module.DEMO_DIR == REPO / "assets" / "models" / "demo" and demo.name == "demo"
+    assert type(demo.vae).__name__ == "DemoAutoencoder" and demo.conditioning is None

@@ -134,11 +134,12 @@ def compare(anchor: tuple, test: tuple, names=("anchor", "test"), quality_name: 
 # ----------------------------------------------------------------------------------------------
 # Tables
 
-# Quality axes: results-JSON key, transform to a higher-is-better scale, name, unit.
+# Quality axes: results-JSON key, transform to a higher-is-better scale, name, unit. SWD is lower
+# is better, so it enters negated: its BD-quality is the test's SWD *reduction* (positive = better).
 AXES = {
     "psnr": ("psnr-rgb", float, "PSNR", " dB"),
     "ms-ssim": ("ms-ssim-rgb", msssim_db, "MS-SSIM", " dB"),
-    "swd": ("swd", lambda v: -v, "SWD", " (negated)"),
+    "swd": ("swd", lambda v: -v, "SWD", ""),
 }
 DEFAULT_AXES = ("psnr", "ms-ssim")
 

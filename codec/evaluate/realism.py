@@ -11,8 +11,9 @@ Two choices differ from the GAN protocol because here two single images are comp
 sets of thousands of images (docs/metrics.md says why and what the number means):
 
 * Both descriptor sets are normalised with the *original's* per-channel mean and standard
-  deviation. The GAN code normalises each set by its own statistics, which cancels a uniform
-  loss of contrast in a band -- exactly what blur and coarse quantisation do to the fine levels.
+  deviation (at least `MIN_STD`). The GAN code normalises each set by its own statistics, which
+  cancels a uniform loss of contrast in a band -- exactly what blur and coarse quantisation do to
+  the fine levels.
 * Instead of 128 random neighbourhoods per image, up to `MAX_DESCRIPTORS` per level: every
   position when there are fewer, else a fixed-seed sample without replacement, the same
   positions in both images when they have the same size. Random directions come from a
@@ -34,6 +35,9 @@ COARSEST = 16  # px on the short side of the last pyramid level
 MAX_DESCRIPTORS = 4096  # per level and image
 SEED = 2018
 SCALE = 1e3  # the published numbers are SWD x 10^3
+# The normalising standard deviation is at least one grey level, so that a nearly flat band (a
+# clear sky's fine detail) does not magnify differences too small to see into large distances.
+MIN_STD = 1.0
 
 # The 5-tap binomial kernel of Burt & Adelson's pyramid (cv2.pyrDown/pyrUp), applied separably.
 _KERNEL = np.array([1, 4, 6, 4, 1], np.float32) / 16
@@ -121,8 +125,7 @@ def swd_per_level(original: np.ndarray, other: np.ndarray, *, max_descriptors: i
         da, db = _descriptors(la, where_a), _descriptors(lb, where_b)
         # Per-channel normalisation with the original's statistics, for both sets.
         mean = da.mean(axis=(0, 2, 3), keepdims=True)
-        std = da.std(axis=(0, 2, 3), keepdims=True)
-        std[std == 0] = 1.0  # a flat channel: leave the differences in pixel units
+        std = np.maximum(da.std(axis=(0, 2, 3), keepdims=True), MIN_STD)
         da, db = (da - mean) / std, (db - mean) / std
         dirs = rng.standard_normal((da[0].size, directions)).astype(np.float32)
         dirs /= np.linalg.norm(dirs, axis=0, keepdims=True)

@@ -91,8 +91,22 @@ def test_tiny_and_flat_images(kite):
     assert metrics.swd(kite[:16, :16], kite[:16, :16]) == 0.0
     flat = np.full((32, 32, 3), 128, np.uint8)
     assert metrics.swd(flat, flat) == 0.0
-    assert metrics.swd(flat, flat + 1) > 0.0  # a flat channel keeps pixel units instead of dividing by 0
+    # No detail to normalise by: differences count in grey levels (MIN_STD). One level brighter
+    # moves only the low-pass level (the last of two): every descriptor by the all-ones vector,
+    # whose projection on a random unit direction has mean size sqrt(2/pi) (for 147 dimensions).
+    levels = realism.swd_per_level(flat, flat + 1)
+    assert levels[0] == 0.0 and levels[1] == pytest.approx(1000 * np.sqrt(2 / np.pi), rel=0.03)
     assert np.isfinite(metrics.swd(flat, kite[:32, :32]))
+
+
+def test_differences_below_a_grey_level_stay_small_on_smooth_images():
+    """A smooth gradient has almost no fine detail (band deviations far below one grey level);
+    rounding noise of +-1 must not be blown up by dividing by that deviation."""
+    ramp = np.linspace(60, 70, 256)[None, :, None] + np.linspace(0, 5, 128)[:, None, None]
+    smooth = np.repeat(ramp, 3, axis=2).round().astype(np.uint8)
+    rng = np.random.default_rng(0)
+    dithered = np.clip(smooth.astype(int) + rng.integers(-1, 2, smooth.shape), 0, 255).astype(np.uint8)
+    assert 0 < metrics.swd(smooth, dithered) < 1000  # below one grey level on average
 
 
 def test_the_pyramid_splits_by_frequency():

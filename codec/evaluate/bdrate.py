@@ -161,9 +161,9 @@ def _cell(anchor_res: dict, test_res: dict, names, axis: str) -> dict | None:
 
 
 def bd_tables(results: dict, axes=DEFAULT_AXES) -> dict:
-    """{axis: {test: {anchor: cell}}}, cell = `BD.as_dict()` (None on the
-    diagonal, or where a method has no values on that axis). ``results``: method -> compressai
-    results JSON (bpp and quality lists per rate point)."""
+    """{axis: {test: {anchor: cell}}}, cell = `BD.as_dict()` (None on the diagonal, or where a
+    method has no values on that axis). ``results``: method -> compressai results JSON (bpp and
+    quality lists per rate point)."""
     tables = {}
     for axis in axes:
         tables[axis] = {

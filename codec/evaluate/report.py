@@ -1,6 +1,7 @@
 """The evaluation's outputs, from its rows: per_image.csv, results-<method>.json in compressai's
 results format (so `python -m compressai.utils.plot -f results-*.json` plots them), bd_rate.md /
-bd_rate.json (codec/evaluate/bdrate.py) and rd-<metric>.png.
+bd_rate.json, bd_per_image.md / bd_per_image.json (each method against one anchor on each image
+alone, so an outlier image shows; codec/evaluate/bdrate.py) and rd-<metric>.png.
 
 Every metric of the registry (codec/evaluate/metrics.py) gets a CSV column and a JSON key; a metric
 that could not run anywhere (no local weights) is left out of the JSON and named in its description.
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from codec.evaluate import baselines, metrics
-from codec.evaluate.bdrate import bd_markdown, bd_tables, msssim_db
+from codec.evaluate.bdrate import bd_markdown, bd_tables, msssim_db, per_image_markdown, per_image_tables
 from codec.evaluate.compare import OURS
 
 LABELS = {"ours": "Ours (learned adapter)", "ours-analytic": "Ours (analytic adapter)", **baselines.LABELS}
@@ -27,6 +28,7 @@ CSV_COLUMNS = ["image", "method", "target_bpp", "aimed_bpp", "bpp", "within_aim"
 class Report:
     results: dict  # method -> compressai results JSON
     tables: dict  # bd_tables
+    anchor: str  # of the per-image BD tables
     plots: list[Path]
     unavailable: list[str]  # metrics without local weights
 
@@ -118,5 +120,16 @@ def write(rows, set_scores, methods, targets, out: Path) -> Report:
     tables = bd_tables(results)
     (out / "bd_rate.json").write_text(json.dumps(tables, indent=2) + "\n")
     (out / "bd_rate.md").write_text(bd_markdown(tables))
+    anchor = per_image_anchor(methods)
+    by_image = {image: method_results([r for r in rows if r.image == image], {}, methods, targets)
+                for image in dict.fromkeys(r.image for r in rows)}
+    per_image = per_image_tables(by_image, anchor)
+    (out / "bd_per_image.json").write_text(json.dumps(per_image, indent=2) + "\n")
+    (out / "bd_per_image.md").write_text(per_image_markdown(per_image, anchor))
     unavailable = [name for name in metrics.METRICS if not metrics.available(name)]
-    return Report(results, tables, plot(results, out), unavailable)
+    return Report(results, tables, anchor, plot(results, out), unavailable)
+
+
+def per_image_anchor(methods) -> str:
+    """The anchor of the per-image BD tables: the first baseline evaluated (JPEG when it is), else the first method."""
+    return next((m for m in methods if m not in OURS), methods[0])

@@ -57,7 +57,7 @@ def test_per_image_csv(run):
     assert {r["image"] for r in rows} == {"kite.png", "wood.png"}
     for r in rows:
         assert r["lpips"] == r["dists"] == "unavailable"
-        assert 0 < float(r["bpp"]) and 0 < float(r["psnr"]) and 0 < float(r["ms_ssim"]) <= 1
+        assert 0 < float(r["bpp"]) and 0 < float(r["psnr"]) and 0 < float(r["ms_ssim"]) <= 1 and float(r["swd"]) >= 0
         if r["method"] in ("ours", "ours-analytic"):
             assert float(r["aimed_bpp"]) == float(r["target_bpp"])
         else:  # the baselines aim at the bpp ours reached on that image, never above
@@ -88,6 +88,16 @@ def test_plots_and_bd_tables(run):
     assert tables["psnr"]["jpeg"]["jpeg"] is None
     assert "BD-rate (%) on PSNR" in (out / "bd_rate.md").read_text()
     assert "unavailable (no local weights): LPIPS, DISTS, FID, KID" in proc.stdout
+    # The weight-free realism metric of the registry reaches the CSV, the JSON and a plot with no edit here.
+    with Image.open(out / "rd-swd.png") as im:
+        assert im.size[0] > 500
+    assert len(json.loads((out / "results-ours.json").read_text())["results"]["swd"]) == len(TARGETS)
+    # One BD table per image, every method against the first baseline (JPEG), so an outlier image shows.
+    per_image = json.loads((out / "bd_per_image.json").read_text())
+    assert set(per_image) == {"psnr", "ms-ssim"}
+    assert set(per_image["psnr"]) == {"kite.png", "wood.png"}
+    assert set(per_image["psnr"]["kite.png"]) == {"ours", "ours-analytic", "webp", "avif", "heic", "naive"}
+    assert "per image, against jpeg" in (out / "bd_per_image.md").read_text()
 
 
 def test_bad_arguments_give_one_line_errors(tmp_path, capsys):

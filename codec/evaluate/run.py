@@ -151,7 +151,9 @@ class RowStore:
 
 
 def reconstruction_path(out: Path, method: str, target: float, image: str) -> Path:
-    return out / "reconstructions" / method / f"{target:g}" / f"{image}.png"
+    """reconstructions/<method>/<target>/<image name>, ".png" added unless the name ends with it."""
+    name = image if image.lower().endswith(".png") else f"{image}.png"
+    return out / "reconstructions" / method / f"{target:g}" / name
 
 
 # ----------------------------------------------------------------------------------------------

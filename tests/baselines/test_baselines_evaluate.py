@@ -1,8 +1,10 @@
 """`python -m codec.evaluate` end to end on two small photos with the tiny random backbone."""
 
 import csv
+import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from codec.evaluate import baselines
+from codec.data import datasets
+from codec.evaluate import baselines, metrics
+from codec.evaluate import run as evaluate_run
 from codec.evaluate.__main__ import main as evaluate_main
 from codec.core.adapters.learned import LearnedAdapter
 from codec.core.backbone import build_tiny_backbone
@@ -43,7 +47,7 @@ def run(tmp_path_factory):
     out = tmp / "out"
     cmd = [sys.executable, "-m", "codec.evaluate", "--data", str(data), "--images", "kite.png,wood.png",
            "--methods", "jpeg,webp,avif,heic,naive,ours,ours-analytic", "--bpp", ",".join(map(str, TARGETS)),
-           "--out", str(out), "--backbone", "tiny", "--adapter", str(adapter)]
+           "--out", str(out), "--backbone", "tiny", "--adapter", str(adapter), "--save-reconstructions"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc
@@ -98,6 +102,38 @@ def test_plots_and_bd_tables(run):
     assert set(per_image["psnr"]) == {"kite.png", "wood.png"}
     assert set(per_image["psnr"]["kite.png"]) == {"ours", "ours-analytic", "webp", "avif", "heic", "naive"}
     assert "per image, against jpeg" in (out / "bd_per_image.md").read_text()
+
+
+def test_reconstructions_are_saved_and_feed_the_set_metrics(run, monkeypatch):
+    """--save-reconstructions keeps each decoded image (the one scored); the set metrics (patch FID/KID)
+    are computed from those files at the merge. A stub FID stands in for the Inception weights."""
+    out, _ = run
+    row = next(r for r in csv.DictReader((out / "per_image.csv").open())
+               if r["method"] == "heic" and r["image"] == "kite.png" and float(r["target_bpp"]) == TARGETS[0])
+    with Image.open(out / "reconstructions" / "heic" / f"{TARGETS[0]:g}" / "kite.png") as im, \
+            Image.open(out.parent / "data" / "kite.png") as original:
+        assert im.size == (160, 120)
+        assert f"{metrics.psnr(original, im):.6g}" == row["psnr"]
+
+    seen = []
+
+    def stub_fid(originals, reconstructions):
+        seen.append((len(originals), reconstructions[0].size))
+        return float(metrics.psnr(originals[0], reconstructions[0]))  # any number computed from the files
+
+    fid = dataclasses.replace(metrics.PER_SET["fid"], fn=stub_fid, needs_weights=False)
+    monkeypatch.setitem(metrics.PER_SET, "fid", fid)
+    monkeypatch.setitem(metrics.METRICS, "fid", fid)
+    settings = evaluate_run.Settings(methods=["ours", "jpeg"], targets=list(TARGETS), backbone="tiny",
+                                     adapter=str(out.parent / "adapter"))
+    files = datasets.list_images(out.parent / "data", "kite.png,wood.png")
+    merged = out.parent / "merged"
+    shutil.copytree(out / "rows", merged / "rows")
+    shutil.copytree(out / "reconstructions", merged / "reconstructions")
+    report = evaluate_run.merge(files, settings, merged, evaluate_run.RowStore(merged))
+    assert len(seen) == 2 * len(TARGETS) and seen[0] == (2, (160, 120))
+    assert len(report.results["jpeg"]["results"]["fid"]) == len(TARGETS)
+    assert "fid" in json.loads((merged / "results-jpeg.json").read_text())["results"]
 
 
 def test_bad_arguments_give_one_line_errors(tmp_path, capsys):

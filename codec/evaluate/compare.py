@@ -4,13 +4,14 @@ codec/evaluate/metrics.py. `python -m codec.evaluate` and the Space's Compress t
 
 Who runs a method is the caller's choice (`encode_ours`, `encode_baseline`): the evaluation calls
 the codec in-process, the Space calls it in its model process. Methods that use the diffusion
-backbone run one after the other in the calling thread (the backbone already uses every core); the
-image codecs and the metrics run in `threads` worker threads (Pillow, x265 and torch release the GIL).
+backbone run one after the other in the calling thread (the backbone already uses every core); with
+`threads` > 0 the image codecs and the metrics run in that many worker threads (Pillow, x265 and
+torch release the GIL), with 0 everything runs in turn, so each method's time is its own.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -91,7 +92,7 @@ def aim(target_bpp: float, done: dict) -> float:
 
 
 def compare(original: Image.Image, target_bpp: float, methods, encode_ours, encode_baseline, *,
-            done: dict | None = None, threads: int = 1, on_done: Callable[[Outcome], None] | None = None
+            done: dict | None = None, threads: int = 0, on_done: Callable[[Outcome], None] | None = None
             ) -> list[Outcome]:
     """Each of `methods` (ours first) on `original`: ours at `target_bpp`, the baselines at the bpp the
     first of ours reached (at `target_bpp` without ours), each scored. -> Outcomes in `methods` order.
@@ -114,19 +115,40 @@ def compare(original: Image.Image, target_bpp: float, methods, encode_ours, enco
         except baselines.NaivePriorMissing:
             return Outcome(method, at, b"", float("nan"), False, float("nan"), None, 0.0, 0.0, NO_PRIOR_NOTE)
 
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        pending = []
+    pool = ThreadPoolExecutor(max_workers=threads) if threads > 0 else None
+    pending = []
+
+    def submit(fn, *args) -> None:
+        pending.append(pool.submit(fn, *args) if pool is not None else _at_once(fn, *args))
+        for future in [f for f in pending if f.done()]:  # report what is finished, from this thread
+            collect(future)
+
+    def collect(future) -> None:
+        pending.remove(future)
+        outcome = future.result()
+        done[outcome.method] = outcome
+        report(outcome)
+
+    try:
         for method in (m for m in fresh if m in OURS):
             outcome = encode_ours(method, original, target_bpp)
             done[method] = outcome
-            pending.append(pool.submit(score, original, outcome))
+            submit(score, original, outcome)
         at = aim(target_bpp, done)
-        pending += [pool.submit(lambda m: score(original, run_baseline(m, at)), m)
-                    for m in fresh if m not in USES_BACKBONE]
+        for method in (m for m in fresh if m not in USES_BACKBONE):
+            submit(lambda m: score(original, run_baseline(m, at)), method)
         for method in (m for m in fresh if m in USES_BACKBONE and m not in OURS):
-            pending.append(pool.submit(score, original, run_baseline(method, at)))
-        for future in as_completed(pending):
-            outcome = future.result()
-            done[outcome.method] = outcome
-            report(outcome)
+            submit(score, original, run_baseline(method, at))
+        for future in as_completed(list(pending)):
+            collect(future)
+    finally:
+        if pool is not None:
+            pool.shutdown()
     return [done[m] for m in methods]
+
+
+def _at_once(fn, *args) -> Future:
+    """pool.submit without a pool: run now, in this thread."""
+    future = Future()
+    future.set_result(fn(*args))
+    return future

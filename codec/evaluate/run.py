@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -24,7 +25,7 @@ from pathlib import Path
 from PIL import Image
 
 from codec.data import datasets
-from codec.data.photos import VALIDATION_PHOTOS, DataError
+from codec.data.photos import VALIDATION_PHOTOS
 from codec.evaluate import baselines, compare, metrics, report
 
 OURS = compare.OURS
@@ -201,19 +202,19 @@ def _ensure_naive_prior(codec, train_dir: str | None, files, log) -> None:
     baselines.fit_naive_prior(codec.backbone, train)
 
 
-def _no_bar(total: int, initial: int, process: int, processes: int):
-    class Bar:
-        def update(self, n=1):
-            pass
+class _NoBar:
+    def __init__(self, total: int, initial: int, process: int, processes: int):
+        pass
 
-        def close(self):
-            pass
+    def update(self, n: int = 1) -> None:
+        pass
 
-    return Bar()
+    def close(self) -> None:
+        pass
 
 
 def evaluate(files: list[datasets.ImageFile], settings: Settings, out: Path, log=lambda msg: None,
-             progress_bar=_no_bar) -> report.Report | None:
+             progress_bar=_NoBar) -> report.Report | None:
     """Run this process's share of `files`; the main process then merges every process's rows and
     writes the outputs (returns their Report; the other processes return None).
 
@@ -268,8 +269,6 @@ def evaluate(files: list[datasets.ImageFile], settings: Settings, out: Path, log
 
 
 def _png(image: Image.Image) -> bytes:
-    import io
-
     buf = io.BytesIO()
     image.save(buf, "PNG")
     return buf.getvalue()

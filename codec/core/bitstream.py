@@ -15,11 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 
 MAGIC = b"\xdf\xc0"  # 2 bytes: the header is kept small because it counts in every file's bpp
-VERSION = 1
+VERSION = 2  # the version this software writes; it reads 1 and 2 (docs/bitstream.md)
+READABLE_VERSIONS = (1, 2)
 MODES = ("learned", "analytic")
 MAX_FILE_BYTES = 64 * 1024 * 1024
 MAX_CHANNELS = 16
 MAX_TIMESTEP = 999
+MAX_SIDE_VALUES = 16384  # float16 side-information values (32 KiB); each adapter checks its exact count
 MAX_STEPS_FIELD = 255  # steps is one byte
 PAD_MULTIPLE = 64  # images are padded to multiples of 64 (VAE /8 and hyperprior /4, with margin)
 
@@ -46,11 +48,12 @@ class Header:
     adapter_fingerprint: bytes  # of the learned adapter; zero bytes in analytic mode
     height: int
     width: int
-    t: int
-    steps: int
+    t: int  # the timestep denoising starts from; 0 = no denoising (version 2 only)
+    steps: int  # DDIM steps: 0 when t = 0, else 1..t
     scale: tuple[float, ...]  # gamma: per-channel scale a of z = a * y + b
     shift: tuple[float, ...]  # gamma: per-channel shift b
-    prior_scales: tuple[float, ...] = ()  # analytic mode: per-channel std of z for the Gaussian prior
+    side_info: tuple[float, ...] = ()  # the adapter's side information (analytic: per-channel prior scales)
+    version: int = VERSION
 
     @property
     def channels(self) -> int:
@@ -58,7 +61,7 @@ class Header:
 
     def as_dict(self) -> dict:
         return {
-            "format_version": VERSION,
+            "format_version": self.version,
             "mode": self.mode,
             "backbone_fingerprint": self.backbone_fingerprint.hex(),
             "adapter_fingerprint": self.adapter_fingerprint.hex(),
@@ -68,7 +71,7 @@ class Header:
             "steps": self.steps,
             "gamma_scale": list(self.scale),
             "gamma_shift": list(self.shift),
-            "prior_scales": list(self.prior_scales),
+            "side_info": list(self.side_info),
         }
 
 
@@ -82,6 +85,9 @@ def payload_count(mode: str) -> int:
 
 
 def pack(header: Header, payloads: list[bytes]) -> bytes:
+    """A version-2 file (the only version this software writes)."""
+    if header.version != VERSION:
+        raise ValueError(f"This software writes bitstream version {VERSION} only.")
     _validate_header(header)
     if len(payloads) != payload_count(header.mode):
         raise ValueError(f"mode {header.mode} needs {payload_count(header.mode)} payloads")
@@ -91,7 +97,9 @@ def pack(header: Header, payloads: list[bytes]) -> bytes:
             header.adapter_fingerprint, header.height, header.width, header.t, header.steps,
             header.channels,
         ),
-        np.asarray(header.scale + header.shift + header.prior_scales, dtype="<f2").tobytes(),
+        np.asarray(header.scale + header.shift, dtype="<f2").tobytes(),
+        _varint(len(header.side_info)),
+        np.asarray(header.side_info, dtype="<f2").tobytes(),
         b"".join(_varint(len(p)) for p in payloads),
         *payloads,
     ]
@@ -113,8 +121,9 @@ def parse(data: bytes, max_pixels: int | None = None, max_steps: int | None = No
         raise BitstreamError("Not a diffusion-codec bitstream (wrong magic bytes): was another file uploaded?")
     if len(data) < _FIXED.size + _CRC.size:
         raise BitstreamError(f"The bitstream is truncated: only {len(data)} bytes.")
-    if data[2] != VERSION:
-        raise BitstreamError(f"Unsupported bitstream version {data[2]} (this software reads version {VERSION}).")
+    version = data[2]
+    if version not in READABLE_VERSIONS:
+        raise BitstreamError(f"Unsupported bitstream version {version} (this software reads versions 1 and 2).")
     body, (crc,) = data[:-_CRC.size], _CRC.unpack(data[-_CRC.size:])
     if zlib.crc32(body) != crc:
         raise BitstreamError("The bitstream is corrupt or truncated (checksum mismatch).")
@@ -125,12 +134,14 @@ def parse(data: bytes, max_pixels: int | None = None, max_steps: int | None = No
     mode = MODES[mode_id]
     if not 1 <= channels <= MAX_CHANNELS:
         raise BitstreamError(f"Invalid latent channel count {channels}.")
-    n_floats = channels * (3 if mode == "analytic" else 2)
-    offset = _FIXED.size
-    if len(body) < offset + 2 * n_floats:
-        raise BitstreamError("The bitstream is truncated inside its header.")
-    floats = np.frombuffer(body, dtype="<f2", count=n_floats, offset=offset).astype(np.float64)
-    offset += 2 * n_floats
+    gamma, offset = _read_floats(body, _FIXED.size, 2 * channels)
+    if version == 1:  # side information had no count: analytic files carried C prior scales
+        side_count = channels if mode == "analytic" else 0
+    else:
+        side_count, offset = _read_varint(body, offset, "side-information count")
+        if side_count > MAX_SIDE_VALUES:
+            raise BitstreamError(f"Too much side information ({side_count} values; at most {MAX_SIDE_VALUES}).")
+    side_info, offset = _read_floats(body, offset, side_count)
     lengths = []
     for _ in range(payload_count(mode)):
         length, offset = _read_varint(body, offset)
@@ -147,14 +158,21 @@ def parse(data: bytes, max_pixels: int | None = None, max_steps: int | None = No
     header = Header(
         mode=mode, backbone_fingerprint=backbone_fp, adapter_fingerprint=adapter_fp,
         height=height, width=width, t=t, steps=steps,
-        scale=tuple(floats[:channels]), shift=tuple(floats[channels:2 * channels]),
-        prior_scales=tuple(floats[2 * channels:]),
+        scale=gamma[:channels], shift=gamma[channels:], side_info=side_info, version=version,
     )
     try:
         _validate_header(header, max_pixels, max_steps)
     except ValueError as exc:
         raise BitstreamError(str(exc)) from None
     return header, payloads
+
+
+def _read_floats(body: bytes, offset: int, count: int) -> tuple[tuple[float, ...], int]:
+    """`count` float16 values at `offset` (the length checked before reading), and the next offset."""
+    if len(body) < offset + 2 * count:
+        raise BitstreamError("The bitstream is truncated inside its header.")
+    values = np.frombuffer(body, dtype="<f2", count=count, offset=offset).astype(np.float64)
+    return tuple(float(v) for v in values), offset + 2 * count
 
 
 def _varint(value: int) -> bytes:
@@ -166,7 +184,7 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-def _read_varint(body: bytes, offset: int) -> tuple[int, int]:
+def _read_varint(body: bytes, offset: int, what: str = "payload length") -> tuple[int, int]:
     value = 0
     for i in range(_MAX_VARINT_BYTES):
         if offset + i >= len(body):
@@ -175,7 +193,7 @@ def _read_varint(body: bytes, offset: int) -> tuple[int, int]:
         value |= (byte & 0x7F) << (7 * i)
         if not byte & 0x80:
             return value, offset + i + 1
-    raise BitstreamError("Invalid payload length in the header.")
+    raise BitstreamError(f"Invalid {what} in the header.")
 
 
 def describe(data: bytes, max_pixels: int | None = None, max_steps: int | None = None) -> dict:
@@ -265,9 +283,9 @@ def _validate_header(h: Header, max_pixels: int | None = None, max_steps: int | 
         raise ValueError(f"Invalid image size {h.width}x{h.height}.")
     if max_pixels is not None:
         check_pixels(h.height, h.width, max_pixels)
-    if not 1 <= h.t <= MAX_TIMESTEP:
+    if not (1 if h.version == 1 else 0) <= h.t <= MAX_TIMESTEP:  # version 1 cannot say "no denoising"
         raise ValueError(f"Invalid diffusion timestep t={h.t}.")
-    if not 1 <= h.steps <= min(h.t, MAX_STEPS_FIELD):
+    if not (h.steps == 0 if h.t == 0 else 1 <= h.steps <= min(h.t, MAX_STEPS_FIELD)):
         raise ValueError(f"Invalid number of denoising steps {h.steps} for t={h.t}.")
     if max_steps is not None and h.steps > max_steps:
         raise ValueError(f"The file asks for {h.steps} denoising steps; this decoder's limit is {max_steps}.")
@@ -275,6 +293,7 @@ def _validate_header(h: Header, max_pixels: int | None = None, max_steps: int | 
         raise ValueError("Invalid gamma (per-channel scale and shift).")
     if not all(math.isfinite(a) and a > 0 for a in h.scale) or not all(math.isfinite(b) for b in h.shift):
         raise ValueError("Invalid gamma values (scales must be positive and finite).")
-    expected_priors = len(h.scale) if h.mode == "analytic" else 0
-    if len(h.prior_scales) != expected_priors or not all(math.isfinite(s) and s > 0 for s in h.prior_scales):
+    if len(h.side_info) > MAX_SIDE_VALUES or not all(math.isfinite(v) for v in h.side_info):
+        raise ValueError("Invalid side information (at most MAX_SIDE_VALUES finite values).")
+    if h.version == 1 and not all(v > 0 for v in h.side_info):  # version 1's rule for the analytic prior scales
         raise ValueError("Invalid per-channel prior scales.")

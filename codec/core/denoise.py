@@ -1,4 +1,4 @@
-"""Partial deterministic DDIM (eta = 0) from the transmitted timestep t down to 0.
+"""Partial deterministic DDIM (eta = 0) from the transmitted timestep t down to 0 (none when t = 0).
 
 The dequantized latent is treated as the noisy latent x_t = sqrt(abar_t) * y_hat (paper-spec §1.7);
 no fresh noise is added, so decoding is a deterministic function of the bitstream. The loop is
@@ -45,7 +45,10 @@ class DenoiseResult:
 
 @torch.no_grad()
 def denoise(backbone: Backbone, y_hat: torch.Tensor, t: int, steps: int, progress=None) -> DenoiseResult:
-    """Run DDIM from x_t = sqrt(abar_t) * y_hat to step 0; returns x_0 and every x0 prediction."""
+    """Run DDIM from x_t = sqrt(abar_t) * y_hat to step 0; returns x_0 and every x0 prediction.
+    t = 0 means no denoising: y_hat itself is the latent the VAE decodes."""
+    if t == 0:
+        return DenoiseResult(latent=y_hat.float())
     abar = backbone.alphas_cumprod
     grid = timestep_grid(t, steps)
     x = float(abar[t]) ** 0.5 * y_hat.float()

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from codec.core.adapter import LearnedAdapter, default_t_max
+from codec.core.adapters.base import default_t_max
+from codec.core.adapters.learned import LearnedAdapter
 from codec.core.backbone import Backbone, load_backbone
 from codec.core.denoise import to_epsilon_and_x0
 from codec.core.images import to_tensor
@@ -88,7 +89,9 @@ def latent_bank(backbone: Backbone, photos: list[np.ndarray], crop: int, per_pho
 
 def train_adapter(backbone_source: str, photos: list[np.ndarray], out: Path, work: Path, minutes: float,
                   resume: bool, device=None, crop: int = 128, batch: int = 8, lr: float = 3e-4, seed: int = 0,
-                  adapter_kwargs: dict | None = None, eval_images: dict | None = None) -> LearnedAdapter:
+                  adapter_kwargs: dict | None = None, max_steps: int | None = None,
+                  crops_per_photo: int = 16) -> LearnedAdapter:
+    """Train for `minutes` in all (across resumes) or until step `max_steps`; export to `out`."""
     torch.manual_seed(seed)
     backbone = load_backbone(backbone_source, device=device)
     t_max = default_t_max(backbone.num_train_timesteps)
@@ -108,7 +111,7 @@ def train_adapter(backbone_source: str, photos: list[np.ndarray], out: Path, wor
         state = saved["state"]
         log.info("adapter: resumed at step %d (%.1f min)", state["step"], state["seconds"] / 60)
 
-    crops, latents = latent_bank(backbone, photos, crop, per_photo=16, seed=seed)
+    crops, latents = latent_bank(backbone, photos, crop, per_photo=crops_per_photo, seed=seed)
     log.info("adapter: %d crops of %d px, latents %s, t_max %d, lambda in %s", len(crops), crop,
              tuple(latents.shape[1:]), t_max, LAM_RANGE)
     rng = np.random.default_rng(seed + state["step"])
@@ -116,7 +119,7 @@ def train_adapter(backbone_source: str, photos: list[np.ndarray], out: Path, wor
     last_log, last_save = time.monotonic(), time.monotonic()
     started = time.monotonic() - state["seconds"]
     adapter.train()
-    while time.monotonic() - started < minutes * 60:
+    while time.monotonic() - started < minutes * 60 and (max_steps is None or state["step"] < max_steps):
         idx = torch.from_numpy(rng.integers(0, len(crops), batch))
         x, y = crops[idx].to(backbone.device), latents[idx].to(backbone.device)
         lam = torch.exp(log_lam[0] + (log_lam[1] - log_lam[0]) * torch.rand(batch)).to(backbone.device)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from codec.core.adapter import LearnedAdapter
+from codec.core.adapters.learned import LearnedAdapter
 from codec.core.backbone import build_tiny_backbone
 from codec.core.diffusion_codec import DiffusionCodec
 from tests.photos import photo as photo_named

@@ -120,7 +120,7 @@ def main() -> None:
     torch.set_num_threads(1)
     codec = make_tiny_codec()
     out = sys.stdout
-    out.write(json.dumps({"backbone": codec.backbone.fingerprint.hex(), "adapter": codec.learned.fingerprint.hex()}) + "\n")
+    out.write(json.dumps({"backbone": codec.backbone.fingerprint.hex(), "adapter": codec.adapters["learned"].fingerprint.hex()}) + "\n")
     out.flush()
     stdin = sys.stdin.buffer
     while header := stdin.read(4):

@@ -14,7 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from codec.core.bitstream import FINGERPRINT_BYTES, MAGIC, BitstreamError, Header, _varint, pack, parse
+from codec.core.bitstream import (FINGERPRINT_BYTES, MAGIC, MAX_SIDE_VALUES, READABLE_VERSIONS, BitstreamError, Header,
+                                  _varint, pack, parse)
 
 CASES = 2000 if os.environ.get("CI") else 300
 FUZZ = settings(max_examples=CASES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
@@ -72,9 +73,10 @@ def test_bit_flipped_files(valid, data):
 
 
 @FUZZ
-@given(junk=st.binary(max_size=300), fix_crc=st.booleans(), keep_magic=st.booleans())
-def test_random_files_with_forged_checksums(junk, fix_crc, keep_magic):
-    body = (MAGIC + b"\x01" + junk) if keep_magic else junk
+@given(junk=st.binary(max_size=300), fix_crc=st.booleans(), keep_magic=st.booleans(),
+       version=st.sampled_from(READABLE_VERSIONS))
+def test_random_files_with_forged_checksums(junk, fix_crc, keep_magic, version):
+    body = (MAGIC + bytes([version]) + junk) if keep_magic else junk
     _only_bitstream_errors(_with_crc(body) if fix_crc else body)
 
 
@@ -103,14 +105,39 @@ def test_huge_declared_length_is_refused_without_allocation(valid):
         parse(_with_crc(endless))
 
 
+HEADER = dict(mode="analytic", backbone_fingerprint=bytes(FINGERPRINT_BYTES), adapter_fingerprint=bytes(FINGERPRINT_BYTES),
+              height=8, width=8, t=5, steps=2, scale=(1.0,) * 4, shift=(0.0,) * 4, side_info=(1.0,) * 4)
+
+
 @pytest.mark.parametrize("change,message", [
-    (lambda h: {**h, "t": 0}, "timestep"),
+    (lambda h: {**h, "t": 1000}, "timestep"),
+    (lambda h: {**h, "t": 0}, "steps 2 for t=0"),  # no denoising: no steps
+    (lambda h: {**h, "steps": 0}, "steps 0 for t=5"),
     (lambda h: {**h, "steps": 9}, "steps"),
     (lambda h: {**h, "scale": (0.0,) * 4}, "gamma"),
     (lambda h: {**h, "height": 0}, "size"),
+    (lambda h: {**h, "side_info": (float("inf"),)}, "side information"),
+    (lambda h: {**h, "side_info": (1.0,) * (MAX_SIDE_VALUES + 1)}, "side information"),
+    (lambda h: {**h, "version": 1}, "writes bitstream version 2 only"),
 ])
 def test_pack_refuses_invalid_headers(change, message):
-    fields = dict(mode="analytic", backbone_fingerprint=bytes(FINGERPRINT_BYTES), adapter_fingerprint=bytes(FINGERPRINT_BYTES), height=8, width=8,
-                  t=5, steps=2, scale=(1.0,) * 4, shift=(0.0,) * 4, prior_scales=(1.0,) * 4)
     with pytest.raises(ValueError, match=message):
-        pack(Header(**change(fields)), [b"x"])
+        pack(Header(**change(HEADER)), [b"x"])
+
+
+def test_version_2_says_no_denoising_with_t_0():
+    header, payloads = parse(pack(Header(**{**HEADER, "t": 0, "steps": 0}), [b"x" * 8]))
+    assert (header.t, header.steps, header.version, payloads) == (0, 0, 2, [b"x" * 8])
+    assert header.side_info == (1.0,) * 4 and header.as_dict()["format_version"] == 2
+
+
+def test_side_information_count_is_bounded_before_it_is_read():
+    data = pack(Header(**{**HEADER, "side_info": ()}), [b"x" * 8])
+    count_at = 20 + 2 * 2 * 4  # fixed fields, then gamma
+    assert data[count_at] == 0
+    forged = data[:count_at] + _varint(MAX_SIDE_VALUES + 1) + data[count_at + 1:-4]
+    with pytest.raises(BitstreamError, match=f"Too much side information \\({MAX_SIDE_VALUES + 1} values"):
+        parse(_with_crc(forged))
+    forged = data[:count_at] + _varint(MAX_SIDE_VALUES) + data[count_at + 1:-4]  # declared, not there
+    with pytest.raises(BitstreamError, match="truncated inside its header"):
+        parse(_with_crc(forged))

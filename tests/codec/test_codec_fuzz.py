@@ -9,6 +9,7 @@ both measured in the worker; the slowest and the largest case are reported at th
 import collections
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +17,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from codec.core.bitstream import (_FIXED, DEFAULT_MAX_PIXELS, MAGIC, MODES, VERSION, BitstreamError, Header, _varint, pack,
-                             padded_size, parse, payload_count)
+from codec.core.bitstream import (_FIXED, DEFAULT_MAX_PIXELS, MAGIC, MAX_SIDE_VALUES, MODES, BitstreamError, Header, _varint,
+                                  pack, padded_size, parse, payload_count)
 from tests.codec.fuzz_worker import Worker
 
 FORGED_CASES = 3000
@@ -73,7 +74,7 @@ STATS = Stats()  # printed at the end of the run by tests/codec/conftest.py
 def worker(tiny_codec):
     w = Worker()
     # The worker builds the same seeded models: its files are this process's files.
-    assert w.hello == {"backbone": tiny_codec.backbone.fingerprint.hex(), "adapter": tiny_codec.learned.fingerprint.hex()}
+    assert w.hello == {"backbone": tiny_codec.backbone.fingerprint.hex(), "adapter": tiny_codec.adapters["learned"].fingerprint.hex()}
     yield w
     w.close()
 
@@ -106,7 +107,9 @@ def _half_floats(n: int, low: float, high: float):
 
 @st.composite
 def forged_files(draw, backbone_fp: bytes, adapter_fp: bytes):
-    """Header fields drawn from anything to sane, payloads from empty to random, behind a valid CRC."""
+    """Header fields drawn from anything to sane, payloads from empty to random, behind a valid CRC;
+    mostly version 2 (with t = 0 and any side-information count), also version 1 (stored/v1 layout)."""
+    version = draw(st.sampled_from([2, 2, 2, 1]))
     mode_id = draw(st.one_of(st.integers(0, 1), st.integers(0, 1), st.integers(0, 255)))
     mode = MODES[mode_id] if mode_id < len(MODES) else "learned"
     right_adapter = adapter_fp if mode == "learned" else bytes(4)
@@ -115,14 +118,17 @@ def forged_files(draw, backbone_fp: bytes, adapter_fp: bytes):
         fingerprints = draw(st.binary(min_size=8, max_size=8))
     side = st.one_of(st.integers(1, 200), st.sampled_from(SIZES), st.integers(0, 65535))
     height, width = draw(side), draw(side)
-    t = draw(st.one_of(st.integers(1, 100), st.integers(0, 65535)))
-    steps = draw(st.one_of(st.integers(1, 4), st.integers(0, 255)))
+    t = draw(st.one_of(st.integers(0, 100), st.just(0), st.integers(0, 65535)))
+    steps = 0 if t == 0 and draw(st.integers(0, 3)) else draw(st.one_of(st.integers(1, 4), st.integers(0, 255)))
     channels = draw(st.one_of(st.just(4), st.integers(0, 255)))
-    fixed = _FIXED.pack(MAGIC, VERSION, mode_id, fingerprints[:4], fingerprints[4:], height, width, t, steps, channels)
+    fixed = _FIXED.pack(MAGIC, version, mode_id, fingerprints[:4], fingerprints[4:], height, width, t, steps, channels)
     n = min(channels, 16)
     floats = draw(_half_floats(n, 2.0**-10, 1024.0)) + draw(_half_floats(n, -128.0, 128.0))
-    if mode == "analytic":
-        floats += draw(_half_floats(n, 2.0**-7, 128.0))
+    side = n if mode == "analytic" else 0  # what the adapter expects
+    if version == 2:
+        side = draw(st.one_of(st.just(side), st.just(side), st.integers(0, 8), st.sampled_from([MAX_SIDE_VALUES, 2**21])))
+        floats += _varint(side)
+    floats += draw(_half_floats(min(side, 64), 2.0**-7, 128.0))
     payloads = [draw(_payload()) for _ in range(draw(st.sampled_from([payload_count(mode)] * 9 + [0, 1, 3])))]
     lengths = b"".join(_varint(len(p)) for p in payloads)
     if draw(st.integers(0, 19)) == 0:
@@ -145,12 +151,12 @@ def large_files(draw, backbone_fp: bytes, adapter_fp: bytes):
     width = draw(st.one_of(st.sampled_from([64, 1536, 2304, 36864]), st.integers(1, DEFAULT_MAX_PIXELS // 64)))
     tallest = DEFAULT_MAX_PIXELS // padded_size(1, width)[1] // 64 * 64
     height = draw(st.one_of(st.just(tallest), st.integers(max(1, tallest // 4), tallest)))
-    t = draw(st.integers(1, 100))
+    t = draw(st.integers(0, 100))
     half = st.floats(2.0**-6, 64.0, width=16)
     header = Header(mode=mode, backbone_fingerprint=backbone_fp,
                     adapter_fingerprint=adapter_fp if mode == "learned" else bytes(4), height=height, width=width,
-                    t=t, steps=draw(st.integers(1, min(t, 20))), scale=tuple(draw(half) for _ in range(4)),
-                    shift=(0.0,) * 4, prior_scales=tuple(draw(half) for _ in range(4)) if mode == "analytic" else ())
+                    t=t, steps=draw(st.integers(min(t, 1), min(t, 20))), scale=tuple(draw(half) for _ in range(4)),
+                    shift=(0.0,) * 4, side_info=tuple(draw(half) for _ in range(4)) if mode == "analytic" else ())
     return pack(header, [draw(_payload()) for _ in range(payload_count(mode))])
 
 
@@ -165,16 +171,19 @@ def test_large_declared_sizes_with_tiny_payloads_decode_within_limits(worker, da
 @pytest.fixture(scope="module")
 def valid(tiny_codec, photo):
     noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 70, 3), dtype=np.uint8))
-    return [tiny_codec.encode(image, mode=mode, **knob).data
-            for image in (photo, noise)
-            for mode, knob in (("learned", {"lam": 10.0}), ("analytic", {"step": 1.0}))]
+    stored_v1 = [path.read_bytes() for path in sorted((Path(__file__).parent / "data").glob("v1-*.dfc"))]
+    assert len(stored_v1) == 2
+    return stored_v1 + [tiny_codec.encode(image, mode=mode, **knob).data
+                        for image in (photo, noise)
+                        for mode, knob in (("learned", {"lam": 10.0}), ("analytic", {"step": 1.0}), ("analytic", {"step": 8.0}))]
 
 
 @pytest.mark.slow
 @settings(max_examples=MUTATED_CASES, **FUZZ)
 @given(data=st.data())
 def test_mutated_valid_files_decode_or_are_refused_within_limits(worker, valid, data):
-    """Real files with header fields, payload bytes or payload lengths rewritten, and the CRC fixed."""
+    """Real files (version 2, and the stored version-1 files) with header fields, payload bytes or
+    payload lengths rewritten, and the CRC fixed."""
     blob = data.draw(st.sampled_from(valid))
     header, payloads = parse(blob)
     body = bytearray(blob[:-4])

@@ -15,7 +15,7 @@ from compressai.ans import RansDecoder
 from PIL import Image
 
 from codec.core import bitstream
-from codec.core.adapter import MAX_SYMBOL_MAGNITUDE
+from codec.core.adapters.base import MAX_SYMBOL_MAGNITUDE, Quantization
 from codec.core.bitstream import (DEFAULT_MAX_PIXELS, DEFAULT_MAX_STEPS, BitstreamError, Header, check_rans_payload,
                              max_rans_payload_bytes, pack, parse, rans_decoder_input)
 from codec.core.images import ImageError
@@ -25,18 +25,22 @@ REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 
 def forged(codec, mode="analytic", height=64, width=64, t=5, steps=2, payloads=None, adapter_fp=None,
-           steps_field=None) -> bytes:
+           steps_field=None, side_info=None, t_field=None) -> bytes:
     """A file with a valid header and CRC for `codec`, and whatever payloads (default: empty).
 
-    `adapter_fp` and `steps_field` write those fields by hand: pack refuses what the parser must refuse.
+    `adapter_fp`, `t_field` and `steps_field` write those fields by hand: pack refuses what the parser must refuse.
+    `side_info` defaults to what the mode's adapter expects (analytic: 4 prior scales).
     """
     learned = mode == "learned"
     header = Header(mode=mode, backbone_fingerprint=codec.backbone.fingerprint,
-                    adapter_fingerprint=codec.learned.fingerprint if learned else bytes(4), height=height, width=width,
-                    t=t, steps=steps, scale=(1.0,) * 4, shift=(0.0,) * 4, prior_scales=() if learned else (1.0,) * 4)
+                    adapter_fingerprint=codec.adapters[mode].fingerprint, height=height, width=width,
+                    t=t, steps=steps, scale=(1.0,) * 4, shift=(0.0,) * 4,
+                    side_info=side_info if side_info is not None else () if learned else (1.0,) * 4)
     data = bytearray(pack(header, payloads or [b""] * bitstream.payload_count(mode)))
     if adapter_fp is not None:
         data[8:12] = adapter_fp
+    if t_field is not None:
+        data[16:18] = struct.pack("<H", t_field)
     if steps_field is not None:
         data[18] = steps_field
     data[-4:] = struct.pack("<I", zlib.crc32(bytes(data[:-4])))
@@ -53,7 +57,7 @@ def worker():
 def test_the_49_byte_attack_file_is_refused_by_the_cli(tiny_codec, tmp_path):
     """Issue 9: 1536x1536, empty payload, valid CRC: a segfault of `python -m codec decode`."""
     data = forged(tiny_codec, height=1536, width=1536)
-    assert len(data) == 49
+    assert len(data) == 50  # issue 9's 49 bytes, and version 2's side-information count
     (tmp_path / "attack.dfc").write_bytes(data)
     run = subprocess.run([sys.executable, "-m", "codec", "decode", tmp_path / "attack.dfc", tmp_path / "out.png",
                           "--backbone", "tiny"], capture_output=True, text=True, cwd=REPO)
@@ -79,13 +83,39 @@ def test_payload_lengths_are_checked_before_anything_is_decoded(tiny_codec, monk
     def fail(*args, **kwargs):
         raise AssertionError("decompress called")
 
-    monkeypatch.setattr(tiny_codec.analytic, "decompress", fail)
-    monkeypatch.setattr(tiny_codec.learned, "decompress", fail)
+    for adapter in tiny_codec.adapters.values():
+        monkeypatch.setattr(adapter, "decompress", fail)
     symbols = 4 * 8 * 8  # a 64x64 image: a 4 x 8 x 8 latent
     for payload, mode in ((b"", "analytic"), (b"\0" * 7, "analytic"), (b"\0" * 13, "analytic"),
                           (b"\0" * (max_rans_payload_bytes(symbols) + 4), "analytic"), (b"\0" * 9, "learned")):
         with pytest.raises(BitstreamError, match="cannot hold"):
             tiny_codec.dequantize(forged(tiny_codec, mode, payloads=[payload] * bitstream.payload_count(mode)))
+
+
+@pytest.mark.parametrize("mode,side_info,message", [
+    ("analytic", (1.0,) * 3, "carries 4 prior scales as side information; this one has 3 values"),
+    ("analytic", (1.0,) * 5, "carries 4 prior scales as side information; this one has 5 values"),
+    ("analytic", (1.0, 1.0, -1.0, 1.0), "prior scales \\(they must be positive"),
+    ("learned", (1.0,), "has no side information; this one has 1 values"),
+])
+def test_side_information_is_checked_by_the_adapter_before_anything_is_decoded(tiny_codec, monkeypatch, mode,
+                                                                                side_info, message):
+    """The format bounds the side information; the file's adapter checks that it is what it writes."""
+    for adapter in tiny_codec.adapters.values():
+        monkeypatch.setattr(adapter, "decompress", lambda *a: pytest.fail("decompress called"))
+    data = forged(tiny_codec, mode, side_info=side_info, payloads=[b"\0" * 8] * bitstream.payload_count(mode))
+    assert parse(data)[0].side_info == side_info  # format-valid
+    with pytest.raises(BitstreamError, match=message):
+        tiny_codec.dequantize(data)
+
+
+@pytest.mark.parametrize("mode", ["analytic", "learned"])
+def test_timesteps_above_the_adapters_t_max_are_refused(tiny_codec, mode):
+    t_max = tiny_codec.adapters[mode].t_max
+    assert parse(forged(tiny_codec, mode, t=t_max + 1))[0].t == t_max + 1  # format-valid: t <= 999
+    with pytest.raises(BitstreamError, match=f"t={t_max + 1} exceeds this adapter's maximum {t_max}"):
+        tiny_codec.parse(forged(tiny_codec, mode, t=t_max + 1))
+    assert tiny_codec.parse(forged(tiny_codec, mode, t=t_max)).t == t_max
 
 
 def test_the_longest_payload_the_encoder_can_write_is_allowed():
@@ -155,6 +185,10 @@ def test_steps_are_bounded_by_t_and_by_max_steps(tiny_codec, photo):
     assert tiny_codec.max_steps == DEFAULT_MAX_STEPS
     with pytest.raises(BitstreamError, match="steps 6 for t=5"):
         parse(forged(tiny_codec, t=5, steps_field=6))
+    with pytest.raises(BitstreamError, match="steps 0 for t=5"):
+        parse(forged(tiny_codec, t=5, steps_field=0))
+    with pytest.raises(BitstreamError, match="steps 1 for t=0"):  # t = 0: no denoising, no steps
+        parse(forged(tiny_codec, t=1, steps=1, t_field=0))
     data = forged(tiny_codec, t=DEFAULT_MAX_STEPS + 1, steps=DEFAULT_MAX_STEPS + 1)
     with pytest.raises(BitstreamError, match=f"asks for {DEFAULT_MAX_STEPS + 1} denoising steps; this decoder's limit is {DEFAULT_MAX_STEPS}"):
         tiny_codec.parse(data)
@@ -173,7 +207,7 @@ def test_analytic_files_with_an_adapter_fingerprint_are_refused(tiny_codec):
         parse(forged(tiny_codec, payloads=[b"\0" * 8], adapter_fp=b"\1\2\3\4"))
     with pytest.raises(ValueError, match="zero adapter fingerprint"):
         pack(Header(mode="analytic", backbone_fingerprint=bytes(4), adapter_fingerprint=b"\1\2\3\4", height=8, width=8,
-                    t=5, steps=2, scale=(1.0,) * 4, shift=(0.0,) * 4, prior_scales=(1.0,) * 4), [b"\0" * 8])
+                    t=5, steps=2, scale=(1.0,) * 4, shift=(0.0,) * 4, side_info=(1.0,) * 4), [b"\0" * 8])
 
 
 def test_cli_info_uses_the_apps_pixel_limit_and_max_pixels_overrides_it(tiny_codec, tmp_path, capsys):
@@ -194,9 +228,9 @@ def test_cli_info_uses_the_apps_pixel_limit_and_max_pixels_overrides_it(tiny_cod
 
 def test_the_encoder_refuses_latents_beyond_the_coders_range(tiny_codec):
     """compressai's encoder would loop forever on them (escape values of 2**28 and more)."""
+    q = Quantization(scale=(1.0,) * 4, shift=(0.0,) * 4, t=5, side_info=(1.0,) * 4)
     for value in (float(MAX_SYMBOL_MAGNITUDE), float("nan")):
         z = torch.full((1, 4, 2, 2), value)
-        with pytest.raises(ValueError, match="out of the entropy coder's range"):
-            tiny_codec.analytic.compress(z, (1.0,) * 4)
-        with pytest.raises(ValueError, match="out of the entropy coder's range"):
-            tiny_codec.learned.compress(z)
+        for adapter in tiny_codec.adapters.values():
+            with pytest.raises(ValueError, match="out of the entropy coder's range"):
+                adapter.compress(z, q)

@@ -1,0 +1,197 @@
+"""What every adapter is: the interface DiffusionCodec codes through, the quantization it yields,
+and diffusers-style persistence (`save_pretrained`, `from_pretrained` on a folder or a hub id).
+
+An adapter turns a latent y into z = a * y + b per channel (a > 0), chooses the diffusion timestep
+t the decoder starts from (0: no denoising), may add side information that travels in the header,
+and entropy-codes round(z). Its rate knob (lambda, a quantization step...) is one float; rate
+control searches it in log space between `knob_range`'s ends.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from codec.core.bitstream import Header
+
+CONFIG_FILE = "adapter.json"
+WEIGHTS_FILE = "adapter.safetensors"
+MAX_SYMBOL_MAGNITUDE = 2**26  # the largest |symbol| the entropy coder is given (see check_codable)
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """The side information of one encoding, already rounded to what the header stores."""
+
+    scale: tuple[float, ...]  # gamma: per-channel a of z = a * y + b
+    shift: tuple[float, ...]  # gamma: per-channel b
+    t: int  # the timestep denoising starts from; 0 = none
+    side_info: tuple[float, ...] = ()  # whatever else the adapter's decoder needs (float16 values)
+
+    @classmethod
+    def from_header(cls, header: Header) -> "Quantization":
+        return cls(header.scale, header.shift, header.t, header.side_info)
+
+    def apply(self, y: torch.Tensor) -> torch.Tensor:
+        return y * per_channel(self.scale, y) + per_channel(self.shift, y)
+
+    def invert(self, z: torch.Tensor) -> torch.Tensor:
+        return (z - per_channel(self.shift, z)) / per_channel(self.scale, z)
+
+
+def per_channel(values, like: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(values, dtype=like.dtype, device=like.device).view(1, -1, 1, 1)
+
+
+class Adapter(ABC):
+    """The interface of a coding mode. Latent shapes are (1, C, h, w); `knob` is the rate knob."""
+
+    mode: str  # the bitstream's mode name
+    knob_name: str  # what the knob is called in DiffusionCodec.encode and the CLI (lam, step)
+    description: str  # for the codec's notice, e.g. "analytic (training-free)"
+    config: dict  # what save_pretrained writes and the constructor takes back
+
+    @property
+    @abstractmethod
+    def fingerprint(self) -> bytes:
+        """The bitstream's adapter fingerprint: a file decodes only with the adapter that wrote it."""
+
+    @property
+    @abstractmethod
+    def t_max(self) -> int:
+        """The largest timestep this adapter writes (and accepts in a file)."""
+
+    @property
+    @abstractmethod
+    def knob_range(self) -> tuple[float, float]:
+        """(log knob of the lowest rate, log knob of the highest rate)."""
+
+    @property
+    @abstractmethod
+    def rate_slope(self) -> float:
+        """A typical d log(bits) / d log(knob), rate control's first guess of the curve (sign ignored)."""
+
+    @property
+    @abstractmethod
+    def device(self) -> torch.device:
+        """Where the latent must be for this adapter."""
+
+    @abstractmethod
+    def attach(self, backbone) -> "Adapter":
+        """Bind to the backbone this adapter codes for (device, noise schedule); returns self.
+        Raises ValueError when the backbone does not fit (channels, schedule length)."""
+
+    @abstractmethod
+    def features(self, y: torch.Tensor):
+        """Knob-independent analysis of y, computed once per image and given to every `quantization`."""
+
+    @abstractmethod
+    def quantization(self, y: torch.Tensor, knob: float, features) -> Quantization:
+        """gamma, t and side information for y at this knob."""
+
+    @abstractmethod
+    def estimate_bits(self, z: torch.Tensor, quantization: Quantization) -> float:
+        """The entropy model's estimate of the payloads' size for round(z), without coding."""
+
+    @abstractmethod
+    def compress(self, z: torch.Tensor, quantization: Quantization) -> list[bytes]:
+        """Entropy-code round(z): one rANS string per payload (as many as bitstream.payload_count)."""
+
+    @abstractmethod
+    def symbol_counts(self, latent_shape) -> list[int]:
+        """How many symbols each payload codes for a latent of this shape (bounds its length)."""
+
+    @abstractmethod
+    def check_quantization(self, quantization: Quantization, latent_shape) -> None:
+        """Raise ValueError (with a message for a person) if a file's t or side information is not one
+        this adapter can have written for this shape. Runs before anything is decoded."""
+
+    @abstractmethod
+    def decompress(self, payloads: list[bytes], latent_shape, quantization: Quantization) -> torch.Tensor:
+        """round(z) from payloads whose lengths were checked against `symbol_counts`."""
+
+    # -- persistence --------------------------------------------------------------------------
+    def weights(self) -> dict[str, torch.Tensor]:
+        """Tensors save_pretrained stores next to the config (none for a training-free adapter)."""
+        return {}
+
+    def save_pretrained(self, folder) -> None:
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / CONFIG_FILE).write_text(json.dumps({"_class_name": type(self).__name__, **self.config}, indent=2))
+        if weights := self.weights():
+            save_file(weights, folder / WEIGHTS_FILE)
+
+    @classmethod
+    def from_pretrained(cls, source, subfolder: str | None = None, device=None) -> "Adapter":
+        """Load an adapter saved by save_pretrained from a folder or a hub id (the local Hugging Face
+        cache first), optionally from `subfolder` inside it."""
+        folder = adapter_folder(source, subfolder)
+        config = read_config(folder)
+        if config.pop("_class_name", None) != cls.__name__:
+            raise FileNotFoundError(f"{folder / CONFIG_FILE} does not describe a {cls.__name__}.")
+        return cls._from_folder(folder, config, device)
+
+    @classmethod
+    def _from_folder(cls, folder: Path, config: dict, device) -> "Adapter":
+        return cls(**config)
+
+
+def adapter_folder(source, subfolder: str | None = None) -> Path:
+    """The local folder of an adapter: `source` itself, or a hub id's snapshot in the HF cache."""
+    path = Path(source).expanduser()
+    if not path.is_dir() and isinstance(source, str) and source.count("/") == 1 and not source.startswith((".", "/", "~")):
+        path = _hub_snapshot(source, subfolder)
+    folder = path / subfolder if subfolder else path
+    if not (folder / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{folder} has no {CONFIG_FILE}: not an adapter folder.")
+    return folder
+
+
+def read_config(folder: Path) -> dict:
+    try:
+        config = json.loads((folder / CONFIG_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise FileNotFoundError(f"{folder / CONFIG_FILE} cannot be read ({exc}).") from None
+    if not isinstance(config, dict):
+        raise FileNotFoundError(f"{folder / CONFIG_FILE} is not an adapter configuration.")
+    return config
+
+
+def _hub_snapshot(repo_id: str, subfolder: str | None) -> Path:
+    """The backbones' hub lookup (the local cache first, then the Hub if it answers), for adapter files."""
+    from codec.core.backbone import BackboneUnavailable, hub_snapshot
+
+    prefix = f"{subfolder}/" if subfolder else ""
+    try:
+        return hub_snapshot(repo_id, [prefix + CONFIG_FILE, prefix + WEIGHTS_FILE])
+    except BackboneUnavailable as exc:
+        reason = str(exc).split(". ")[0]  # why; the rest of the message is about backbones
+        raise FileNotFoundError(f"Adapter {repo_id}: {reason}. Download it once (`huggingface-cli download {repo_id}`) "
+                                "or pass the adapter's folder.") from None
+
+
+def coded_scales(gaussian_conditional, scales: torch.Tensor) -> torch.Tensor:
+    """The scale-table entries the coder really codes with (build_indexes rounds each scale up to
+    one): bit estimates priced with them track the real file within ~3%, with the exact scales
+    they swung by -14..+8% from one knob to the next, which cost rate control extra real codings."""
+    table = gaussian_conditional.scale_table.to(scales)
+    return table[gaussian_conditional.build_indexes(scales).long()]
+
+
+def check_codable(residual: torch.Tensor) -> None:
+    """compressai's rANS encoder loops forever on escape values of 2**28 and more (a 32-bit shift in
+    its nibble count), so symbols must stay well below; real latents are a few thousand at most."""
+    if not bool(torch.isfinite(residual).all()) or float(residual.abs().max()) >= MAX_SYMBOL_MAGNITUDE:
+        raise ValueError("The quantized latent is out of the entropy coder's range (non-finite or huge values).")
+
+
+def default_t_max(num_train_timesteps: int) -> int:
+    """At most 10% of the diffusion process (the paper's "less than 10%")."""
+    return max(1, num_train_timesteps // 10)

@@ -1,0 +1,206 @@
+"""The paper's adapter: the parameter network P(y, lambda) -> (gamma, t) and a compressai
+mean-scale hyperprior that codes the quantized latent; trained with `python -m codec.train adapter`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save
+from torch import nn
+
+from codec.core.adapters.base import WEIGHTS_FILE, Adapter, Quantization, check_codable, coded_scales
+from codec.core.bitstream import FINGERPRINT_BYTES, quantize_side_info, rans_decoder_input
+from codec.core.entropy_coding import CompressionModel, EntropyBottleneck, GaussianConditional, get_scale_table
+
+
+class ParameterNet(nn.Module):
+    """P(y, lambda) -> per-channel (log a, b) and a continuous timestep in (0, t_max).
+
+    Image features are the global average of two unpadded convolutions over y: unpadded, so that
+    the average does not depend on the image size (zero padding made features of small training
+    crops differ from those of full images). They do not depend on lambda, so rate control computes
+    them once per image. An MLP maps (features, log lambda) to the outputs; log a and the t logit
+    also have a monotone term in log lambda with learned positive slopes, so the rate rises with
+    lambda for every image and rate control by bisection is well posed.
+    """
+
+    def __init__(self, channels: int = 4, hidden: int = 64, t_max: int = 100):
+        super().__init__()
+        self.channels, self.t_max = channels, t_max
+        self.conv = nn.Sequential(
+            nn.Conv2d(channels, hidden, 3), nn.SiLU(),
+            nn.Conv2d(hidden, hidden, 3), nn.SiLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+        self.head = nn.Sequential(nn.Linear(hidden + 1, hidden), nn.SiLU(), nn.Linear(hidden, 2 * channels + 1))
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+        self.log_a_slope = nn.Parameter(torch.zeros(channels))  # softplus(0) ~ 0.69 > 0
+        self.t_slope = nn.Parameter(torch.zeros(1))
+
+    def features(self, y: torch.Tensor) -> torch.Tensor:
+        return self.conv(y)
+
+    def forward(self, y: torch.Tensor, lam: torch.Tensor, features: torch.Tensor | None = None):
+        features = self.features(y) if features is None else features
+        log_lam = torch.log(lam).view(-1, 1).to(features)
+        out = self.head(torch.cat([features.expand(len(log_lam), -1), log_lam], dim=1))
+        c = self.channels
+        log_a = out[:, :c] + nn.functional.softplus(self.log_a_slope) * log_lam
+        shift = out[:, c:2 * c]
+        t_logit = out[:, 2 * c] - nn.functional.softplus(self.t_slope) * log_lam[:, 0]
+        return log_a, shift, self.t_max * torch.sigmoid(t_logit)
+
+
+class LearnedAdapter(Adapter, CompressionModel):
+    """ParameterNet + mean-scale hyperprior (EntropyBottleneck on h, GaussianConditional on z).
+    Two payloads: the hyper-latent, then the latent. No side information beyond gamma and t."""
+
+    mode = "learned"
+    knob_name = "lam"
+    description = "learned"
+
+    def __init__(self, channels: int = 4, hidden: int = 64, hyper_channels: int = 64, t_max: int = 100,
+                 lam_min: float = 1e-3, lam_max: float = 1e3):
+        super().__init__()
+        self.config = dict(channels=channels, hidden=hidden, hyper_channels=hyper_channels, t_max=t_max,
+                           lam_min=lam_min, lam_max=lam_max)
+        n = hyper_channels
+        self.param_net = ParameterNet(channels, hidden, t_max)
+        self.h_a = nn.Sequential(
+            nn.Conv2d(channels, n, 3, padding=1), nn.LeakyReLU(inplace=True),
+            nn.Conv2d(n, n, 5, stride=2, padding=2), nn.LeakyReLU(inplace=True),
+            nn.Conv2d(n, n, 5, stride=2, padding=2),
+        )
+        self.h_s = nn.Sequential(
+            nn.ConvTranspose2d(n, n, 5, stride=2, padding=2, output_padding=1), nn.LeakyReLU(inplace=True),
+            nn.ConvTranspose2d(n, n, 5, stride=2, padding=2, output_padding=1), nn.LeakyReLU(inplace=True),
+            nn.Conv2d(n, 2 * channels, 3, padding=1),
+        )
+        self.entropy_bottleneck = EntropyBottleneck(n)
+        self.gaussian_conditional = GaussianConditional(None)
+        self._fingerprint = None
+
+    @property
+    def t_max(self) -> int:
+        return self.config["t_max"]
+
+    @property
+    def knob_range(self) -> tuple[float, float]:
+        return math.log(self.config["lam_min"]), math.log(self.config["lam_max"])
+
+    @property
+    def rate_slope(self) -> float:
+        return 0.3  # bits ~ lambda^0.3, measured on the demo backbone's validation photos
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def attach(self, backbone) -> "LearnedAdapter":
+        if self.config["channels"] != backbone.latent_channels:
+            raise ValueError(f"The adapter codes {self.config['channels']} latent channels, the backbone has "
+                             f"{backbone.latent_channels}.")
+        if self.t_max >= backbone.num_train_timesteps:
+            raise ValueError(f"The adapter's t_max {self.t_max} is outside the backbone's schedule.")
+        return self.to(backbone.device)
+
+    # -- parameters ---------------------------------------------------------------------------
+    def features(self, y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.param_net.features(y)
+
+    def quantization(self, y: torch.Tensor, knob: float, features: torch.Tensor | None = None) -> Quantization:
+        with torch.no_grad():
+            log_a, shift, t_cont = self.param_net(y, torch.tensor([knob], dtype=y.dtype, device=y.device), features)
+        # Rounded to 0..t_max: below t = 0.5 the denoiser's correction is smaller than its own error
+        # (issue 11: t = 1 cost 0.1 dB at high rates), so the file says "no denoising".
+        t = min(max(int(round(float(t_cont[0]))), 0), self.t_max)
+        return Quantization(quantize_side_info(log_a[0].exp().cpu()), quantize_side_info(shift[0].cpu()), t)
+
+    def prior(self, h_hat: torch.Tensor, size) -> tuple[torch.Tensor, torch.Tensor]:
+        means, scales = self.h_s(h_hat).chunk(2, dim=1)
+        return means[..., : size[0], : size[1]], scales[..., : size[0], : size[1]]
+
+    # -- training -----------------------------------------------------------------------------
+    def likelihoods(self, z: torch.Tensor):
+        """Noisy-relaxed (training) or rounded (eval) z and its likelihoods, and the hyper-latent's."""
+        h = self.h_a(z)
+        h_hat, h_likelihoods = self.entropy_bottleneck(h)
+        means, scales = self.prior(h_hat, z.shape[-2:])
+        z_hat, z_likelihoods = self.gaussian_conditional(z, scales, means=means)
+        return z_hat, z_likelihoods, h_likelihoods
+
+    def estimate_bits(self, z: torch.Tensor, quantization: Quantization | None = None) -> float:
+        """As `likelihoods` in eval mode, but with the scales the coder really uses (see coded_scales)."""
+        with torch.no_grad():
+            h_hat, h_lik = self.entropy_bottleneck(self.h_a(z), training=False)
+            means, scales = self.prior(h_hat, z.shape[-2:])
+            _, z_lik = self.gaussian_conditional(z, coded_scales(self.gaussian_conditional, scales), means=means,
+                                                 training=False)
+        return float(-(torch.log2(z_lik).sum() + torch.log2(h_lik).sum()))
+
+    # -- coding -------------------------------------------------------------------------------
+    def compress(self, z: torch.Tensor, quantization: Quantization | None = None) -> list[bytes]:
+        with torch.no_grad():
+            h = self.h_a(z)
+            check_codable(h - self.entropy_bottleneck._get_medians().view(1, -1, 1, 1))
+            h_strings = self.entropy_bottleneck.compress(h)
+            h_hat = self.entropy_bottleneck.decompress(h_strings, h.shape[-2:])
+            means, scales = self.prior(h_hat, z.shape[-2:])
+            check_codable(z - means)
+            z_strings = self.gaussian_conditional.compress(z, self.gaussian_conditional.build_indexes(scales), means=means)
+        return [h_strings[0], z_strings[0]]
+
+    def symbol_counts(self, latent_shape) -> list[int]:
+        h, w = _hyper_size(latent_shape)
+        return [self.config["hyper_channels"] * h * w, math.prod(latent_shape)]
+
+    def check_quantization(self, quantization: Quantization, latent_shape) -> None:
+        if quantization.t > self.t_max:
+            raise ValueError(f"Timestep t={quantization.t} exceeds this adapter's maximum {self.t_max}.")
+        if quantization.side_info:
+            raise ValueError(f"A learned-mode file has no side information; this one has {len(quantization.side_info)} values.")
+
+    def decompress(self, payloads: list[bytes], latent_shape, quantization: Quantization | None = None) -> torch.Tensor:
+        h_symbols, z_symbols = self.symbol_counts(latent_shape)
+        with torch.no_grad():
+            h_hat = self.entropy_bottleneck.decompress([rans_decoder_input(payloads[0], h_symbols)], _hyper_size(latent_shape))
+            means, scales = self.prior(h_hat, latent_shape[-2:])
+            return self.gaussian_conditional.decompress(
+                [rans_decoder_input(payloads[1], z_symbols)], self.gaussian_conditional.build_indexes(scales), means=means
+            )
+
+    # -- persistence --------------------------------------------------------------------------
+    def prepare(self) -> "LearnedAdapter":
+        """Build the CDF tables that real entropy coding needs, and switch to inference."""
+        # update_quantiles refits the hyper-latent's CDF range by bisection, so coding does not
+        # depend on how far the slow aux-loss fit of the quantiles got during training.
+        self.update(scale_table=get_scale_table(), force=True, update_quantiles=True)
+        self._fingerprint = None
+        return self.eval().requires_grad_(False)
+
+    @property
+    def fingerprint(self) -> bytes:
+        if self._fingerprint is None:
+            self._fingerprint = hashlib.sha256(save(self.weights())).digest()[:FINGERPRINT_BYTES]
+        return self._fingerprint
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+
+    @classmethod
+    def _from_folder(cls, folder: Path, config: dict, device) -> "LearnedAdapter":
+        if not (folder / WEIGHTS_FILE).is_file():
+            raise FileNotFoundError(f"{folder} has no {WEIGHTS_FILE}: not a trained adapter folder.")
+        adapter = cls(**config)
+        adapter.load_state_dict(load_file(folder / WEIGHTS_FILE))
+        return adapter.prepare().to(device or "cpu")
+
+
+def _hyper_size(latent_shape) -> tuple[int, int]:
+    return math.ceil(latent_shape[-2] / 4), math.ceil(latent_shape[-1] / 4)  # h_a has two stride-2 convs

@@ -20,22 +20,24 @@ def search(candidate, pack, knob_range: tuple[float, float], target_bits: float,
            start: float | None = None, slope: float | None = None):
     """`candidate(knob)` -> an object with `.knob` and `.estimated_bits`; `pack(candidate)` -> file bytes.
     `knob_range` is (log knob of the lowest rate, log knob of the highest rate); `header_bits` is the
-    container's size without payloads. `start` is a first guess of the knob (default: the middle of
-    the range in log knob) and `slope` a guess of d log(bits) / d log(knob) (default: DEFAULT_SLOPE
-    over the range). Returns (candidate, file bytes).
+    container's size without payloads. `start` is a first guess of the (positive) knob (default:
+    the middle of the range in log knob) and `slope` a guess of d log(bits) / d log(knob), its sign
+    ignored (default: DEFAULT_SLOPE over the range). Returns (candidate, file bytes).
 
     Positions s in [0, 1] run from the lowest to the highest rate (log knob = lo + s (hi - lo)). The
-    estimate plus the header, log F(s), is nearly linear in s, so secant steps (extrapolating) and
-    false position with a bisection safeguard (inside a bracket) find the s where the estimate meets
-    the aim in a few probes. That candidate is then coded for real: a file that fits becomes the
-    lower end of the bracket, one that does not the upper end, and the ratio of real to estimated
-    bits corrects the next aim (the estimate misses the coder by a few percent, differently at
-    each step). The search ends when a real file lies in [(1 - TOLERANCE) target, target], or when
-    the fitting file and the next one that overshoots are less than RESOLUTION apart (the rate
-    jumps across the target there: a plateau), or at an end of the range. So, on a rate that rises
-    with s, the file returned is never above the target and within TOLERANCE of the largest one
-    that fits, or the largest within RESOLUTION in knob. If even the lowest rate overshoots, that
-    file is returned (its bpp says so).
+    log of the estimate plus the header is nearly linear in s, so from the start a step along the
+    slope, then secant or inverse quadratic steps (bisecting when a step does not halve the miss:
+    plateaus), find where the estimate meets the aim in a few probes; the ends of the range are
+    probed only when the aim lies beyond a plateau or the range. That candidate is then coded for
+    real: a file that fits becomes the lower end of the bracket, one that does not the upper end,
+    and the ratio of real to estimated bits corrects the next aim (the estimate misses the coder by
+    a few percent, differently at each knob). The search ends when a real file lies in
+    [(1 - TOLERANCE) target, target]; or when the best fitting file and a file that overshoots are
+    less than RESOLUTION apart (the rate jumps across the target there: a coarser knob's smaller
+    file is then the answer); or at the highest rate; or, as a bound, after MAX_PROBES probes. So,
+    where the real size rises with the knob, the file returned is never above the target, and it is
+    at least (1 - TOLERANCE) of it, or the highest rate, or one RESOLUTION more knob overshoots. If
+    even the lowest rate overshoots, that file is returned (its bpp says so).
     """
     k_lo, k_hi = knob_range
     span = k_hi - k_lo
@@ -62,7 +64,7 @@ def search(candidate, pack, knob_range: tuple[float, float], target_bits: float,
     def next_position(aim: float, low: float, high: float) -> float | None:
         """A position in [low, high], not coded yet, whose estimate meets the aim; probes as it goes.
         None when the probe budget leaves nothing new to code."""
-        slow = False  # the last bracketed step did not halve the smallest miss (a plateau?): bisect next
+        slow, last_miss = False, math.inf  # a bracketed step that did not halve the last miss: bisect next
         while True:
             inside = [s for s in probed if low <= s <= high]  # in probing order
             offsets = {s: probed[s][1] - aim for s in inside}
@@ -78,9 +80,9 @@ def search(candidate, pack, knob_range: tuple[float, float], target_bits: float,
             if a is not None and b is not None and b - a >= RESOLUTION:
                 x = _bracketed_step(a, b, [(s, offsets[s]) for s in inside[-3:]], offsets, slow)
                 miss = abs(probe(x)[1] - aim)
-                slow = miss > min(abs(offsets[a]), abs(offsets[b])) / 2
+                slow, last_miss = miss > last_miss / 2, miss
                 continue
-            elif a is not None and b is None and high - a >= RESOLUTION:  # all below the aim: go up
+            if a is not None and b is None and high - a >= RESOLUTION:  # all below the aim: go up
                 slope = local_slope(a)  # on a plateau, try the end of the bracket instead
                 x = a + min(-offsets[a] / slope, MAX_STEP) if slope else high
             elif b is not None and a is None and b - low >= RESOLUTION:  # all above the aim: go down

@@ -13,7 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-from codec.core.bitstream import DEFAULT_MAX_PIXELS, DEFAULT_MAX_STEPS, MAX_STEPS_FIELD
+from codec.batch import DecodeBatch, EncodeBatch, read_bitstream, write_atomically
+from codec.core.bitstream import DEFAULT_MAX_PIXELS, DEFAULT_MAX_STEPS, MAX_STEPS_FIELD, describe
 
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -77,26 +78,25 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "info":
-            from codec.core.bitstream import describe
-
-            print(json.dumps(describe(_read(args.input), args.max_pixels, args.max_steps), indent=2))
+            print(json.dumps(describe(read_bitstream(args.input), args.max_pixels, args.max_steps), indent=2))
             return 0
         if args.input.is_dir():
             return _folder(args)
         codec = _load_codec(args)
         if args.command == "encode":
-            from codec.batch import write_atomically
-
             result = codec.encode(args.input, **_encode_options(args))
             write_atomically(args.output, result.data)
             print(f"{args.output}: {len(result.data)} bytes, {result.bpp:.4f} bpp, t={result.t}, "
                   f"{result.steps} steps, {result.mode} mode, {result.timings['total']:.2f} s")
         else:
-            result = codec.decode(_read(args.input))
+            result = codec.decode(read_bitstream(args.input))
             result.image.save(args.output, format="PNG")
             print(f"{args.output}: {result.image.width}x{result.image.height}, {result.bpp:.4f} bpp, "
                   f"t={result.header['t']}, {result.timings['total']:.2f} s")
         return 0
+    except KeyboardInterrupt:
+        print("interrupted (a folder run resumes where it stopped when run again)", file=sys.stderr)
+        return 130
     except Exception as exc:
         if not _bad_input(exc):
             raise
@@ -107,8 +107,6 @@ def main(argv=None) -> int:
 def _folder(args) -> int:
     """encode/decode DIR OUT_DIR: every file of DIR not done yet, a progress bar, one line per bad file."""
     from tqdm import tqdm
-
-    from codec.batch import DecodeBatch, EncodeBatch
 
     batch = (EncodeBatch if args.command == "encode" else DecodeBatch)(args.input, args.output)
     codec = _load_codec(args)
@@ -147,12 +145,6 @@ def _bad_input(exc: Exception) -> bool:
     module was imported (info imports neither it nor torch; a module not imported raised nothing)."""
     backbone = sys.modules.get("codec.core.backbone")
     return isinstance(exc, (ValueError, OSError)) or (backbone is not None and isinstance(exc, backbone.BackboneUnavailable))
-
-
-def _read(path: Path) -> bytes:
-    if not path.is_file():
-        raise OSError(f"No such file: {path}")
-    return path.read_bytes()
 
 
 if __name__ == "__main__":

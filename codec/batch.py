@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from codec.core.bitstream import BitstreamError, describe
+from codec.core.bitstream import MAX_FILE_BYTES, BitstreamError, describe
 
 BITSTREAM_SUFFIX = ".dfcx"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".avif", ".heic", ".heif", ".tif", ".tiff", ".bmp", ".gif")
@@ -138,7 +138,7 @@ class EncodeBatch(Batch):
         return data
 
     def _bitstream(self, job: Job) -> bytes:
-        return job.output.read_bytes()
+        return read_bitstream(job.output)
 
 
 class DecodeBatch(Batch):
@@ -147,19 +147,28 @@ class DecodeBatch(Batch):
     suffixes, output_suffix = (BITSTREAM_SUFFIX,), ".png"
 
     def _code(self, codec, job: Job, options: dict) -> bytes:
-        data = job.source.read_bytes()
+        data = read_bitstream(job.source)
         buffer = io.BytesIO()
         codec.decode(data).image.save(buffer, format="PNG")
         write_atomically(job.output, buffer.getvalue())
         return data
 
     def _bitstream(self, job: Job) -> bytes:
-        return job.source.read_bytes()
+        return read_bitstream(job.source)
 
 
 def _row(job: Job, data: bytes, limits, ms: float | None) -> Row:
     header = describe(data, *limits)
     return Row(job.source.name, header["bytes"], round(header["bpp"], 6), header["t"], header["steps"], ms)
+
+
+def read_bitstream(path: Path) -> bytes:
+    """The file at `path`, read up to one byte past the format's size limit: a larger file is refused
+    by the parser without having been read whole."""
+    if not path.is_file():
+        raise OSError(f"No such file: {path}")
+    with path.open("rb") as f:
+        return f.read(MAX_FILE_BYTES + 1)
 
 
 def write_atomically(path: Path, data: bytes) -> None:

@@ -17,7 +17,8 @@ def trajectory_strip(frames: list[tuple[int, Image.Image]], tile_h: int = 160) -
     """Side-by-side x0 predictions, one per denoising step, labelled "t=..." (the paper's Fig. 4).
 
     The first frame is the decoder's starting point, the timestep t the encoder predicted and
-    transmitted; it gets an orange frame and the label "t=... (predicted)".
+    transmitted; it gets an orange frame and the label "t=... (predicted)" ("t=0 (predicted): no
+    denoising" when the encoder chose to skip denoising, the strip's only frame).
 
     The strip's size is bounded whatever the frames are: at most MAX_FRAMES of them (the first,
     the last and evenly spaced ones between), each fitted inside a tile_h x (MAX_TILE_ASPECT *
@@ -30,7 +31,9 @@ def trajectory_strip(frames: list[tuple[int, Image.Image]], tile_h: int = 160) -
         scale = min(tile_h / image.height, MAX_TILE_ASPECT * tile_h / image.width)
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
         tile = image.convert("RGB").resize(size, Image.LANCZOS)
-        label = f"t={int(t)} (predicted)" if i == 0 else f"t={int(t)}"
+        label = f"t={int(t)}"
+        if i == 0:
+            label += " (predicted): no denoising" if t == 0 else " (predicted)"
         tiles.append(_labelled(tile, label, highlight=i == 0, height=tile_h))
     gap = 6
     width = sum(tile.width for tile in tiles) + gap * (len(tiles) - 1)

@@ -59,11 +59,12 @@ def encode_and_decode(codec, image, target_bpp: float, progress=None):
 
 @gpu
 def trajectory(codec, data: bytes, progress=None):
-    """The strip of x0 predictions, one per denoising step (views.trajectory_strip bounds its size),
-    or None for a file decoded without denoising steps."""
+    """The strip of x0 predictions, one per denoising step (views.trajectory_strip bounds its size).
+    A file that says t = 0 is decoded without denoising: its strip is the one decoded image, so
+    labelled."""
     report = (lambda stage, f: progress(f, desc=f"Trajectory: {stage}")) if progress else None
-    frames = codec.decode(data, intermediates=True, progress=report).intermediates
-    return views.trajectory_strip(frames) if frames else None
+    result = codec.decode(data, intermediates=True, progress=report)
+    return views.trajectory_strip(result.intermediates or [(0, result.image)])
 
 
 @gpu

@@ -106,7 +106,8 @@ def test_trajectory_of_a_bitstream(client, compressed):
     strip = client.predict(handle_file(compressed[3]), api_name="/trajectory")
     assert _is_png(strip)
     with Image.open(strip) as im:
-        # one tile per denoising step, each scaled to 160 px high (+ frame and label)
+        # one tile per denoising step (here the tiny codec picks t = 0: the decoded image alone,
+        # tests/ui/test_ui_trajectory.py counts tiles), each scaled to 160 px high (+ frame and label)
         assert im.height > 160 and im.width >= 160 * 256 / 160
 
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
-from diffusers import AutoencoderKL, AutoencoderTiny, DDIMScheduler, UNet2DConditionModel, UNet2DModel
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -27,6 +26,9 @@ CONDITIONING_FILE = "conditioning.safetensors"
 CODEC_CONFIG_FILE = "codec.json"  # optional per-backbone codec settings (default_steps)
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"  # what save_pretrained writes (and diffusers loads) per component
 FINGERPRINT_SAMPLES = 64  # values hashed per weight tensor
+# Model classes a folder may name, imported only when named (each diffusers class costs start-up time).
+VAE_CLASSES = ("AutoencoderKL", "AutoencoderTiny", "DemoAutoencoder")
+UNET_CLASSES = ("UNet2DConditionModel", "UNet2DModel")
 
 
 class BackboneUnavailable(RuntimeError):
@@ -189,13 +191,13 @@ def _hf_cache_dir() -> str:
 
 
 def _load_diffusers(folder: str, conditioning_dir: Path, name: str, device, dtype) -> Backbone:
+    from diffusers.schedulers.scheduling_ddim import DDIMScheduler
+
     root = Path(folder)
     try:
-        vae = _component_class(root / "vae", {"AutoencoderKL": AutoencoderKL, "AutoencoderTiny": AutoencoderTiny,
-                                              "DemoAutoencoder": _demo_autoencoder()})
-        unet_cls = _component_class(root / "unet", {"UNet2DConditionModel": UNet2DConditionModel, "UNet2DModel": UNet2DModel})
-        vae_model = vae.from_pretrained(folder, subfolder="vae", torch_dtype=dtype)
-        unet = unet_cls.from_pretrained(folder, subfolder="unet", torch_dtype=dtype)
+        vae_name, unet_name = _component_class(root / "vae", VAE_CLASSES), _component_class(root / "unet", UNET_CLASSES)
+        vae_model = _model_class(vae_name).from_pretrained(folder, subfolder="vae", torch_dtype=dtype)
+        unet = _model_class(unet_name).from_pretrained(folder, subfolder="unet", torch_dtype=dtype)
         # SD repos ship a PNDM config; only the schedule constants and prediction type are used, with
         # DDIM's SD settings forced (stack-notes: DDIM defaults would clip samples and change alpha_0).
         scheduler = DDIMScheduler.from_pretrained(folder, subfolder="scheduler", clip_sample=False, set_alpha_to_one=False)
@@ -204,7 +206,7 @@ def _load_diffusers(folder: str, conditioning_dir: Path, name: str, device, dtyp
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
         raise BackboneUnavailable(f"The backbone folder {folder} is incomplete or damaged: {exc}") from None
     conditioning = None
-    if isinstance(unet, UNet2DConditionModel):
+    if unet_name == "UNet2DConditionModel":  # text-conditioned: it gets the empty prompt
         conditioning = _empty_prompt_embedding(root, conditioning_dir, dtype)
     codec_config = _read_json(root / CODEC_CONFIG_FILE)
     weights = {"vae": _stored_weights(root / "vae"), "unet": _stored_weights(root / "unet")}
@@ -224,20 +226,25 @@ def _load_diffusers(folder: str, conditioning_dir: Path, name: str, device, dtyp
     )
 
 
-def _demo_autoencoder():
-    from codec.core.demo_models import DemoAutoencoder
+def _model_class(name: str):
+    if name == "DemoAutoencoder":
+        from codec.core.demo_models import DemoAutoencoder
 
-    return DemoAutoencoder
+        return DemoAutoencoder
+    import diffusers  # a lazy module: getattr imports that one class
+
+    return getattr(diffusers, name)
 
 
-def _component_class(subfolder: Path, classes: dict):
+def _component_class(subfolder: Path, classes: tuple[str, ...]) -> str:
+    """The model class name in `subfolder`'s config, one of `classes`."""
     config = _read_json(subfolder / "config.json")
     if not config:
         raise BackboneUnavailable(f"Missing {subfolder / 'config.json'}.")
     class_name = config.get("_class_name")
     if class_name not in classes:
         raise BackboneUnavailable(f"Unsupported model class {class_name!r} in {subfolder}; supported: {sorted(classes)}.")
-    return classes[class_name]
+    return class_name
 
 
 def _read_json(path: Path) -> dict:
@@ -314,6 +321,7 @@ def _stored_weights(subfolder: Path) -> dict:
 
 def tiny_components(seed: int = 0, prediction_type: str = "epsilon"):
     """Tiny random diffusers models with Stable Diffusion's geometry (VAE /8, 4 latent channels)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)

@@ -3,15 +3,21 @@ dtype (bf16, fp16: a GPU) decodes in another (fp32: a CPU). Tiny random models, 
 and loaded through the normal local-folder path."""
 
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from codec.core.backbone import WEIGHTS_FILE, build_tiny_backbone, load_backbone
 from codec.core.diffusion_codec import DiffusionCodec
 from codec.core.random_backbones import save_random_backbone
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -49,3 +55,19 @@ def test_a_bf16_file_decodes_in_fp32(tiny_folder, photo):
     same_dtype = np.asarray(bf16.decode(encoded.data).image, dtype=float)
     mse = np.mean((np.asarray(decoded.image, dtype=float) - same_dtype) ** 2)
     assert 10 * np.log10(255**2 / max(mse, 1e-12)) > 30
+
+
+def test_the_cli_decodes_in_fp32_what_it_encoded_in_bf16(tiny_folder, photo, tmp_path):
+    photo.save(tmp_path / "in.png")
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "codec", *args, "--backbone", str(tiny_folder), "--device", "cpu"],
+                              cwd=REPO, capture_output=True, text=True)
+
+    encoded = run("encode", str(tmp_path / "in.png"), str(tmp_path / "x.dfcx"), "--mode", "analytic", "--bpp", "0.3",
+                  "--dtype", "bfloat16")
+    assert encoded.returncode == 0, encoded.stderr[-2000:]
+    decoded = run("decode", str(tmp_path / "x.dfcx"), str(tmp_path / "out.png"), "--dtype", "float32")
+    assert decoded.returncode == 0, decoded.stderr[-2000:]
+    with Image.open(tmp_path / "out.png") as out:
+        assert out.size == photo.size

@@ -26,7 +26,6 @@ from pathlib import Path
 from codec.core.bitstream import MAX_FILE_BYTES, BitstreamError, describe
 
 BITSTREAM_SUFFIX = ".dfcx"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".avif", ".heic", ".heif", ".tif", ".tiff", ".bmp", ".gif")
 SUMMARY = "summary.csv"
 
 
@@ -130,7 +129,13 @@ class Batch:
 class EncodeBatch(Batch):
     """Every image of DIR -> OUT_DIR/<name>.dfcx (options: those of DiffusionCodec.encode)."""
 
-    suffixes, output_suffix = IMAGE_SUFFIXES, BITSTREAM_SUFFIX
+    output_suffix = BITSTREAM_SUFFIX
+
+    @property
+    def suffixes(self) -> tuple[str, ...]:
+        from codec.data.datasets import IMAGE_SUFFIXES  # with PIL: not imported for `info`, which reads this module
+
+        return IMAGE_SUFFIXES
 
     def _code(self, codec, job: Job, options: dict) -> bytes:
         data = codec.encode(job.source, **options).data

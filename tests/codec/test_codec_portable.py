@@ -47,11 +47,11 @@ def test_a_bf16_file_decodes_in_fp32(tiny_folder, photo):
     bf16 = DiffusionCodec.load(str(tiny_folder), adapter=None, mode="analytic", device="cpu", dtype="bfloat16")
     fp32 = DiffusionCodec.load(str(tiny_folder), adapter=None, mode="analytic", device="cpu", dtype="float32")
     assert bf16.backbone.unet.dtype == torch.bfloat16 and fp32.backbone.unet.dtype == torch.float32
-    encoded = bf16.encode(photo, target_bpp=0.3)
-    assert 0 < encoded.bpp <= 0.3
+    encoded = bf16.encode(photo, target_bpp=0.05)  # a rate where the decoder denoises: the UNet runs in both dtypes
+    assert 0 < encoded.bpp <= 0.05 and encoded.t > 0 and encoded.steps > 0
     decoded = fp32.decode(encoded.data)  # refused as "a different backbone" when the fingerprint saw the cast
     assert decoded.image.size == photo.size
-    # Pixels may differ slightly between dtypes (measured: 46 dB between the bf16 and fp32 decodes).
+    # Pixels may differ slightly between dtypes (measured: ~48 dB between the bf16 and fp32 decodes).
     same_dtype = np.asarray(bf16.decode(encoded.data).image, dtype=float)
     mse = np.mean((np.asarray(decoded.image, dtype=float) - same_dtype) ** 2)
     assert 10 * np.log10(255**2 / max(mse, 1e-12)) > 30
@@ -64,7 +64,7 @@ def test_the_cli_decodes_in_fp32_what_it_encoded_in_bf16(tiny_folder, photo, tmp
         return subprocess.run([sys.executable, "-m", "codec", *args, "--backbone", str(tiny_folder), "--device", "cpu"],
                               cwd=REPO, capture_output=True, text=True)
 
-    encoded = run("encode", str(tmp_path / "in.png"), str(tmp_path / "x.dfcx"), "--mode", "analytic", "--bpp", "0.3",
+    encoded = run("encode", str(tmp_path / "in.png"), str(tmp_path / "x.dfcx"), "--mode", "analytic", "--bpp", "0.05",
                   "--dtype", "bfloat16")
     assert encoded.returncode == 0, encoded.stderr[-2000:]
     decoded = run("decode", str(tmp_path / "x.dfcx"), str(tmp_path / "out.png"), "--dtype", "float32")

@@ -42,13 +42,15 @@ def test_environment_overrides_the_file(tmp_path):
 
 
 def test_the_dtype_setting_reaches_the_codec():
+    import torch
+
     from ui.context import _load_args
     from ui.worker import load_codec
 
     args = _load_args(Settings(backbone="tiny", dtype="bfloat16"))
     assert args["dtype"] == "bfloat16"
-    assert load_codec(**args).backbone.dtype == __import__("torch").bfloat16
-    assert load_codec(**{**args, "dtype": "auto", "device": "cpu"}).backbone.dtype == __import__("torch").float32
+    assert load_codec(**args).backbone.dtype == torch.bfloat16
+    assert load_codec(**{**args, "dtype": "auto", "device": "cpu"}).backbone.dtype == torch.float32
 
 
 @pytest.mark.parametrize("text, env, words", [

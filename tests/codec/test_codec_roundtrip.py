@@ -128,6 +128,14 @@ def test_t_0_means_no_denoising(tiny_codec, photo, monkeypatch, mode, knob):
     assert torch.equal(denoise(tiny_codec.backbone, latent, 0, 0).latent, latent)
 
 
+def test_the_learned_adapter_says_no_denoising_only_where_its_timestep_vanishes(tiny_codec):
+    from codec.core.adapters.learned import NO_DENOISING_BELOW
+
+    adapter = tiny_codec.adapters["learned"]
+    coded = [adapter.coded_timestep(v) for v in (0.0, NO_DENOISING_BELOW / 2, NO_DENOISING_BELOW, 0.3, 1.6, 1e9)]
+    assert coded == [0, 0, 1, 1, 2, adapter.t_max]
+
+
 def test_learned_and_analytic_adapters_have_one_interface():
     """Every method and property of Adapter, with the same signature in both (the codec never asks the mode)."""
     members = [name for name, value in vars(Adapter).items() if getattr(value, "__isabstractmethod__", False)]

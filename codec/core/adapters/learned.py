@@ -17,6 +17,9 @@ from codec.core.bitstream import FINGERPRINT_BYTES, quantize_side_info, rans_dec
 from codec.core.entropy_coding import CompressionModel, EntropyBottleneck, GaussianConditional, get_scale_table
 
 
+NO_DENOISING_BELOW = 0.05  # continuous t under which the file says t = 0 (see LearnedAdapter.coded_timestep)
+
+
 class ParameterNet(nn.Module):
     """P(y, lambda) -> per-channel (log a, b) and a continuous timestep in (0, t_max).
 
@@ -117,10 +120,21 @@ class LearnedAdapter(Adapter, CompressionModel):
     def quantization(self, y: torch.Tensor, knob: float, features: torch.Tensor | None = None) -> Quantization:
         with torch.no_grad():
             log_a, shift, t_cont = self.param_net(y, torch.tensor([knob], dtype=y.dtype, device=y.device), features)
-        # Rounded to 0..t_max: below t = 0.5 the denoiser's correction is smaller than its own error
-        # (issue 11: t = 1 cost 0.1 dB at high rates), so the file says "no denoising".
-        t = min(max(int(round(float(t_cont[0]))), 0), self.t_max)
+        t = self.coded_timestep(float(t_cont[0]))
         return Quantization(quantize_side_info(log_a[0].exp().cpu()), quantize_side_info(shift[0].cpu()), t)
+
+    def coded_timestep(self, t_cont: float) -> int:
+        """The integer t the file carries for the network's continuous t.
+
+        0 (no denoising) only where the network's sigmoid has saturated, below NO_DENOISING_BELOW:
+        training saw a fractional t as a real, small denoising step (abar and the UNet's timestep
+        interpolated between 0 and 1), and where it asked for one (t ~ 0.1-0.4) t = 1 beat no
+        denoising by up to 0.23 dB; where it asked for ~0 (<= 0.03), t = 1 lost up to 0.3 dB
+        (benchmarks/adapter_quality.py on the demo backbone). Otherwise the nearest step, >= 1.
+        """
+        if t_cont < NO_DENOISING_BELOW:
+            return 0
+        return min(max(int(round(t_cont)), 1), self.t_max)
 
     def prior(self, h_hat: torch.Tensor, size) -> tuple[torch.Tensor, torch.Tensor]:
         means, scales = self.h_s(h_hat).chunk(2, dim=1)

@@ -16,7 +16,7 @@ from PIL import Image
 
 from codec.core import bitstream, images, rate_control
 from codec.core.adapters.analytic import AnalyticAdapter
-from codec.core.adapters.base import Adapter, Quantization, adapter_folder, read_config
+from codec.core.adapters.base import Adapter, Analysis, Quantization, adapter_folder, read_config
 from codec.core.adapters.learned import LearnedAdapter
 from codec.core.backbone import Backbone, load_backbone, load_default_backbone
 from codec.core.bitstream import DEFAULT_MAX_PIXELS, DEFAULT_MAX_STEPS, PAD_MULTIPLE, BitstreamError, Header
@@ -53,7 +53,11 @@ class _Candidate:
     knob: float
     quantization: Quantization
     z: torch.Tensor
-    estimated_bits: float
+    analysis: Analysis  # the bit estimate, and what coding this candidate reuses
+
+    @property
+    def estimated_bits(self) -> float:
+        return self.analysis.estimated_bits
 
 
 def load_adapter(source, subfolder: str | None = None, device=None) -> Adapter:
@@ -157,7 +161,7 @@ class DiffusionCodec:
             tick = time.perf_counter()
             q = adapter.quantization(y, value, features)
             z = q.apply(y)
-            result = _Candidate(value, q, z, adapter.estimate_bits(z, q))
+            result = _Candidate(value, q, z, adapter.analyse(z, q))
             timings["adapter"] += time.perf_counter() - tick
             timings["rate_control_probes"] += 1
             return result
@@ -165,7 +169,7 @@ class DiffusionCodec:
         def pack(chosen: _Candidate) -> bytes:  # real entropy coding into the container
             tick = time.perf_counter()
             data = bitstream.pack(self._header(adapter, chosen.quantization, width, height, steps),
-                                  adapter.compress(chosen.z, chosen.quantization))
+                                  adapter.compress(chosen.z, chosen.quantization, chosen.analysis))
             timings["entropy_encode"] += time.perf_counter() - tick
             return data
 

@@ -139,7 +139,7 @@ def test_the_learned_adapter_says_no_denoising_only_where_its_timestep_vanishes(
 def test_learned_and_analytic_adapters_have_one_interface():
     """Every method and property of Adapter, with the same signature in both (the codec never asks the mode)."""
     members = [name for name, value in vars(Adapter).items() if getattr(value, "__isabstractmethod__", False)]
-    assert {"features", "quantization", "estimate_bits", "compress", "decompress", "symbol_counts"} <= set(members)
+    assert {"features", "quantization", "analyse", "compress", "decompress", "symbol_counts"} <= set(members)
     for name in members:
         learned, analytic = getattr(LearnedAdapter, name), getattr(AnalyticAdapter, name)
         if callable(learned):

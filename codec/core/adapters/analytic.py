@@ -8,7 +8,8 @@ from __future__ import annotations
 import math
 
 import torch
-from codec.core.adapters.base import Adapter, Quantization, check_codable, coded_scales, default_t_max, per_channel
+from codec.core.adapters.base import (Adapter, Analysis, Quantization, check_codable, coded_scales, default_t_max,
+                                     per_channel, scale_indexes)
 from codec.core.bitstream import FINGERPRINT_BYTES, quantize_side_info, rans_decoder_input
 from codec.core.entropy_coding import GaussianConditional, get_scale_table
 
@@ -80,16 +81,19 @@ class AnalyticAdapter(Adapter):
         return Quantization(scale, shift, t, quantize_side_info(z_std.clamp_min(MIN_PRIOR_SCALE).cpu()))
 
     def _indexes(self, quantization: Quantization, like: torch.Tensor) -> torch.Tensor:
-        return self.gaussian_conditional.build_indexes(per_channel(quantization.side_info, like).expand_as(like))
+        """The scale index of every element: one per channel, from the header's prior scales."""
+        return scale_indexes(self.gaussian_conditional, per_channel(quantization.side_info, like)).expand_as(like)
 
-    def estimate_bits(self, z: torch.Tensor, quantization: Quantization) -> float:
-        scales = coded_scales(self.gaussian_conditional, per_channel(quantization.side_info, z).expand_as(z))
+    def analyse(self, z: torch.Tensor, quantization: Quantization) -> Analysis:
+        indexes = self._indexes(quantization, z)
+        scales = coded_scales(self.gaussian_conditional, indexes, z)
         _, likelihoods = self.gaussian_conditional(z, scales, means=torch.zeros_like(z), training=False)
-        return float(-torch.log2(likelihoods).sum())
+        return Analysis(float(-torch.log2(likelihoods).sum()), {"indexes": indexes})
 
-    def compress(self, z: torch.Tensor, quantization: Quantization) -> list[bytes]:
+    def compress(self, z: torch.Tensor, quantization: Quantization, analysis: Analysis | None = None) -> list[bytes]:
         check_codable(z)
-        return self.gaussian_conditional.compress(z, self._indexes(quantization, z), means=torch.zeros_like(z))
+        indexes = analysis.tensors["indexes"] if analysis is not None else self._indexes(quantization, z)
+        return self.gaussian_conditional.compress(z, indexes, means=torch.zeros_like(z))
 
     def symbol_counts(self, latent_shape) -> list[int]:
         return [math.prod(latent_shape)]

@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import load_file, save
 from torch import nn
 
-from codec.core.adapters.base import WEIGHTS_FILE, Adapter, Quantization, check_codable, coded_scales
+from codec.core.adapters.base import (WEIGHTS_FILE, Adapter, Analysis, Quantization, check_codable, coded_scales,
+                                     scale_indexes)
 from codec.core.bitstream import FINGERPRINT_BYTES, quantize_side_info, rans_decoder_input
 from codec.core.entropy_coding import CompressionModel, EntropyBottleneck, GaussianConditional, get_scale_table
 
@@ -149,25 +150,30 @@ class LearnedAdapter(Adapter, CompressionModel):
         z_hat, z_likelihoods = self.gaussian_conditional(z, scales, means=means)
         return z_hat, z_likelihoods, h_likelihoods
 
-    def estimate_bits(self, z: torch.Tensor, quantization: Quantization | None = None) -> float:
-        """As `likelihoods` in eval mode, but with the scales the coder really uses (see coded_scales)."""
-        with torch.no_grad():
-            h_hat, h_lik = self.entropy_bottleneck(self.h_a(z), training=False)
-            means, scales = self.prior(h_hat, z.shape[-2:])
-            _, z_lik = self.gaussian_conditional(z, coded_scales(self.gaussian_conditional, scales), means=means,
-                                                 training=False)
-        return float(-(torch.log2(z_lik).sum() + torch.log2(h_lik).sum()))
-
-    # -- coding -------------------------------------------------------------------------------
-    def compress(self, z: torch.Tensor, quantization: Quantization | None = None) -> list[bytes]:
+    def analyse(self, z: torch.Tensor, quantization: Quantization | None = None) -> Analysis:
+        """As `likelihoods` in eval mode, but with the scales the coder really uses (see coded_scales).
+        Keeps h, the prior's means and the scale indexes for `compress`: the entropy bottleneck
+        rounds h around its medians exactly as its decompress does, so this prior is the decoder's."""
+        gc = self.gaussian_conditional
         with torch.no_grad():
             h = self.h_a(z)
-            check_codable(h - self.entropy_bottleneck._get_medians().view(1, -1, 1, 1))
-            h_strings = self.entropy_bottleneck.compress(h)
-            h_hat = self.entropy_bottleneck.decompress(h_strings, h.shape[-2:])
+            h_hat, h_lik = self.entropy_bottleneck(h, training=False)
             means, scales = self.prior(h_hat, z.shape[-2:])
+            indexes = scale_indexes(gc, scales)
+            _, z_lik = gc(z, coded_scales(gc, indexes, scales), means=means, training=False)
+        bits = float(-(torch.log2(z_lik).sum() + torch.log2(h_lik).sum()))
+        return Analysis(bits, {"h": h, "means": means, "indexes": indexes})
+
+    # -- coding -------------------------------------------------------------------------------
+    def compress(self, z: torch.Tensor, quantization: Quantization | None = None,
+                 analysis: Analysis | None = None) -> list[bytes]:
+        kept = (analysis or self.analyse(z, quantization)).tensors
+        h, means = kept["h"], kept["means"]
+        with torch.no_grad():
+            check_codable(h - self.entropy_bottleneck._get_medians().view(1, -1, 1, 1))
             check_codable(z - means)
-            z_strings = self.gaussian_conditional.compress(z, self.gaussian_conditional.build_indexes(scales), means=means)
+            h_strings = self.entropy_bottleneck.compress(h)
+            z_strings = self.gaussian_conditional.compress(z, kept["indexes"], means=means)
         return [h_strings[0], z_strings[0]]
 
     def symbol_counts(self, latent_shape) -> list[int]:
@@ -186,7 +192,7 @@ class LearnedAdapter(Adapter, CompressionModel):
             h_hat = self.entropy_bottleneck.decompress([rans_decoder_input(payloads[0], h_symbols)], _hyper_size(latent_shape))
             means, scales = self.prior(h_hat, latent_shape[-2:])
             return self.gaussian_conditional.decompress(
-                [rans_decoder_input(payloads[1], z_symbols)], self.gaussian_conditional.build_indexes(scales), means=means
+                [rans_decoder_input(payloads[1], z_symbols)], scale_indexes(self.gaussian_conditional, scales), means=means
             )
 
     # -- persistence --------------------------------------------------------------------------

@@ -1,0 +1,77 @@
+"""The encoder's shortcuts write the very bytes of the straightforward code: files stored by the
+codec before the shortcuts (tests/codec/data/golden-v2.json) re-encode byte for byte, and the
+learned adapter's coding from a probe's kept analysis equals coding from scratch."""
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from codec.core.adapters.base import Quantization, scale_indexes
+from codec.core.diffusion_codec import DiffusionCodec
+from tests.codec.conftest import make_tiny_codec
+from tests.photos import photo
+
+GOLDEN = Path(__file__).parent / "data" / "golden-v2.json"
+# (backbone, image, mode, knob name, knob): fixed knobs in both modes, and targets through rate control
+GOLDEN_CASES = [
+    *[("tiny", image, "learned", "lam", lam) for image in ("kite", "bee", "moss") for lam in (0.01, 1.0, 1000.0)],
+    *[("tiny", image, "analytic", "step", step) for image in ("kite", "bee", "moss") for step in (0.5, 8.0)],
+    *[("demo", "storm", "learned", "lam", lam) for lam in (0.001, 0.1, 10.0, 1000.0)],
+    ("demo", "storm", "analytic", "step", 1.0),
+    *[("demo", "storm", mode, "target_bpp", bpp) for mode in ("learned", "analytic") for bpp in (0.05, 0.3)],
+]
+
+
+def golden_codecs() -> dict[str, DiffusionCodec]:
+    return {"tiny": make_tiny_codec(), "demo": DiffusionCodec.load("demo", "auto", "learned")}
+
+
+def golden_image(name: str):
+    """Odd-sized crops (not multiples of 8 or 64) of the test photos."""
+    return photo(name, width=200).crop((13, 7, 13 + 150, 7 + 101))
+
+
+@pytest.fixture(scope="module")
+def codecs():
+    return golden_codecs()
+
+
+@pytest.mark.parametrize("case", GOLDEN_CASES, ids=lambda case: "-".join(map(str, case)))
+def test_files_are_byte_identical_to_those_the_codec_wrote_before_its_shortcuts(codecs, case):
+    backbone, image, mode, knob, value = case
+    expected = base64.b64decode(json.loads(GOLDEN.read_text())[f"{backbone} {image} {mode} {knob}={value}"])
+    result = codecs[backbone].encode(golden_image(image), mode=mode, **{knob: value})
+    assert result.data == expected
+    assert codecs[backbone].decode(result.data).image.size == (150, 101)
+
+
+def _compress_from_scratch(adapter, z: torch.Tensor) -> list[bytes]:
+    """compressai's own path: hyper-analysis, code h, decode it again for the prior, code z."""
+    eb, gc = adapter.entropy_bottleneck, adapter.gaussian_conditional
+    h = adapter.h_a(z)
+    h_strings = eb.compress(h)
+    means, scales = adapter.prior(eb.decompress(h_strings, h.shape[-2:]), z.shape[-2:])
+    return [h_strings[0], gc.compress(z, gc.build_indexes(scales), means=means)[0]]
+
+
+@pytest.mark.parametrize("lam", [1e-3, 0.03, 1.0, 30.0, 1e3])
+def test_the_learned_probe_keeps_what_coding_from_scratch_computes(codecs, lam):
+    adapter = codecs["demo"].adapters["learned"]
+    with torch.no_grad():
+        y = codecs["demo"].backbone.encode(torch.rand(1, 3, 72, 136) * 2 - 1)
+        q = adapter.quantization(y, lam, adapter.features(y))
+        z = q.apply(y)
+        analysis = adapter.analyse(z, q)
+        assert adapter.compress(z, q, analysis) == adapter.compress(z, q) == _compress_from_scratch(adapter, z)
+
+
+def test_scale_indexes_equal_compressais_build_indexes():
+    gc = make_tiny_codec().adapters["analytic"].gaussian_conditional
+    table = gc.scale_table
+    edges = torch.cat([table, torch.nextafter(table, torch.tensor(0.0)), torch.nextafter(table, torch.tensor(1e9))])
+    scales = torch.cat([edges, torch.rand(5000) * 80, torch.tensor([0.0, -1.0, 1e9, float("inf"), float("nan")])])
+    assert torch.equal(scale_indexes(gc, scales), gc.build_indexes(scales))
+    assert scale_indexes(gc, scales).dtype == gc.build_indexes(scales).dtype

@@ -7,7 +7,7 @@ compressai/__init__.py (1.2.8), which imports every subpackage -- datasets, zoo,
 and through them torch_geometric, torchvision.transforms and scipy. torch_geometric is a hard
 dependency of compressai 1.2.8, imported at module level by compressai.registry.transforms and the
 point-cloud transforms, so it cannot simply be left uninstalled (docs: stack-notes B2), and
-compressai documents no lighter import path. That costs a CLI call ~0.3-0.4 s of CPU on top of
+compressai documents no lighter import path. That costs a CLI call 0.3-0.7 s of CPU on top of
 what diffusers imports anyway (3.4 s with the shared imports), and torch_geometric prints a torch
 FutureWarning (torch.jit.script is deprecated) on every call.
 

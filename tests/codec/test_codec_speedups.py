@@ -57,6 +57,13 @@ def _compress_from_scratch(adapter, z: torch.Tensor) -> list[bytes]:
     return [h_strings[0], gc.compress(z, gc.build_indexes(scales), means=means)[0]]
 
 
+def _decompress_from_scratch(adapter, payloads: list[bytes], latent_shape) -> torch.Tensor:
+    eb, gc = adapter.entropy_bottleneck, adapter.gaussian_conditional
+    hyper_size = [(side + 3) // 4 for side in latent_shape[-2:]]
+    means, scales = adapter.prior(eb.decompress(payloads[:1], hyper_size), latent_shape[-2:])
+    return gc.decompress(payloads[1:], gc.build_indexes(scales), means=means)
+
+
 @pytest.mark.parametrize("lam", [1e-3, 0.03, 1.0, 30.0, 1e3])
 def test_the_learned_probe_keeps_what_coding_from_scratch_computes(codecs, lam):
     adapter = codecs["demo"].adapters["learned"]
@@ -65,7 +72,22 @@ def test_the_learned_probe_keeps_what_coding_from_scratch_computes(codecs, lam):
         q = adapter.quantization(y, lam, adapter.features(y))
         z = q.apply(y)
         analysis = adapter.analyse(z, q)
-        assert adapter.compress(z, q, analysis) == adapter.compress(z, q) == _compress_from_scratch(adapter, z)
+        payloads = adapter.compress(z, q, analysis)
+        assert payloads == adapter.compress(z, q) == _compress_from_scratch(adapter, z)
+        assert torch.equal(adapter.decompress(payloads, y.shape, q), _decompress_from_scratch(adapter, payloads, y.shape))
+
+
+@pytest.mark.parametrize("step", [0.05, 1.0, 30.0])
+def test_the_analytic_coder_writes_and_reads_what_compressai_does(codecs, step):
+    adapter = codecs["demo"].adapters["analytic"]
+    gc = adapter.gaussian_conditional
+    y = torch.randn(1, 4, 9, 17) * 3
+    q = adapter.quantization(y, step, adapter.features(y))
+    z = q.apply(y)
+    indexes = gc.build_indexes(torch.tensor(q.side_info).view(1, -1, 1, 1).expand_as(z))
+    expected = gc.compress(z, indexes, means=torch.zeros_like(z))
+    assert adapter.compress(z, q, adapter.analyse(z, q)) == adapter.compress(z, q) == expected
+    assert torch.equal(adapter.decompress(expected, z.shape, q), gc.decompress(expected, indexes, means=torch.zeros_like(z)))
 
 
 def test_scale_indexes_equal_compressais_build_indexes():

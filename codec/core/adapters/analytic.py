@@ -8,8 +8,8 @@ from __future__ import annotations
 import math
 
 import torch
-from codec.core.adapters.base import (Adapter, Analysis, Quantization, check_codable, coded_scales, default_t_max,
-                                     per_channel, scale_indexes)
+from codec.core.adapters.base import (Adapter, Analysis, GaussianCoder, Quantization, check_codable, coded_scales,
+                                     default_t_max, per_channel, scale_indexes)
 from codec.core.bitstream import FINGERPRINT_BYTES, quantize_side_info, rans_decoder_input
 from codec.core.entropy_coding import GaussianConditional, get_scale_table
 
@@ -38,6 +38,7 @@ class AnalyticAdapter(Adapter):
         self.alphas_cumprod, self._t_max = None, t_max
         self.gaussian_conditional = GaussianConditional(None)
         self.gaussian_conditional.update_scale_table(get_scale_table(), force=True)
+        self.coder = GaussianCoder(self.gaussian_conditional)
 
     @property
     def fingerprint(self) -> bytes:
@@ -93,7 +94,7 @@ class AnalyticAdapter(Adapter):
     def compress(self, z: torch.Tensor, quantization: Quantization, analysis: Analysis | None = None) -> list[bytes]:
         check_codable(z)
         indexes = analysis.tensors["indexes"] if analysis is not None else self._indexes(quantization, z)
-        return self.gaussian_conditional.compress(z, indexes, means=torch.zeros_like(z))
+        return [self.coder.compress(z, indexes, torch.zeros_like(z))]
 
     def symbol_counts(self, latent_shape) -> list[int]:
         return [math.prod(latent_shape)]
@@ -111,5 +112,4 @@ class AnalyticAdapter(Adapter):
     def decompress(self, payloads: list[bytes], latent_shape, quantization: Quantization) -> torch.Tensor:
         (symbols,) = self.symbol_counts(latent_shape)
         like = torch.zeros(latent_shape)
-        return self.gaussian_conditional.decompress([rans_decoder_input(payloads[0], symbols)],
-                                                    self._indexes(quantization, like), means=like)
+        return self.coder.decompress(rans_decoder_input(payloads[0], symbols), self._indexes(quantization, like), like)

@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file, save
 from torch import nn
 
-from codec.core.adapters.base import (WEIGHTS_FILE, Adapter, Analysis, Quantization, check_codable, coded_scales,
-                                     scale_indexes)
+from codec.core.adapters.base import (WEIGHTS_FILE, Adapter, Analysis, GaussianCoder, Quantization, check_codable,
+                                     coded_scales, scale_indexes)
 from codec.core.bitstream import FINGERPRINT_BYTES, quantize_side_info, rans_decoder_input
 from codec.core.entropy_coding import CompressionModel, EntropyBottleneck, GaussianConditional, get_scale_table
 
@@ -88,6 +88,7 @@ class LearnedAdapter(Adapter, CompressionModel):
         self.entropy_bottleneck = EntropyBottleneck(n)
         self.gaussian_conditional = GaussianConditional(None)
         self._fingerprint = None
+        self._gaussian_coder = None  # built from the CDF tables by prepare
 
     @property
     def t_max(self) -> int:
@@ -173,8 +174,13 @@ class LearnedAdapter(Adapter, CompressionModel):
             check_codable(h - self.entropy_bottleneck._get_medians().view(1, -1, 1, 1))
             check_codable(z - means)
             h_strings = self.entropy_bottleneck.compress(h)
-            z_strings = self.gaussian_conditional.compress(z, kept["indexes"], means=means)
-        return [h_strings[0], z_strings[0]]
+            z_string = self._coder().compress(z, kept["indexes"], means)
+        return [h_strings[0], z_string]
+
+    def _coder(self) -> GaussianCoder:
+        if self._gaussian_coder is None:
+            raise RuntimeError("Call prepare() before coding: the adapter has no CDF tables yet.")
+        return self._gaussian_coder
 
     def symbol_counts(self, latent_shape) -> list[int]:
         h, w = _hyper_size(latent_shape)
@@ -191,9 +197,8 @@ class LearnedAdapter(Adapter, CompressionModel):
         with torch.no_grad():
             h_hat = self.entropy_bottleneck.decompress([rans_decoder_input(payloads[0], h_symbols)], _hyper_size(latent_shape))
             means, scales = self.prior(h_hat, latent_shape[-2:])
-            return self.gaussian_conditional.decompress(
-                [rans_decoder_input(payloads[1], z_symbols)], scale_indexes(self.gaussian_conditional, scales), means=means
-            )
+            return self._coder().decompress(rans_decoder_input(payloads[1], z_symbols),
+                                            scale_indexes(self.gaussian_conditional, scales), means)
 
     # -- persistence --------------------------------------------------------------------------
     def prepare(self) -> "LearnedAdapter":
@@ -202,6 +207,7 @@ class LearnedAdapter(Adapter, CompressionModel):
         # depend on how far the slow aux-loss fit of the quantiles got during training.
         self.update(scale_table=get_scale_table(), force=True, update_quantiles=True)
         self._fingerprint = None
+        self._gaussian_coder = GaussianCoder(self.gaussian_conditional)
         return self.eval().requires_grad_(False)
 
     @property

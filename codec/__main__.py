@@ -13,7 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-from codec.batch import DecodeBatch, EncodeBatch, read_bitstream, write_atomically
+from codec.batch import DecodeBatch, EncodeBatch, read_bitstream
+from codec.data.files import write_atomically
 from codec.core.bitstream import DEFAULT_MAX_PIXELS, DEFAULT_MAX_STEPS, MAX_STEPS_FIELD, describe
 
 DTYPES = ("float32", "float16", "bfloat16")

@@ -17,13 +17,13 @@ from __future__ import annotations
 import csv
 import io
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from codec.core.bitstream import MAX_FILE_BYTES, BitstreamError, describe
+from codec.data.files import write_atomically
 
 BITSTREAM_SUFFIX = ".dfcx"
 SUMMARY = "summary.csv"
@@ -174,18 +174,6 @@ def read_bitstream(path: Path) -> bytes:
         raise OSError(f"No such file: {path}")
     with path.open("rb") as f:
         return f.read(MAX_FILE_BYTES + 1)
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """`data` at `path`, all or nothing: written to a temporary file beside it, then renamed."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _ends_with_newline(path: Path) -> bool:

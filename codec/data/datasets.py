@@ -15,9 +15,11 @@ from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
+from codec.core.images import ImageError, load_image
 from codec.data.photos import DataError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+# Every format codec.core.images reads (its pillow-heif opener adds HEIC/HEIF and AVIF).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".avif", ".heic", ".heif", ".tif", ".tiff", ".bmp", ".gif")
 
 
 @dataclass(frozen=True)
@@ -123,8 +125,9 @@ def prepare(image: Image.Image, resize: int | None = None, crop: tuple[int, int]
 
 
 def load(file: ImageFile, resize: int | None = None, crop: tuple[int, int] | None = None) -> Image.Image:
+    """The image as the codec reads any image (codec.core.images: every format it takes, EXIF
+    orientation applied, the loader's pixel limit), then `prepare`d."""
     try:
-        with Image.open(file.path) as f:
-            return prepare(f, resize, crop)
-    except (OSError, Image.DecompressionBombError) as err:
-        raise DataError(f"{file.name}: cannot read this image ({err})") from None
+        return prepare(load_image(file.path), resize, crop)
+    except ImageError as err:
+        raise DataError(f"{file.name}: {err}") from None

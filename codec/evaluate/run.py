@@ -16,8 +16,6 @@ import dataclasses
 import hashlib
 import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -25,6 +23,7 @@ from pathlib import Path
 from PIL import Image
 
 from codec.data import datasets
+from codec.data.files import write_atomically
 from codec.data.photos import VALIDATION_PHOTOS
 from codec.evaluate import baselines, compare, metrics, report
 
@@ -103,18 +102,6 @@ def parse_targets(text: str) -> list[float]:
 # Rows on disk
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class RowStore:
     """rows/<image>.json under the output folder: the finished rows of one image, in any order."""
 
@@ -136,7 +123,7 @@ class RowStore:
 
     def save(self, image: str, rows: dict[tuple[str, float], Row]) -> None:
         body = {"image": image, "rows": [dataclasses.asdict(r) for r in rows.values()]}
-        _atomic_write(self.path(image), (json.dumps(body) + "\n").encode())
+        write_atomically(self.path(image), (json.dumps(body) + "\n").encode())
 
     def claim(self, identity: dict) -> None:
         """Record which run these rows belong to; refuse a folder holding another run's rows."""
@@ -148,7 +135,7 @@ class RowStore:
                     f"{self.folder.parent} holds rows of another evaluation ({stored}); this one is {identity}. "
                     "Use another --out, or delete its rows/ folder to start over.")
             return
-        _atomic_write(path, (json.dumps(identity) + "\n").encode())
+        write_atomically(path, (json.dumps(identity) + "\n").encode())
 
 
 def reconstruction_path(out: Path, method: str, target: float, image: str) -> Path:
@@ -252,7 +239,7 @@ def evaluate(files: list[datasets.ImageFile], settings: Settings, out: Path, log
                 def finished(outcome: compare.Outcome, target=target, file=file, rows=rows):
                     if save and outcome.image is not None:
                         path = reconstruction_path(out, outcome.method, target, file.name)
-                        _atomic_write(path, _png(outcome.image))
+                        write_atomically(path, _png(outcome.image))
                     rows[(outcome.method, target)] = Row.of(file.name, target, outcome)
                     store.save(file.name, rows)
                     log(_line(file.name, target, outcome))

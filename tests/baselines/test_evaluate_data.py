@@ -89,3 +89,22 @@ def test_an_unreadable_image_is_a_data_error(tree):
     broken = next(f for f in datasets.list_images(tree) if f.name == "broken.png")
     with pytest.raises(DataError, match="broken.png"):
         datasets.load(broken)
+
+
+def test_images_load_as_the_codec_reads_them_heic_and_exif_orientation(tmp_path):
+    """Every format the codec takes is listed and loaded the codec's way: a HEIC file, and a JPEG whose
+    EXIF orientation says "rotate 90" (loaded upright, as the codec would encode it)."""
+    import pillow_heif
+
+    data = tmp_path / "data"
+    data.mkdir()
+    small = photo("kite", 64)
+    pillow_heif.from_pillow(small).save(data / "c.heic", quality=95)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 CW to display
+    small.save(data / "d.jpg", exif=exif)
+    files = datasets.list_images(data)
+    assert names(files) == ["c.heic", "d.jpg"]
+    heic, rotated = (datasets.load(f) for f in files)
+    assert heic.size == small.size and heic.mode == "RGB"
+    assert rotated.size == (small.height, small.width)

@@ -1,0 +1,22 @@
+"""Writing the files the codec's commands produce (bitstreams, images, rows, summaries)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """`data` at `path`, all or nothing: written to a temporary file beside it, then renamed, so a
+    run killed midway never leaves a half-written file that a resumed run would take as done."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

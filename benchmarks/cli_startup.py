@@ -28,6 +28,10 @@ from pathlib import Path
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from codec.data.datasets import cover_crop  # noqa: E402
+
 DEFAULT_IMAGE = ROOT / "tests" / "data" / "photos" / "kite.png"
 WARNING = re.compile(r"warn", re.IGNORECASE)
 CODING_TIME = re.compile(r"([0-9.]+) s$")  # the CLI's own report of the codec's time, ending its stdout line
@@ -64,13 +68,9 @@ def _import_offenders(stderr: str, top: int) -> list[tuple[str, float]]:
 
 
 def _photo_768x512(source: Path, out: Path) -> Path:
-    """`source` resized (cover) and centre-cropped to 768x512, saved as PNG."""
+    """The benchmark's input: `source` scaled to cover 768x512 and centre-cropped, saved as PNG."""
     with Image.open(source) as im:
-        im = im.convert("RGB")
-    scale = max(768 / im.width, 512 / im.height)
-    im = im.resize((round(im.width * scale), round(im.height * scale)), Image.LANCZOS)
-    left, top = (im.width - 768) // 2, (im.height - 512) // 2
-    im.crop((left, top, left + 768, top + 512)).save(out)
+        cover_crop(im, 768, 512).save(out)
     return out
 
 

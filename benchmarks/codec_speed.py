@@ -31,6 +31,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from codec.core.diffusion_codec import DiffusionCodec  # noqa: E402
+from codec.data.datasets import cover_crop  # noqa: E402
 
 DEFAULT_IMAGE = Path(__file__).resolve().parent.parent / "tests" / "data" / "photos" / "kite.png"
 GB = 1024**3
@@ -83,7 +84,8 @@ def main() -> None:
     backbone = codec.backbone
     cuda = backbone.device.type == "cuda"
     mode = args.mode or codec.mode
-    image = Image.open(args.image).convert("RGB").resize((768, 512), Image.LANCZOS)
+    with Image.open(args.image) as im:
+        image = cover_crop(im, 768, 512)
     params = sum(p.numel() for p in backbone.unet.parameters()) / 1e6
     print(f"{codec.backbone_notice} Mode: {mode}. UNet {params:.0f}M parameters, {backbone.device} "
           f"{str(backbone.dtype).removeprefix('torch.')}, loaded in {load_s:.1f} s (peak RSS {peak_rss_gb():.2f} GB). "

@@ -124,6 +124,17 @@ def prepare(image: Image.Image, resize: int | None = None, crop: tuple[int, int]
     return image
 
 
+def cover_crop(image: Image.Image, width: int, height: int) -> Image.Image:
+    """RGB, scaled (Lanczos) to the smallest size that covers width x height, then its centre crop:
+    a photo of any shape as a test image of exactly that size (the benchmarks' 768x512)."""
+    image = image.convert("RGB")
+    scale = max(width / image.width, height / image.height)
+    image = image.resize((max(width, round(image.width * scale)), max(height, round(image.height * scale))),
+                         Image.LANCZOS)
+    left, top = (image.width - width) // 2, (image.height - height) // 2
+    return image.crop((left, top, left + width, top + height))
+
+
 def load(file: ImageFile, resize: int | None = None, crop: tuple[int, int] | None = None) -> Image.Image:
     """The image as the codec reads any image (codec.core.images: every format it takes, EXIF
     orientation applied, the loader's pixel limit), then `prepare`d."""

@@ -109,11 +109,16 @@ def load_backbone(source: str = "demo", device=None, dtype=None) -> Backbone:
                 "(as written by `save_pretrained` or a hub snapshot)."
             )
         return _load_diffusers(str(path), path, str(path), device, dtype)
-    if source.count("/") == 1 and not source.startswith((".", "/", "~")):
+    if is_hub_id(source):
         return _load_hub(source, device, dtype)
     raise BackboneUnavailable(
         f"Backbone {source!r} is neither 'demo', 'tiny', an existing local folder, nor a hub id of the form owner/name."
     )
+
+
+def is_hub_id(source) -> bool:
+    """Whether `source` names a Hugging Face hub repository ("owner/name"), not a local path."""
+    return isinstance(source, str) and source.count("/") == 1 and not source.startswith((".", "/", "~"))
 
 
 def load_default_backbone(device=None, dtype=None, allow_tiny: bool = False) -> tuple[Backbone, str]:

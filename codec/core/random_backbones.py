@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from codec.core.backbone import CONDITIONING_FILE, cast, default_device_dtype, tiny_components
+from codec.core.backbone import CONDITIONING_FILE, SD_SCHEDULE, cast, default_device_dtype, tiny_components
 
 # The published configs, field by field as in huggingface.co/stabilityai/stable-diffusion-2-1-base
 # (unet/config.json, vae/config.json, scheduler/scheduler_config.json) and .../stable-diffusion-2-1
@@ -37,10 +37,9 @@ SD21_VAE = dict(
     in_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32, out_channels=3,
     sample_size=512, scaling_factor=0.18215,
 )
-SD21_SCHEDULER = dict(  # a PNDMScheduler config, as shipped; the codec reads its schedule with DDIM
-    beta_end=0.012, beta_schedule="scaled_linear", beta_start=0.00085, clip_sample=False, num_train_timesteps=1000,
-    prediction_type="epsilon", set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1, trained_betas=None,
-)
+# A PNDMScheduler config, as shipped: SD_SCHEDULE's values plus PNDM's own keys (the codec reads the
+# schedule with DDIM).
+SD21_SCHEDULER = {**SD_SCHEDULE, "skip_prk_steps": True, "trained_betas": None}
 SD_CONDITIONING_SHAPE = (1, 77, 1024)  # OpenCLIP ViT-H's output for the empty prompt
 
 KINDS = {

@@ -30,21 +30,11 @@ from diffusers import DDIMScheduler, UNet2DModel
 from PIL import Image
 from pytorch_msssim import ms_ssim as differentiable_ms_ssim
 
+from codec.core.backbone import SD_SCHEDULE
 from codec.core.demo_models import DOWNSCALE, DemoAutoencoder
 from codec.data.photos import load_photos, split_photos
 from codec.evaluate.metrics import ms_ssim, psnr
 
-# Stable Diffusion's noise schedule, as a DDIM config the codec can load unchanged.
-SD_SCHEDULE = dict(
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    num_train_timesteps=1000,
-    clip_sample=False,
-    set_alpha_to_one=False,
-    steps_offset=1,
-    prediction_type="epsilon",
-)
 MAX_TIMESTEP = 300  # the codec only denoises from t <= ~300
 VAL_TIMESTEPS = (1, 10, 25, 50, 100, 150, 200, 300)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import socket
 from dataclasses import dataclass, field
@@ -35,12 +36,15 @@ SD_SCHEDULE = dict(
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO_DIR = REPO_ROOT / "assets" / "models" / "demo"
 CONDITIONING_FILE = "conditioning.safetensors"
-CODEC_CONFIG_FILE = "codec.json"  # optional per-backbone codec settings (default_steps)
+CODEC_CONFIG_FILE = "codec.json"  # optional per-backbone codec settings (default_steps, training_photos)
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"  # what save_pretrained writes (and diffusers loads) per component
 FINGERPRINT_SAMPLES = 64  # values hashed per weight tensor
 # Model classes a folder may name, imported only when named (each diffusers class costs start-up time).
 VAE_CLASSES = ("AutoencoderKL", "AutoencoderTiny", "DemoAutoencoder")
 UNET_CLASSES = ("UNet2DConditionModel", "UNet2DModel")
+
+
+log = logging.getLogger(__name__)
 
 
 class BackboneUnavailable(RuntimeError):
@@ -60,6 +64,7 @@ class Backbone:
     dtype: torch.dtype
     fingerprint: bytes = field(repr=False)  # of the weights as stored (`weights_fingerprint`): any dtype, any device
     default_steps: int = 4
+    training_photos: int | None = None  # how many photos a backbone trained here saw (codec.json), for visitors
     downsample: int = 8
     latent_channels: int = 4
 
@@ -141,18 +146,26 @@ def load_default_backbone(device=None, dtype=None, allow_tiny: bool = False) -> 
     try:
         return load_backbone(SD_HUB_ID, device, dtype), f"Backbone: Stable Diffusion 2.1 ({SD_HUB_ID})."
     except BackboneUnavailable as sd_error:
-        reason = str(sd_error).split(". ")[0]
+        # Why, for whoever runs the machine; visitors read the notice, which has no paths or caches.
+        log.info("Stable Diffusion not loaded, using the demo backbone: %s", sd_error)
     try:
-        return load_backbone("demo", device, dtype), (
-            f"Backbone: bundled demo model (Stable Diffusion unavailable: {reason})."
-        )
+        demo = load_backbone("demo", device, dtype)
     except BackboneUnavailable:
         if not allow_tiny:
             raise
-    return load_backbone("tiny", device, dtype), (
-        "WARNING: backbone is a tiny RANDOM test model (neither Stable Diffusion nor the demo model could be "
-        "loaded); reconstructions are meaningless."
-    )
+        return load_backbone("tiny", device, dtype), (
+            "WARNING: backbone is a tiny RANDOM test model (neither Stable Diffusion nor the demo model could be "
+            "loaded); reconstructions are meaningless."
+        )
+    return demo, demo_notice(demo.training_photos)
+
+
+def demo_notice(training_photos: int | None) -> str:
+    """What a visitor must know about the demo backbone, in plain words."""
+    trained_on = f"{training_photos} photos" if training_photos else "a few photos"
+    return (f"Backbone: the bundled demo model, a small model trained on {trained_on} on a CPU. It shows what the "
+            "method does, not the paper's quality, which needs Stable Diffusion 2.1 on a GPU (not available "
+            "on this machine).")
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -238,6 +251,7 @@ def _load_diffusers(folder: str, conditioning_dir: Path, name: str, device, dtyp
         device=device,
         dtype=dtype,
         default_steps=int(codec_config.get("default_steps", 4 if name == "demo" else 10)),
+        training_photos=codec_config.get("training_photos"),
         latent_channels=int(unet.config.in_channels),
         fingerprint=weights_fingerprint(vae_model, unet, weights, scheduler.config.prediction_type, scheduler.alphas_cumprod),
     )

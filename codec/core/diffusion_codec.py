@@ -18,7 +18,7 @@ from codec.core import bitstream, images, rate_control
 from codec.core.adapters.analytic import AnalyticAdapter
 from codec.core.adapters.base import Adapter, Analysis, Quantization, adapter_folder, read_config
 from codec.core.adapters.learned import LearnedAdapter
-from codec.core.backbone import Backbone, load_backbone, load_default_backbone
+from codec.core.backbone import Backbone, demo_notice, load_backbone, load_default_backbone
 from codec.core.bitstream import DEFAULT_MAX_PIXELS, DEFAULT_MAX_STEPS, PAD_MULTIPLE, BitstreamError, Header
 from codec.core.denoise import denoise
 
@@ -102,7 +102,7 @@ class DiffusionCodec:
             bb, notice = load_default_backbone(device, dtype, allow_tiny=allow_tiny)
         else:
             bb = load_backbone(backbone, device, dtype)
-            notice = f"Backbone: {bb.name}."
+            notice = demo_notice(bb.training_photos) if bb.name == "demo" else f"Backbone: {bb.name}."
             if bb.name == "tiny":
                 notice = "WARNING: backbone is a tiny RANDOM test model; reconstructions are meaningless."
         loaded = None

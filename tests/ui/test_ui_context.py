@@ -93,7 +93,8 @@ def test_the_fallback_notice_names_no_path(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     raw, shown = run.stdout.strip().splitlines()[-2:]
-    assert "Stable Diffusion unavailable" in shown or "RANDOM" in shown, shown
+    assert "demo model, a small model trained on 25 photos on a CPU" in shown or "RANDOM" in shown, shown
+    assert "needs Stable Diffusion 2.1 on a GPU" in shown or "RANDOM" in shown, shown
     for notice in (raw, shown):
         assert str(tmp_path) not in notice and "/" not in notice.replace("sd2-community/", "").replace("test-org/", ""), notice
 

@@ -1,13 +1,15 @@
 """Training on CPU (or any device): the bundled demo backbone (VAE + UNet), resumable, in the background.
 
-    python -m codec.train backbone --data ../shared/data/photos --out assets/models/demo \
-        [--work runs/demo] [--vae-minutes 60] [--unet-minutes 40] [--resume]
+    python -m codec.train backbone --data DIR --out assets/models/demo \
+        [--size v2] [--work runs/demo] [--vae-minutes 60] [--unet-minutes 40] [--resume]
 
 The run goes through four phases, each "train X until X has been trained for N minutes in total":
 a short VAE warm-up, a short UNet warm-up (so a usable, matching backbone folder exists early),
 then the long VAE phase, then the long UNet phase (fine-tuned on the final VAE's latents).
-Minutes count across resumes, so `--resume` with larger budgets simply continues.
+Minutes count across resumes, so `--resume` with larger budgets simply continues. The model sizes
+(MODEL_SIZES) are recorded in every checkpoint; a resume with other sizes is refused.
 
+Each model's learning rate follows a cosine over its total minutes (to 10 % of the start).
 Every few minutes each phase evaluates on the held-out photos, checkpoints (model + optimizer)
 into the work folder, and re-exports the diffusers folder when validation improves, so `--out`
 always holds the best weights so far.
@@ -41,20 +43,34 @@ VAL_TIMESTEPS = (1, 10, 25, 50, 100, 150, 200, 300)
 log = logging.getLogger("codec.train")
 
 
+UNET_LAYOUT = dict(layers_per_block=1, down_block_types=("DownBlock2D",) * 3, up_block_types=("UpBlock2D",) * 3,
+                   norm_num_groups=32)
+
+# Named model sizes (DemoAutoencoder and UNet2DModel kwargs); a run records its sizes in its checkpoints.
+# Times at 768x512 on 2 threads, best of 8 (docs/demo-backbone-v2.md): VAE encode / decode, one UNet call.
+MODEL_SIZES = {
+    # The shipped demo (assets/models/demo): 2.36 M + 4.24 M parameters; 21 / 137 / 44 ms.
+    "v1": dict(vae={}, unet=dict(block_out_channels=(64, 128, 128), **UNET_LAYOUT)),
+    # Capacity where it is cheap: the VAE's 1/8 scale (160 channels, 6 decoder blocks) and the UNet's
+    # lowest resolution (192 channels): 4.36 M + 6.76 M; 35 / 188 / 50 ms, i.e. 0.42 s of model time
+    # for an encode + 4-step decode.
+    "v2": dict(
+        vae=dict(encoder_channels=160, encoder_blocks=2, decoder_channels=(160, 64, 32, 16), decoder_blocks=(6, 2, 1, 0)),
+        unet=dict(block_out_channels=(64, 128, 192), **UNET_LAYOUT),
+    ),
+}
+
+
+class ResumeError(ValueError):
+    """A checkpoint that the asked run cannot continue (another model size)."""
+
+
 @dataclass
 class BackboneConfig:
     """Everything that shapes a backbone run; the tests use a tiny one."""
 
-    vae: dict = field(default_factory=dict)  # DemoAutoencoder kwargs (defaults = the shipped size)
-    unet: dict = field(
-        default_factory=lambda: dict(
-            block_out_channels=(64, 128, 128),
-            layers_per_block=1,
-            down_block_types=("DownBlock2D",) * 3,
-            up_block_types=("UpBlock2D",) * 3,
-            norm_num_groups=32,
-        )
-    )
+    vae: dict = field(default_factory=lambda: copy.deepcopy(MODEL_SIZES["v2"]["vae"]))  # DemoAutoencoder kwargs
+    unet: dict = field(default_factory=lambda: copy.deepcopy(MODEL_SIZES["v2"]["unet"]))  # UNet2DModel kwargs
     crop: int = 256  # training crop in pixels
     vae_batch: int = 4
     vae_lr: float = 3e-4
@@ -63,6 +79,7 @@ class BackboneConfig:
     unet_batch: int = 16
     unet_lr: float = 3e-4
     ema_decay: float = 0.999
+    final_lr_fraction: float = 0.1  # cosine decay over each model's total minutes down to this share of its lr
     bank_shifts: int = 4  # random sub-block offsets per photo and flip when building the latent bank
     warmup_minutes: tuple = (10.0, 8.0)  # (VAE, UNet) before the long phases
     eval_every_s: float = 240.0
@@ -124,6 +141,17 @@ def save_checkpoint(state: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def load_checkpoint(path: Path, cfg: BackboneConfig) -> dict:
+    """A trainer's checkpoint, refused when it was trained with other model sizes than cfg's."""
+    state = torch.load(path, weights_only=False)
+    recorded = state.get("config", MODEL_SIZES["v1"])  # checkpoints from before sizes were recorded are v1's
+    sizes = {key: recorded[key] for key in ("vae", "unet")}
+    if sizes != {"vae": cfg.vae, "unet": cfg.unet}:
+        raise ResumeError(f"{path} was trained with the model sizes {sizes}, not {dict(vae=cfg.vae, unet=cfg.unet)}: "
+                          "resume with the same --size, or choose another --work folder")
+    return state
+
+
 def file_fingerprint(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
@@ -142,7 +170,7 @@ class VaeTrainer:
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.vae_lr)
         self.step, self.elapsed_s, self.best = 0, 0.0, -math.inf
         if self.path.exists():
-            state = torch.load(self.path, weights_only=False)
+            state = load_checkpoint(self.path, cfg)
             self.model.load_state_dict(state["model"])
             self.opt.load_state_dict(state["opt"])
             self.step, self.elapsed_s, self.best = state["step"], state["elapsed_s"], state["best"]
@@ -184,7 +212,8 @@ class VaeTrainer:
         publish(model, self.out / "vae")
 
     def save(self) -> None:
-        state = dict(model=self.model.state_dict(), opt=self.opt.state_dict(), step=self.step, elapsed_s=self.elapsed_s, best=self.best)
+        state = dict(model=self.model.state_dict(), opt=self.opt.state_dict(), step=self.step, elapsed_s=self.elapsed_s,
+                     best=self.best, config=asdict(self.cfg))
         save_checkpoint(state, self.path)
 
 
@@ -202,7 +231,7 @@ class UnetTrainer:
         self.scheduler = DDIMScheduler(**SD_SCHEDULE)
         self.step, self.elapsed_s, self.best, self.vae_id = 0, 0.0, math.inf, None
         if self.path.exists():
-            state = torch.load(self.path, weights_only=False)
+            state = load_checkpoint(self.path, cfg)
             self.model.load_state_dict(state["model"])
             self.ema.load_state_dict(state["ema"])
             self.opt.load_state_dict(state["opt"])
@@ -294,6 +323,7 @@ class UnetTrainer:
             elapsed_s=self.elapsed_s,
             best=self.best,
             vae_id=self.vae_id,
+            config=asdict(self.cfg),
         )
         save_checkpoint(state, self.path)
 
@@ -302,26 +332,37 @@ def improved(trainer, score: float) -> bool:
     return score > trainer.best if trainer.name == "vae" else score < trainer.best
 
 
-def run_phase(trainer, until_s: float, eval_every_s: float) -> None:
-    """Train until trainer.elapsed_s reaches until_s; evaluate, checkpoint and export on the way."""
+def cosine_lr(base_lr: float, elapsed_s: float, total_s: float, final_fraction: float) -> float:
+    """The learning rate after elapsed_s of total_s: cosine from base_lr down to final_fraction x base_lr.
+    Time-based like the budgets, so a resume continues the same curve (a larger budget lifts it again)."""
+    progress = min(1.0, elapsed_s / total_s) if total_s > 0 else 1.0
+    return base_lr * (final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def run_phase(trainer, until_s: float, total_s: float, cfg: BackboneConfig) -> None:
+    """Train until trainer.elapsed_s reaches until_s, the lr following a cosine over the model's total_s;
+    evaluate, checkpoint and export on the way."""
     if trainer.elapsed_s >= until_s:
         return
     log.info("%s: training from %.1f to %.1f minutes (step %d)", trainer.name, trainer.elapsed_s / 60, until_s / 60, trainer.step)
     losses, last_eval = [], time.monotonic()
+    base_lr = cfg.vae_lr if trainer.name == "vae" else cfg.unet_lr
     while trainer.elapsed_s < until_s:
+        for group in trainer.opt.param_groups:
+            group["lr"] = cosine_lr(base_lr, trainer.elapsed_s, total_s, cfg.final_lr_fraction)
         t0 = time.monotonic()
         losses.append(trainer.train_step())
         now = time.monotonic()
         trainer.elapsed_s += now - t0
-        if now - last_eval >= eval_every_s or trainer.elapsed_s >= until_s:
+        if now - last_eval >= cfg.eval_every_s or trainer.elapsed_s >= until_s:
             score, text = trainer.evaluate()
             is_best = improved(trainer, score)
             if is_best:
                 trainer.best = score
                 trainer.export()
             log.info(
-                "%s step %d, %.1f min: train loss %.5f; %s%s",
-                trainer.name, trainer.step, trainer.elapsed_s / 60, np.mean(losses), text, " -> exported" if is_best else "",
+                "%s step %d, %.1f min, lr %.2g: train loss %.5f; %s%s", trainer.name, trainer.step, trainer.elapsed_s / 60,
+                trainer.opt.param_groups[0]["lr"], np.mean(losses), text, " -> exported" if is_best else "",
             )
             trainer.save()
             losses, last_eval = [], time.monotonic()
@@ -340,12 +381,12 @@ def train_backbone(data: Path, out: Path, work: Path, vae_minutes: float, unet_m
 
     warm_vae, warm_unet = (min(w, m) * 60 for w, m in zip(cfg.warmup_minutes, (vae_minutes, unet_minutes)))
     vae = VaeTrainer(cfg, train, val, out, work)
-    run_phase(vae, warm_vae, cfg.eval_every_s)
+    run_phase(vae, warm_vae, vae_minutes * 60, cfg)
     if not (out / "vae").exists():  # e.g. a resume after an interrupted first export
         vae.export()
-    run_phase(UnetTrainer(cfg, train, val, out, work), warm_unet, cfg.eval_every_s)
-    run_phase(vae, vae_minutes * 60, cfg.eval_every_s)
-    run_phase(UnetTrainer(cfg, train, val, out, work), unet_minutes * 60, cfg.eval_every_s)
+    run_phase(UnetTrainer(cfg, train, val, out, work), warm_unet, unet_minutes * 60, cfg)
+    run_phase(vae, vae_minutes * 60, vae_minutes * 60, cfg)
+    run_phase(UnetTrainer(cfg, train, val, out, work), unet_minutes * 60, unet_minutes * 60, cfg)
     log.info("backbone: done (VAE %.1f min, best val PSNR %.2f dB)", vae.elapsed_s / 60, vae.best)
 
 

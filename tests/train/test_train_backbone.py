@@ -1,6 +1,13 @@
 """The demo backbone: autoencoder API and persistence, and a tiny resumable training run end to end."""
 
+import dataclasses
 import json
+import logging
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,3 +149,58 @@ def test_validation_photos_must_be_present(tmp_path):
     Image.fromarray(photo(0)).save(tmp_path / "only.png")
     with pytest.raises(DataError, match="validation photos missing"):
         split_photos(load_photos(tmp_path))
+
+
+# Checkpoints every half second; the VAE warm-up lasts 3 s of training.
+KILLABLE = dataclasses.replace(TINY, eval_every_s=0.5, warmup_minutes=(0.05, 0.01))
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_phase_resumes_from_its_last_checkpoint(photo_folder, tmp_path, caplog):
+    """SIGKILL a real training process once it has checkpointed its VAE, then resume: the VAE continues
+    at the checkpoint's step and minutes (not from zero), and the run finishes both models."""
+    out, work = tmp_path / "demo", tmp_path / "work"
+    code = ("import sys; from pathlib import Path; from tests.train.test_train_backbone import KILLABLE; "
+            "from codec.train.demo_backbone import train_backbone; "
+            "train_backbone(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), 1.0, 0.02, False, KILLABLE)")
+    child = subprocess.Popen([sys.executable, "-c", code, str(photo_folder), str(out), str(work)],
+                             cwd=Path(__file__).resolve().parents[2])
+    try:
+        deadline = time.monotonic() + 120
+        while not (work / "vae.pt").exists():
+            assert child.poll() is None, "the training process ended before its first checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint within 2 minutes"
+            time.sleep(0.2)
+        time.sleep(1.0)  # mid-phase: a few more steps and checkpoints, then no clean exit
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+    killed = torch.load(work / "vae.pt", weights_only=False)
+    assert 0 < killed["elapsed_s"] < 60 and killed["config"]["vae"] == KILLABLE.vae
+
+    vae_minutes = killed["elapsed_s"] / 60 + 0.02
+    with caplog.at_level(logging.INFO, logger="codec.train"):
+        train.train_backbone(photo_folder, out, work, vae_minutes, 0.02, True, KILLABLE)
+    first_vae_phase = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("vae: training from"))
+    assert first_vae_phase.endswith(f"(step {killed['step']})")
+    resumed, unet = (torch.load(work / name, weights_only=False) for name in ("vae.pt", "unet.pt"))
+    assert resumed["step"] > killed["step"] and resumed["elapsed_s"] >= vae_minutes * 60
+    assert unet["elapsed_s"] >= 0.02 * 60
+    DemoAutoencoder.from_pretrained(out / "vae")
+    UNet2DModel.from_pretrained(out / "unet")
+
+
+def test_a_resume_with_other_model_sizes_is_refused(photo_folder, tmp_path):
+    out, work = tmp_path / "demo", tmp_path / "work"
+    train.train_backbone(photo_folder, out, work, 0.005, 0.005, False, TINY)
+    wider = dataclasses.replace(TINY, vae={**TINY.vae, "encoder_channels": 24})
+    with pytest.raises(train.ResumeError, match="same --size"):
+        train.train_backbone(photo_folder, out, work, 0.01, 0.01, True, wider)
+
+
+def test_learning_rate_follows_a_cosine_over_the_total_minutes():
+    lrs = [train.cosine_lr(3e-4, s, 600.0, 0.1) for s in range(0, 700, 50)]
+    assert lrs[0] == pytest.approx(3e-4) and lrs[6] == pytest.approx(0.55 * 3e-4)  # halfway: the mean of both ends
+    assert lrs[12] == pytest.approx(3e-5) and lrs[-1] == pytest.approx(3e-5)  # the end, and past it
+    assert all(a > b for a, b in zip(lrs[:12], lrs[1:13]))

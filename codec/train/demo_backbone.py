@@ -17,6 +17,7 @@ always holds the best weights so far.
 
 import copy
 import hashlib
+import json
 import logging
 import math
 import os
@@ -32,13 +33,14 @@ from diffusers import DDIMScheduler, UNet2DModel
 from PIL import Image
 from pytorch_msssim import ms_ssim as differentiable_ms_ssim
 
-from codec.core.backbone import SD_SCHEDULE
+from codec.core.backbone import CODEC_CONFIG_FILE, SD_SCHEDULE
 from codec.core.demo_models import DOWNSCALE, DemoAutoencoder
 from codec.data.photos import load_photos, split_photos
 from codec.evaluate.metrics import ms_ssim, psnr
 
 MAX_TIMESTEP = 300  # the codec only denoises from t <= ~300
 VAL_TIMESTEPS = (1, 10, 25, 50, 100, 150, 200, 300)
+DEMO_STEPS = 4  # denoising steps the codec takes on the demo backbone by default (codec.json)
 
 log = logging.getLogger("codec.train")
 
@@ -378,6 +380,9 @@ def train_backbone(data: Path, out: Path, work: Path, vae_minutes: float, unet_m
     train, val = split_photos(load_photos(data))
     log.info("backbone: %d training photos, %d validation photos; config %s", len(train), len(val), asdict(cfg))
     DDIMScheduler(**SD_SCHEDULE).save_pretrained(out / "scheduler")
+    # The codec's settings for this folder: the demo's 4 denoising steps, and what visitors are told it saw.
+    codec_config = {"default_steps": DEMO_STEPS, "training_photos": len(train)}
+    (out / CODEC_CONFIG_FILE).write_text(json.dumps(codec_config, indent=2) + "\n")
 
     warm_vae, warm_unet = (min(w, m) * 60 for w, m in zip(cfg.warmup_minutes, (vae_minutes, unet_minutes)))
     vae = VaeTrainer(cfg, train, val, out, work)

@@ -115,6 +115,7 @@ def test_tiny_training_run_exports_loads_and_resumes(photo_folder, tmp_path):
     vae = DemoAutoencoder.from_pretrained(out / "vae").eval()
     unet = UNet2DModel.from_pretrained(out / "unet").eval()
     scheduler = DDIMScheduler.from_pretrained(out / "scheduler")
+    assert json.loads((out / "codec.json").read_text()) == {"default_steps": 4, "training_photos": 2}
     for key, value in train.SD_SCHEDULE.items():
         assert scheduler.config[key] == value, key
 

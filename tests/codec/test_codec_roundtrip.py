@@ -23,7 +23,9 @@ REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 @pytest.mark.parametrize("mode", ["learned", "analytic"])
 def test_encode_decode_keeps_size_and_header(tiny_codec, photo, mode):
-    knob = {"lam": 1.0} if mode == "learned" else {"step": 8.0}
+    # analytic: t matches the error the quantizer leaves, and the tiny latent's std is 0.04: only a step
+    # that zeroes every band leaves an error above step 1's noise
+    knob = {"lam": 1.0} if mode == "learned" else {"step": 16.0}
     result = tiny_codec.encode(photo, mode=mode, **knob)
     header, payloads = parse(result.data)
     assert header.mode == mode and (header.width, header.height) == photo.size

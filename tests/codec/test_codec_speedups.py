@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from codec.core.adapters import transform
+from codec.core.adapters.analytic import _band_scales
 from codec.core.adapters.base import Quantization, scale_indexes
 from codec.core.diffusion_codec import DiffusionCodec
 from tests.codec.conftest import make_tiny_codec
@@ -81,13 +83,18 @@ def test_the_learned_probe_keeps_what_coding_from_scratch_computes(codecs, lam):
 def test_the_analytic_coder_writes_and_reads_what_compressai_does(codecs, step):
     adapter = codecs["demo"].adapters["analytic"]
     gc = adapter.gaussian_conditional
-    y = torch.randn(1, 4, 9, 17) * 3
+    y = torch.randn(1, 4, 16, 24) * 3
     q = adapter.quantization(y, step, adapter.features(y))
     z = q.apply(y)
-    indexes = gc.build_indexes(torch.tensor(q.side_info).view(1, -1, 1, 1).expand_as(z))
-    expected = gc.compress(z, indexes, means=torch.zeros_like(z))
+    symbols = adapter.analyse(z, q).tensors["symbols"]  # the rounded transform coefficients
+    scales = _band_scales(q, z.shape)
+    indexes, zeros = gc.build_indexes(scales), torch.zeros_like(z)
+    expected = gc.compress(symbols, indexes, means=zeros)
     assert adapter.compress(z, q, adapter.analyse(z, q)) == adapter.compress(z, q) == expected
-    assert torch.equal(adapter.decompress(expected, z.shape, q), gc.decompress(expected, indexes, means=torch.zeros_like(z)))
+    coefficients = gc.decompress(expected, indexes, means=zeros) * (scales > 0)
+    rotation = torch.tensor(q.side_info[:16], dtype=torch.float64).view(4, 4)
+    assert torch.equal(adapter.decompress(expected, z.shape, q),
+                       transform.rotate(transform.block_dct(coefficients.double(), inverse=True), rotation).float())
 
 
 def test_scale_indexes_equal_compressais_build_indexes():

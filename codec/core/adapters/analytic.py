@@ -1,19 +1,30 @@
-"""The training-free adapter: gamma whitens each channel with a quantization step, t matches the
-quantization-noise variance to the diffusion noise level, and the prior is a per-channel Gaussian
-whose scales travel in the header as side information (one float16 per channel).
+"""The training-free adapter: transform coding of the latent, with nothing learned.
+
+gamma removes each channel's mean and divides by one quantization step (`step` times the latent's
+standard deviation); inside the adapter the latent is rotated across channels by the image's own
+KLT and each rotated channel is transformed by an orthonormal 8x8 block DCT (transform.py). Every
+coefficient is rounded to an integer (the same step everywhere: equal distortion in every
+coefficient that is coded, the reverse water-filling solution), and coded with a zero-mean
+Gaussian whose scale is its (channel, frequency band)'s RMS, sent as side information (forward
+adaptation). A band whose coefficients all round to 0 is switched off: scale 0, no symbol to code.
+t matches the error this quantization really leaves (the encoder measures it), and DDIM removes it.
+
+Side information (float16): the C x C rotation (row-major), then one scale per rotated channel and
+band (C x band_count). Files of the first analytic format carry C values, one Gaussian scale per
+channel of round(z) itself; they still decode (`_decompress_per_channel`), told apart by the count.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
+from codec.core.adapters import transform
 from codec.core.adapters.base import (Adapter, Analysis, GaussianCoder, Quantization, check_codable, coded_scales,
                                      default_t_max, per_channel, scale_indexes)
 from codec.core.bitstream import FINGERPRINT_BYTES, quantize_side_info, rans_decoder_input
 from codec.core.entropy_coding import GaussianConditional, get_scale_table
-
-MIN_PRIOR_SCALE = 0.11  # compressai's scale bound: smaller scales code as this one
 
 
 def noise_matched_timestep(alphas_cumprod: torch.Tensor, noise_variance: float, t_max: int) -> int:
@@ -25,14 +36,25 @@ def noise_matched_timestep(alphas_cumprod: torch.Tensor, noise_variance: float, 
     return int(torch.argmin((alphas_cumprod[: t_max + 1] - target).abs()).item())
 
 
+@dataclass(frozen=True)
+class _Features:
+    """What every rate-control probe of one image shares."""
+
+    mean: torch.Tensor  # (C,) per-channel mean of y
+    std: float  # the latent's RMS deviation over all channels: the unit of the step
+    rotation: tuple[float, ...]  # the KLT, float16-rounded as stored (C x C, row-major)
+    coefficients: torch.Tensor  # block DCT of the rotated, centred y (y units)
+    bands: torch.Tensor  # (C, h, w) index of each coefficient's (channel, band) scale in the side information
+
+
 class AnalyticAdapter(Adapter):
-    """Per-channel whitening with step `knob` (in channel standard deviations); one payload."""
+    """Channel KLT + 8x8 block DCT, one Gaussian scale per band; step `knob` in latent standard deviations."""
 
     mode = "analytic"
     knob_name = "step"
     description = "analytic (training-free)"
 
-    def __init__(self, step_min: float = 0.05, step_max: float = 64.0, t_max: int | None = None):
+    def __init__(self, step_min: float = 0.002, step_max: float = 64.0, t_max: int | None = None):
         """`t_max` None: 10% of the backbone's schedule (set by `attach`)."""
         self.config = dict(step_min=step_min, step_max=step_max, t_max=t_max)
         self.alphas_cumprod, self._t_max = None, t_max
@@ -54,11 +76,11 @@ class AnalyticAdapter(Adapter):
 
     @property
     def rate_slope(self) -> float:
-        return -1.7  # bits ~ step^-1.7 at 0.02-0.05 bpp, measured on the demo backbone's validation photos
+        return -1.3  # bits ~ step^-1.3 at 0.03-0.2 bpp, measured on the demo backbone's validation photos
 
     @property
     def device(self) -> torch.device:
-        return torch.device("cpu")  # per-channel statistics and a factorized prior: no work for a GPU
+        return torch.device("cpu")  # small transforms and a factorized prior: no work for a GPU
 
     def attach(self, backbone) -> "AnalyticAdapter":
         steps = backbone.num_train_timesteps
@@ -68,48 +90,120 @@ class AnalyticAdapter(Adapter):
         self.alphas_cumprod = backbone.alphas_cumprod
         return self
 
-    def features(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return y.mean(dim=(0, 2, 3)), y.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    # -- encoder ------------------------------------------------------------------------------
+    def features(self, y: torch.Tensor) -> _Features:
+        y = y.float()
+        channels, height, width = y.shape[1:]
+        mean = y.mean(dim=(0, 2, 3))
+        rotation = quantize_side_info(transform.channel_rotation(y).reshape(-1))
+        centred = y - mean.view(1, -1, 1, 1)
+        coefficients = transform.block_dct(transform.rotate(centred, _inverse_rotation(rotation, channels)))
+        return _Features(mean, max(float(centred.pow(2).mean().sqrt()), 1e-3), rotation, coefficients,
+                         _scale_slots(channels, height, width))
 
-    def quantization(self, y: torch.Tensor, knob: float, features=None) -> Quantization:
-        mean, std = features if features is not None else self.features(y)
-        scale = quantize_side_info((1.0 / (knob * std)).cpu())
-        shift = quantize_side_info((-mean * torch.tensor(scale)).cpu())
-        # Rounding error is ~U(-1/2, 1/2) in z units, i.e. variance 1/(12 a^2) in y units.
-        noise_variance = float(sum(1.0 / (12.0 * a * a) for a in scale) / len(scale))
-        t = noise_matched_timestep(self.alphas_cumprod, noise_variance, self.t_max)
-        z_std = Quantization(scale, shift, t).apply(y).std(dim=(0, 2, 3))
-        return Quantization(scale, shift, t, quantize_side_info(z_std.clamp_min(MIN_PRIOR_SCALE).cpu()))
-
-    def _indexes(self, quantization: Quantization, like: torch.Tensor) -> torch.Tensor:
-        """The scale index of every element: one per channel, from the header's prior scales."""
-        return scale_indexes(self.gaussian_conditional, per_channel(quantization.side_info, like)).expand_as(like)
+    def quantization(self, y: torch.Tensor, knob: float, features: _Features | None = None) -> Quantization:
+        f = features if features is not None else self.features(y)
+        channels = y.shape[1]
+        scale = quantize_side_info([1.0 / (knob * f.std)] * channels)
+        shift = quantize_side_info((-f.mean * scale[0]).cpu())
+        step = 1.0 / scale[0]
+        symbols = torch.round(f.coefficients / step)
+        slots = f.bands.unsqueeze(0)
+        count = _slot_count(f.bands)
+        nonzero = torch.zeros(count).index_add_(0, slots.reshape(-1), (symbols != 0).float().reshape(-1))
+        energy = torch.zeros(count).index_add_(0, slots.reshape(-1), (f.coefficients / step).pow(2).reshape(-1))
+        population = torch.bincount(slots.reshape(-1), minlength=count)
+        scales = torch.where(nonzero > 0, (energy / population).sqrt(), torch.zeros(count))  # off: nothing to code
+        # The error this quantizer leaves, in y units (the transforms are orthonormal): what DDIM removes.
+        error = (f.coefficients - step * symbols * (scales[slots] > 0)).pow(2).mean()
+        t = noise_matched_timestep(self.alphas_cumprod, float(error), self.t_max)
+        return Quantization(scale, shift, t, f.rotation + quantize_side_info(scales))
 
     def analyse(self, z: torch.Tensor, quantization: Quantization) -> Analysis:
-        indexes = self._indexes(quantization, z)
-        scales = coded_scales(self.gaussian_conditional, indexes, z)
-        _, likelihoods = self.gaussian_conditional(z, scales, means=torch.zeros_like(z), training=False)
-        return Analysis(float(-torch.log2(likelihoods).sum()), {"indexes": indexes})
+        scales = _band_scales(quantization, z.shape)
+        symbols = torch.round(transform.block_dct(transform.rotate(
+            z.float(), _inverse_rotation(quantization.side_info, z.shape[1])))) * (scales > 0)
+        indexes = scale_indexes(self.gaussian_conditional, scales)
+        coded = coded_scales(self.gaussian_conditional, indexes, symbols)
+        _, likelihoods = self.gaussian_conditional(symbols, coded, means=torch.zeros_like(symbols), training=False)
+        return Analysis(float(-torch.log2(likelihoods).sum()), {"symbols": symbols, "indexes": indexes})
 
     def compress(self, z: torch.Tensor, quantization: Quantization, analysis: Analysis | None = None) -> list[bytes]:
-        check_codable(z)
-        indexes = analysis.tensors["indexes"] if analysis is not None else self._indexes(quantization, z)
-        return [self.coder.compress(z, indexes, torch.zeros_like(z))]
+        check_codable(z)  # before the transforms (which would turn a NaN into all NaNs and scale up huge values)
+        analysis = analysis if analysis is not None else self.analyse(z, quantization)
+        symbols = analysis.tensors["symbols"]
+        check_codable(symbols)  # a block DCT gains up to 8x
+        return [self.coder.compress(symbols, analysis.tensors["indexes"], torch.zeros_like(symbols))]
 
+    # -- decoder ------------------------------------------------------------------------------
     def symbol_counts(self, latent_shape) -> list[int]:
         return [math.prod(latent_shape)]
 
     def check_quantization(self, quantization: Quantization, latent_shape) -> None:
         if quantization.t > self.t_max:
             raise ValueError(f"Timestep t={quantization.t} exceeds this adapter's maximum {self.t_max}.")
-        priors = quantization.side_info
-        if len(priors) != latent_shape[1]:
-            raise ValueError(f"An analytic-mode file carries {latent_shape[1]} prior scales as side information; "
-                             f"this one has {len(priors)} values.")
-        if not all(s > 0 for s in priors):
-            raise ValueError("Invalid per-channel prior scales (they must be positive).")
+        channels, height, width = latent_shape[1:]
+        side = quantization.side_info
+        if _is_per_channel(quantization, channels):
+            if not all(s > 0 for s in side):
+                raise ValueError("Invalid per-channel prior scales (they must be positive).")
+            return
+        expected = channels * channels + channels * transform.band_count(height, width)
+        if len(side) != expected:
+            raise ValueError(f"An analytic-mode file of this size carries {expected} side-information values "
+                             f"({channels}x{channels} channel rotation, {expected - channels * channels} band scales); "
+                             f"one of the first format carries {channels} prior scales as side information; "
+                             f"this one has {len(side)} values.")
+        rotation = torch.tensor(side[: channels * channels], dtype=torch.float64).view(channels, channels)
+        if not transform.is_rotation(rotation):
+            raise ValueError("Invalid channel rotation in the side information (it must be orthonormal).")
+        if not all(s >= 0 for s in side[channels * channels:]):
+            raise ValueError("Invalid band scales in the side information (they must be 0 or positive).")
 
     def decompress(self, payloads: list[bytes], latent_shape, quantization: Quantization) -> torch.Tensor:
-        (symbols,) = self.symbol_counts(latent_shape)
+        (count,) = self.symbol_counts(latent_shape)
+        string = rans_decoder_input(payloads[0], count)
+        if _is_per_channel(quantization, latent_shape[1]):
+            return self._decompress_per_channel(string, latent_shape, quantization)
+        scales = _band_scales(quantization, latent_shape)
+        indexes = scale_indexes(self.gaussian_conditional, scales)
+        symbols = self.coder.decompress(string, indexes, torch.zeros(latent_shape)) * (scales > 0)
+        channels = latent_shape[1]
+        rotation = torch.tensor(quantization.side_info[: channels * channels], dtype=torch.float64).view(channels, channels)
+        return transform.rotate(transform.block_dct(symbols.double(), inverse=True), rotation).float()
+
+    def _decompress_per_channel(self, string: bytes, latent_shape, quantization: Quantization) -> torch.Tensor:
+        """The first analytic format (bitstream version 1 and early version 2): round(z) itself, coded
+        with one zero-mean Gaussian scale per channel."""
         like = torch.zeros(latent_shape)
-        return self.coder.decompress(rans_decoder_input(payloads[0], symbols), self._indexes(quantization, like), like)
+        indexes = scale_indexes(self.gaussian_conditional, per_channel(quantization.side_info, like)).expand_as(like)
+        return self.coder.decompress(string, indexes, like)
+
+
+def _is_per_channel(quantization: Quantization, channels: int) -> bool:
+    """A file of the first analytic format: C side values (the new format has C^2 + C x bands > C)."""
+    return len(quantization.side_info) == channels
+
+
+def _inverse_rotation(side_info, channels: int) -> torch.Tensor:
+    """The inverse of the stored (float16) rotation: the encoder's analysis, so that the decoder's
+    synthesis is the stored matrix itself."""
+    rotation = torch.tensor(side_info[: channels * channels], dtype=torch.float64).view(channels, channels)
+    return torch.linalg.inv(rotation)
+
+
+def _scale_slots(channels: int, height: int, width: int) -> torch.Tensor:
+    """(C, h, w): for every coefficient, the position of its (channel, band) scale among the band scales."""
+    bands = transform.band_map(height, width)
+    return torch.arange(channels).view(-1, 1, 1) * transform.band_count(height, width) + bands
+
+
+def _slot_count(slots: torch.Tensor) -> int:
+    return int(slots.max()) + 1
+
+
+def _band_scales(quantization: Quantization, latent_shape) -> torch.Tensor:
+    """The Gaussian scale of every coefficient, from the side information (0: its band is off)."""
+    channels, height, width = latent_shape[1:]
+    scales = torch.tensor(quantization.side_info[channels * channels:], dtype=torch.float32)
+    return scales[_scale_slots(channels, height, width)].unsqueeze(0)

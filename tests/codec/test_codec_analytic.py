@@ -1,0 +1,96 @@
+"""The analytic (training-free) adapter: transform coding on the tiny random backbone, its side
+information checked before decoding, bands switched off, and t from the error it really leaves."""
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from codec.core import images
+from codec.core.adapters import transform
+from codec.core.adapters.analytic import noise_matched_timestep
+from codec.core.bitstream import BitstreamError, PAD_MULTIPLE, pack, parse
+
+
+def test_three_targets_give_monotone_rates_within_the_target_and_decode(tiny_codec, photo):
+    results = [tiny_codec.encode(photo, target_bpp=target, mode="analytic") for target in (0.15, 0.3, 0.6)]
+    bpps = [r.bpp for r in results]
+    assert all(r.bpp <= target for r, target in zip(results, (0.15, 0.3, 0.6))), bpps
+    assert bpps[0] < bpps[1] < bpps[2], bpps
+    assert all(r.bpp >= 0.85 * target for r, target in zip(results, (0.15, 0.3, 0.6))), bpps  # reachable: met closely
+    for result in results:
+        assert tiny_codec.decode(result.data).image.size == photo.size
+        assert result.timings["rate_control_probes"] <= 8
+
+
+def _side_layout(header):
+    """(rotation, band scales) of a transform-format file of the tiny backbone (C = 4)."""
+    return header.side_info[:16], header.side_info[16:]
+
+
+def test_side_information_is_a_rotation_and_band_scales(tiny_codec, photo):
+    header, _ = parse(tiny_codec.encode(photo, step=0.5, mode="analytic").data)
+    latent = [side // 8 for side in (128, 192)]  # the photo is 150 x 101, padded to 192 x 128
+    assert len(header.side_info) == 16 + 4 * transform.band_count(*latent) == 16 + 4 * 6
+    rotation, scales = _side_layout(header)
+    assert transform.is_rotation(torch.tensor(rotation).view(4, 4))
+    assert all(s >= 0 for s in scales) and any(s > 0 for s in scales)
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda side: side[:-1], "carries 40 side-information values"),
+    (lambda side: side + (1.0,), "carries 40 side-information values"),
+    (lambda side: (2.0,) + side[1:], "rotation in the side information \\(it must be orthonormal"),
+    (lambda side: side[:16] + (-1.0,) + side[17:], "band scales in the side information \\(they must be 0 or positive"),
+])
+def test_forged_side_information_is_refused_before_decoding(tiny_codec, photo, monkeypatch, change, message):
+    header, payloads = parse(tiny_codec.encode(photo, step=0.5, mode="analytic").data)
+    monkeypatch.setattr(tiny_codec.adapters["analytic"], "decompress", lambda *a: pytest.fail("decompress called"))
+    forged = pack(dataclasses.replace(header, side_info=change(header.side_info)), payloads)
+    with pytest.raises(BitstreamError, match=message):
+        tiny_codec.decode(forged)
+
+
+def test_a_step_that_zeroes_every_band_switches_every_band_off(tiny_codec, photo):
+    """Reverse water-filling's end: no band above the water, no coefficient coded; y_hat is the channel means."""
+    data = tiny_codec.encode(photo, step=64.0, mode="analytic").data
+    header, y_hat = tiny_codec.dequantize(data)
+    assert all(s == 0 for s in _side_layout(header)[1])
+    means = torch.tensor([-b / a for a, b in zip(header.scale, header.shift)]).view(1, -1, 1, 1)
+    assert torch.allclose(y_hat, means.expand_as(y_hat), atol=1e-6)
+
+
+def test_t_matches_the_error_the_quantizer_really_leaves(demo_codec, photo):
+    """The encoder's t is the noise-matched step of the real mean squared error of y_hat (the demo
+    backbone's latents are large enough for t to range over many steps)."""
+    x = images.pad_to_multiple(images.to_tensor(photo), PAD_MULTIPLE)
+    with torch.no_grad():
+        y = demo_codec.backbone.encode(x)
+    adapter = demo_codec.adapters["analytic"]
+    ts = []
+    for step in (4.0, 16.0, 32.0):  # this crop is mostly sky: small latent deviations
+        result = demo_codec.encode(photo, step=step, mode="analytic")
+        _, y_hat = demo_codec.dequantize(result.data)
+        error = float((y - y_hat).pow(2).mean())
+        assert abs(result.t - noise_matched_timestep(adapter.alphas_cumprod, error, adapter.t_max)) <= 1
+        ts.append(result.t)
+    assert ts[0] < ts[1] < ts[2], ts
+
+
+def test_the_transform_is_orthonormal():
+    x = torch.randn(1, 4, 16, 24, dtype=torch.float64)
+    coefficients = transform.block_dct(x)
+    assert torch.allclose(coefficients.pow(2).sum(), x.pow(2).sum())
+    assert torch.allclose(transform.block_dct(coefficients, inverse=True), x)
+    rotation = transform.channel_rotation(x)
+    assert transform.is_rotation(rotation) and torch.allclose(transform.rotate(transform.rotate(x, rotation.T), rotation), x)
+    assert transform.block_size(16, 24) == 8 and transform.block_size(9, 17) == 1 and transform.block_size(12, 20) == 4
+    assert math.prod(transform.band_map(16, 24).shape) == 16 * 24
+
+
+@pytest.fixture(scope="module")
+def demo_codec():
+    from codec.core.diffusion_codec import DiffusionCodec
+
+    return DiffusionCodec.load("demo", adapter=None, mode="analytic", device="cpu", dtype="float32")

@@ -19,6 +19,7 @@ from PIL import Image
 
 from codec.core.bitstream import (_FIXED, DEFAULT_MAX_PIXELS, MAGIC, MAX_SIDE_VALUES, MODES, BitstreamError, Header, _varint,
                                   pack, padded_size, parse, payload_count)
+from codec.core.adapters import transform
 from tests.codec.fuzz_worker import Worker
 
 FORGED_CASES = 3000
@@ -106,6 +107,23 @@ def _half_floats(n: int, low: float, high: float):
 
 
 @st.composite
+def _transform_side_info(draw, channels: int, height: int, width: int) -> bytes:
+    """Side information in the analytic adapter's transform layout for this image: a C x C channel
+    rotation (a signed permutation, which is valid, or any values) and C x bands scales (0 = off)."""
+    latent = [side // 8 for side in padded_size(height, width)]  # the tiny backbone's /8
+    order, signs = draw(st.permutations(range(channels))), draw(st.lists(st.sampled_from([-1.0, 1.0]), min_size=channels,
+                                                                            max_size=channels))
+    rotation = np.zeros((channels, channels))
+    rotation[np.arange(channels), order] = signs
+    rotations = st.one_of(st.just(struct.pack(f"<{channels * channels}e", *rotation.reshape(-1))),
+                          _half_floats(channels * channels, -1.0, 1.0))
+    count = channels * transform.band_count(*latent)
+    scales = st.lists(st.one_of(st.just(0.0), st.floats(2.0**-10, 1024.0, width=16)), min_size=count, max_size=count)
+    return draw(rotations) + draw(st.one_of(scales.map(lambda v: struct.pack(f"<{count}e", *v)),
+                                            _half_floats(count, 2.0**-7, 128.0)))
+
+
+@st.composite
 def forged_files(draw, backbone_fp: bytes, adapter_fp: bytes):
     """Header fields drawn from anything to sane, payloads from empty to random, behind a valid CRC;
     mostly version 2 (with t = 0 and any side-information count), also version 1 (stored/v1 layout)."""
@@ -124,11 +142,15 @@ def forged_files(draw, backbone_fp: bytes, adapter_fp: bytes):
     fixed = _FIXED.pack(MAGIC, version, mode_id, fingerprints[:4], fingerprints[4:], height, width, t, steps, channels)
     n = min(channels, 16)
     floats = draw(_half_floats(n, 2.0**-10, 1024.0)) + draw(_half_floats(n, -128.0, 128.0))
-    side = n if mode == "analytic" else 0  # what the adapter expects
+    side = n if mode == "analytic" else 0  # what the adapter expects (analytic: its per-channel format)
+    values = None
+    if version == 2 and mode == "analytic" and n and draw(st.booleans()):
+        values = draw(_transform_side_info(n, height, width))  # or its transform format, for this shape
+        side = len(values) // 2
     if version == 2:
         side = draw(st.one_of(st.just(side), st.just(side), st.integers(0, 8), st.sampled_from([MAX_SIDE_VALUES, 2**21])))
         floats += _varint(side)
-    floats += draw(_half_floats(min(side, 64), 2.0**-7, 128.0))
+    floats += values if values is not None and len(values) == 2 * side else draw(_half_floats(min(side, 64), 2.0**-7, 128.0))
     payloads = [draw(_payload()) for _ in range(draw(st.sampled_from([payload_count(mode)] * 9 + [0, 1, 3])))]
     lengths = b"".join(_varint(len(p)) for p in payloads)
     if draw(st.integers(0, 19)) == 0:
@@ -153,10 +175,16 @@ def large_files(draw, backbone_fp: bytes, adapter_fp: bytes):
     height = draw(st.one_of(st.just(tallest), st.integers(max(1, tallest // 4), tallest)))
     t = draw(st.integers(0, 100))
     half = st.floats(2.0**-6, 64.0, width=16)
+    side_info = ()
+    if mode == "analytic":  # the per-channel format, or the transform format (identity rotation, scales or off)
+        bands = 4 * transform.band_count(*(side // 8 for side in padded_size(height, width)))
+        transform_format = st.tuples(*[st.one_of(st.just(0.0), half)] * bands).map(
+            lambda scales: tuple(np.eye(4).reshape(-1)) + scales)
+        side_info = draw(st.one_of(st.tuples(*[half] * 4), transform_format))
     header = Header(mode=mode, backbone_fingerprint=backbone_fp,
                     adapter_fingerprint=adapter_fp if mode == "learned" else bytes(4), height=height, width=width,
                     t=t, steps=draw(st.integers(min(t, 1), min(t, 20))), scale=tuple(draw(half) for _ in range(4)),
-                    shift=(0.0,) * 4, side_info=tuple(draw(half) for _ in range(4)) if mode == "analytic" else ())
+                    shift=(0.0,) * 4, side_info=side_info)
     return pack(header, [draw(_payload()) for _ in range(payload_count(mode))])
 
 

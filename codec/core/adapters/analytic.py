@@ -113,11 +113,16 @@ class AnalyticAdapter(Adapter):
         nonzero = torch.zeros(count).index_add_(0, slots.reshape(-1), (symbols != 0).float().reshape(-1))
         energy = torch.zeros(count).index_add_(0, slots.reshape(-1), (f.coefficients / step).pow(2).reshape(-1))
         population = torch.bincount(slots.reshape(-1), minlength=count)
-        scales = torch.where(nonzero > 0, (energy / population).sqrt(), torch.zeros(count))  # off: nothing to code
+        scales = self._switch_off((energy / population).sqrt(), nonzero)
         # The error this quantizer leaves, in y units (the transforms are orthonormal): what DDIM removes.
         error = (f.coefficients - step * symbols * (scales[slots] > 0)).pow(2).mean()
         t = noise_matched_timestep(self.alphas_cumprod, float(error), self.t_max)
         return Quantization(scale, shift, t, f.rotation + quantize_side_info(scales))
+
+    @staticmethod
+    def _switch_off(rms: torch.Tensor, nonzero: torch.Tensor) -> torch.Tensor:
+        """The band scales sent: 0 (off, nothing coded) for a band with no nonzero symbol, else its RMS."""
+        return torch.where(nonzero > 0, rms, torch.zeros_like(rms))
 
     def analyse(self, z: torch.Tensor, quantization: Quantization) -> Analysis:
         scales = _band_scales(quantization, z.shape)

@@ -66,6 +66,18 @@ def test_sd_2_1_base_encodes_and_decodes(sd_base_folder):
     assert len([k for k in decoded.timings if k.startswith("denoise_step_")]) == encoded.steps
 
 
+def test_sd_2_1_base_analytic_mode_meets_three_targets(sd_base_folder):
+    """The training-free mode on SD's latent space: three targets, rates monotone and within each, decoded."""
+    image = photo("kite", 160).crop((0, 0, 128, 96))
+    codec = DiffusionCodec.load(str(sd_base_folder), adapter=None, mode="analytic", device="cpu", dtype="float32")
+    targets = (0.15, 0.3, 0.6)
+    results = [codec.encode(image, target_bpp=target, steps=2) for target in targets]
+    bpps = [r.bpp for r in results]
+    assert all(bpp <= target for bpp, target in zip(bpps, targets)) and bpps[0] < bpps[1] < bpps[2], bpps
+    for result in results:
+        assert codec.decode(result.data).image.size == image.size
+
+
 def test_sd_2_1_768_loads_and_denoises_one_step(sd_768_folder):
     backbone = load_backbone(str(sd_768_folder), "cpu", "float32")
     assert backbone.prediction_type == "v_prediction" and backbone.unet.config.sample_size == 96

@@ -1,57 +1,104 @@
-"""The demo backbone's training set, rebuilt by one command from Debian packages named here.
+"""The demo backbone's training set, rebuilt by one command from Debian packages pinned here.
 
-    python -m codec.train data --out DIR [--photos ../shared/data/photos] [--debs FOLDER]
+    python -m codec.train data --out DIR [--photos ../shared/data/photos] [--packages a,b] [--debs FOLDER]
 
-Steps: `apt-get download` each package of PACKAGES (needs `apt-get update` once; `--debs` takes
-.deb files already downloaded instead), `dpkg-deb -x` each into a scratch folder, keep the files
-named in PHOTOGRAPHS, resize them (`fit`), copy in the photos of ../shared/data/photos with their
-SOURCES.json entries (the six validation photos too: the trainer validates on them and
-codec.data.photos.split_photos keeps them out of training), and write SOURCES.json: package,
-file, author and licence per file, read from the package's /usr/share/doc/<pkg>/copyright.
+Steps: download each .deb of DEBS from the Debian archive's pool (name, version and SHA-256 pinned,
+so the set is the same wherever it is rebuilt; `--debs` takes the same files already downloaded),
+`dpkg-deb -x` each into a scratch folder, keep the files that DEBS lists as photographs, resize them
+(`fit`), copy in the photos of ../shared/data/photos with their SOURCES.json entries (the six
+validation photos too: the trainer validates on them and codec.data.photos.split_photos keeps them
+out of training), and write SOURCES.json: package, file, author and licence per file, read from the
+package's /usr/share/doc/<pkg>/copyright.
 
-The selection is an explicit list, not a heuristic: every raster image and SVG of the Debian 12
-versions of PACKAGES was looked at (docs/demo-backbone-v2.md has the contact sheet's verdicts),
-and only photographs of real scenes, straight from a camera, are listed. Dropped: vector art,
-3D renders, patterns and digital composites (a rendered sea under a photographed star field is
-not a photograph). A listed file missing from the package means the package changed: an error,
-so the set never shrinks silently.
+The selection is an explicit list, not a heuristic: every raster image and SVG of these packages
+was looked at (docs/demo-backbone-v2.md), and only colour photographs of real scenes are listed.
+Dropped: vector art, 3D renders, patterns, digital composites (a rendered sea under a star
+field), photographs of paintings, grayscale images, scientific imagery (telescope, microscope,
+fundus), and the second view of a stereo pair. A listed file missing from a package is an error,
+and so is a kept image that looks like one of the copied photos (the validation photos above all).
 
-FORBIDDEN packages are refused by name, whether asked for or found in a given .deb: some of
-their files are kept for evaluation, independent of training.
+FORBIDDEN packages are refused by name, whether asked for or found in a .deb: some of their files
+are kept for evaluation, independent of training.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import json
 import re
 import shutil
 import subprocess
 import tempfile
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps
 
 from codec.data.files import write_atomically, write_png
 from codec.data.photos import MULTIPLE, VALIDATION_PHOTOS, DataError
 
-PACKAGES = ("gnome-backgrounds", "lomiri-wallpapers", "lomiri-wallpapers-20.04", "ukui-wallpapers")
+POOL = "http://deb.debian.org/debian/pool/"  # plain HTTP is fine: every file's SHA-256 is pinned below
 FORBIDDEN = ("lomiri-wallpapers-16.04", "mate-backgrounds", "plasma-workspace-wallpapers")
 
-# package -> the photographs it ships (paths inside the package). Everything else is dropped:
-#   gnome-backgrounds 43.1: adwaita, blobs, drool, dune, field, grid, licorice, oceans, pixels,
-#     symbolic, truchet, vnc, wood (-d/-l): vector art, patterns and 3D renders.
-#   lomiri-wallpapers 20.04.0: lomiri-default-background, warty-final-ubuntu: abstract gradients.
-#   lomiri-wallpapers-20.04 20.04.0: Fossa (abstract), Painting-Colors (painted stripes),
-#     Infinite-Sea (composite: rendered sea under a star field).
-#   ukui-wallpapers 20.04.3: all twelve are vector art or 3D renders.
-PHOTOGRAPHS = {
-    "lomiri-wallpapers-20.04": ("usr/share/backgrounds/Kleiber_by_Lukas_Baubkus.jpg",),
-}
+
+@dataclass(frozen=True)
+class Photo:
+    path: str  # inside the package
+    author: str | None = None  # None: from the package's copyright file
+    license: str | None = None
+
+
+@dataclass(frozen=True)
+class Deb:
+    package: str
+    version: str
+    pool: str  # the file's path under POOL
+    sha256: str
+    photographs: tuple[Photo, ...] = ()
+
+
+GNOME = "usr/share/backgrounds/gnome/"
+SKIMAGE = "usr/lib/python3/dist-packages/skimage/data/"
+DEBS = (
+    # Debian 12. Dropped: adwaita, blobs, drool, dune, field, grid, licorice, oceans, pixels, symbolic,
+    # truchet, vnc, wood (-d/-l): vector art, patterns, 3D renders.
+    Deb("gnome-backgrounds", "43.1-1", "main/g/gnome-backgrounds/gnome-backgrounds_43.1-1_all.deb",
+        "a670dea21572652127d6e55f9cdb3a226d0037854fdbfd037003c7d00ee0dc4e"),
+    # Debian 11. Dropped: Acrylic (a photographed painting), Endless-shapes, Stripes, Symbolics-1/2,
+    # VNC, adwaita-day/morning/night (renders, patterns).
+    Deb("gnome-backgrounds", "3.38.0-1", "main/g/gnome-backgrounds/gnome-backgrounds_3.38.0-1_all.deb",
+        "76d8a4c52e5f346d9cb08bc8a1f58ad443d2bae211721af8a7248457c7a520e8",
+        tuple(Photo(GNOME + name) for name in ("ColdWarm.jpg", "Dark_Ivy.jpg", "Icetwigs.jpg", "LightWaves.jpg",
+                                                "Road.jpg", "SeaSunset.jpg", "Wood.jpg"))),
+    # Dropped: lomiri-default-background, warty-final-ubuntu (abstract gradients).
+    Deb("lomiri-wallpapers", "20.04.0-2", "main/l/lomiri-wallpapers/lomiri-wallpapers_20.04.0-2_all.deb",
+        "6b75961132a2035f9c4db79f725a7290092619c5c8f672071c84cb5b10898e07"),
+    # Dropped: Fossa (abstract), Painting-Colors (painted stripes), Infinite-Sea (rendered sea, star field).
+    Deb("lomiri-wallpapers-20.04", "20.04.0-2", "main/l/lomiri-wallpapers/lomiri-wallpapers-20.04_20.04.0-2_all.deb",
+        "d44e89b8473aafe64a5b678f014862dc31335aaaf18665c544d985d854f1a709",
+        (Photo("usr/share/backgrounds/Kleiber_by_Lukas_Baubkus.jpg"),)),
+    # Dropped: all twelve (vector art, 3D renders).
+    Deb("ukui-wallpapers", "20.04.3-1.1", "main/u/ukui-wallpapers/ukui-wallpapers_20.04.3-1.1_all.deb",
+        "6d49be70152e6d603163458e177e501deb0be8f2916389ccbfcf59b0d7fc0262"),
+    # scikit-image's sample data. astronaut, chelsea and coffee are in ../shared already (astronaut is a
+    # validation photo). Dropped: motorcycle_right (stereo twin), color (synthetic), hubble_deep_field,
+    # ihc, retina (scientific), the grayscale ones. The copyright file credits only "the scikit-image
+    # team" (Files: *); the authors below are those skimage.data's docstrings give.
+    Deb("python3-skimage", "0.19.3-8", "main/s/skimage/python3-skimage_0.19.3-8_all.deb",
+        "728d88c3e3440f1f3712de0805dc834d29248ff07e1eec8c0f3da07606f752f9",
+        (Photo(SKIMAGE + "rocket.jpg", "SpaceX (per skimage.data.rocket)", "public domain"),
+         Photo(SKIMAGE + "motorcycle_left.png", "Nera Nesic, Porter Westling, Xi Wang, York Kitajima, Greg Krathwohl, "
+               "Daniel Scharstein, Middlebury 2014 stereo benchmark (per skimage.data.stereo_motorcycle)"))),
+)
+PACKAGES = tuple(dict.fromkeys(deb.package for deb in DEBS))
 
 SHORT_SIDE = 512  # the validation photos' scale (768x512 and the like), so crops see the same detail sizes
-PACKAGE_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+")  # Debian policy 5.6.1; no leading "-" for apt-get
+PACKAGE_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+")  # Debian policy 5.6.1
 NOT_GIVEN = "not given in the package's copyright file"
+SAME_PICTURE = 6.0  # mean absolute difference (of 255) of 16x16 grey thumbnails below which two images are one
 
 
 def check_packages(names) -> list[str]:
@@ -65,39 +112,51 @@ def check_packages(names) -> list[str]:
     return names
 
 
-def download(packages: list[str], dest: Path) -> list[Path]:
-    """`apt-get download` of each package into dest; the .deb files."""
-    dest.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["apt-get", "download", *packages], cwd=dest, capture_output=True, text=True)
-    if done.returncode:
-        raise DataError(f"apt-get download failed (run `apt-get update` once first?): {done.stderr.strip()}")
-    return sorted(dest.glob("*.deb"))
+def fetch(deb: Deb, folder: Path | None, scratch: Path) -> Path:
+    """The .deb file: from `folder` when given (named as in the pool), else downloaded from POOL;
+    either way it must have the pinned SHA-256."""
+    name = Path(deb.pool).name
+    if folder:
+        path = Path(folder) / name
+        if not path.is_file():
+            raise DataError(f"{name} is not in {folder}")
+    else:
+        path = scratch / name
+        try:
+            with urllib.request.urlopen(POOL + deb.pool, timeout=60) as response, open(path, "wb") as f:
+                shutil.copyfileobj(response, f)
+        except OSError as err:
+            raise DataError(f"cannot download {POOL + deb.pool}: {err}") from None
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != deb.sha256:
+        raise DataError(f"{name} has SHA-256 {digest}, not the pinned {deb.sha256}")
+    return path
 
 
-def deb_package(deb: Path) -> str:
+def deb_package(path: Path) -> str:
     """The Package field of a .deb file's control data."""
-    done = subprocess.run(["dpkg-deb", "--field", str(deb), "Package"], capture_output=True, text=True)
+    done = subprocess.run(["dpkg-deb", "--field", str(path), "Package"], capture_output=True, text=True)
     if done.returncode:
-        raise DataError(f"{deb.name} is not a Debian package: {done.stderr.strip()}")
+        raise DataError(f"{path.name} is not a Debian package: {done.stderr.strip()}")
     return done.stdout.strip()
 
 
-def extract(deb: Path, dest: Path) -> Path:
+def extract(path: Path, dest: Path) -> Path:
     """`dpkg-deb -x` into dest; the extracted tree's root."""
     dest.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["dpkg-deb", "-x", str(deb), str(dest)], capture_output=True, text=True)
+    done = subprocess.run(["dpkg-deb", "-x", str(path), str(dest)], capture_output=True, text=True)
     if done.returncode:
-        raise DataError(f"dpkg-deb -x {deb.name} failed: {done.stderr.strip()}")
+        raise DataError(f"dpkg-deb -x {path.name} failed: {done.stderr.strip()}")
     return dest
 
 
-def select_photographs(package: str, root: Path) -> list[Path]:
-    """The listed photographs of an extracted package tree (PHOTOGRAPHS), all of which must exist."""
-    files = [root / rel for rel in PHOTOGRAPHS.get(package, ())]
-    missing = [f.relative_to(root).as_posix() for f in files if not f.is_file()]
+def select_photographs(deb: Deb, root: Path) -> list[tuple[Photo, Path]]:
+    """The listed photographs of an extracted package tree, all of which must exist."""
+    found = [(photo, root / photo.path) for photo in deb.photographs]
+    missing = [photo.path for photo, path in found if not path.is_file()]
     if missing:
-        raise DataError(f"{package} no longer ships {', '.join(missing)}: look at the package again")
-    return files
+        raise DataError(f"{deb.package} {deb.version} does not ship {', '.join(missing)}: look at the package again")
+    return found
 
 
 def copyright_of(copyright_file: Path, filename: str) -> dict:
@@ -106,11 +165,18 @@ def copyright_of(copyright_file: Path, filename: str) -> dict:
     Machine-readable files (DEP-5): the last `Files:` paragraph with a pattern matching the file's
     name wins (upstream paths differ from installed ones, so patterns are matched by their last
     component; debian/* paragraphs never match). Years are dropped from the Copyright field.
+    Free-form files with an "Image Authors:" list (gnome-backgrounds): the group that names the file.
     Anything else, or no match: the author and licence are reported as not given."""
     text = copyright_file.read_text(errors="replace") if copyright_file.is_file() else ""
+    if text.startswith("Format:"):
+        return _dep5_entry(text, filename)
+    if "Image Authors:" in text:
+        return _image_authors_entry(text.split("Image Authors:", 1)[1], filename)
+    return {"author": NOT_GIVEN, "license": NOT_GIVEN}
+
+
+def _dep5_entry(text: str, filename: str) -> dict:
     found = {"author": NOT_GIVEN, "license": NOT_GIVEN}
-    if not text.startswith("Format:"):
-        return found
     for paragraph in re.split(r"\n\s*\n", text):
         fields = _fields(paragraph)
         patterns = fields.get("files", "").split()
@@ -133,6 +199,25 @@ def _fields(paragraph: str) -> dict[str, str]:
     return fields
 
 
+def _image_authors_entry(text: str, filename: str) -> dict:
+    """Groups of " - Name.jpg:" lines, each followed by "Copyright ©" and "Licensed under" lines."""
+    names, authors, license, in_credit = [], [], None, False
+    for line in text.split("\nLicenses:")[0].splitlines():
+        item = re.match(r"\s*-\s+(\S+?):?\s*$", line)
+        if item:
+            if in_credit:  # a new group starts
+                names, authors, license, in_credit = [], [], None, False
+            names.append(item.group(1))
+        elif line.strip().startswith("Copyright"):
+            authors.append(_without_years(re.sub(r"^Copyright\s*", "", line.strip())))
+            in_credit = True
+        elif line.strip().startswith("Licensed under"):
+            license = re.sub(r"^Licensed under\s+|\s+License\.?$|\.$", "", line.strip())
+            if any(fnmatch.fnmatchcase(filename, n) for n in names):
+                return {"author": "; ".join(authors) or NOT_GIVEN, "license": license}
+    return {"author": NOT_GIVEN, "license": NOT_GIVEN}
+
+
 def _without_years(copyright_field: str) -> str:
     """"2021, Lukas Baubkus" -> "Lukas Baubkus"; one holder a line, joined with "; "."""
     holders = []
@@ -144,40 +229,52 @@ def _without_years(copyright_field: str) -> str:
 
 
 def fit(image: Image.Image, short_side: int = SHORT_SIDE) -> Image.Image:
-    """RGB with EXIF orientation applied, the short side scaled to `short_side` (Lanczos), then the
-    centre crop whose sides are multiples of 8 (the VAE's downscale)."""
+    """RGB with EXIF orientation applied, the short side scaled down to `short_side` (Lanczos; smaller
+    images are never upscaled), then the centre crop whose sides are multiples of 8 (the VAE's downscale)."""
     image = ImageOps.exif_transpose(image).convert("RGB")
     scale = short_side / min(image.size)
-    image = image.resize((max(short_side, round(image.width * scale)), max(short_side, round(image.height * scale))),
-                         Image.LANCZOS)
+    if scale < 1:
+        image = image.resize((max(short_side, round(image.width * scale)), max(short_side, round(image.height * scale))),
+                             Image.LANCZOS)
     width, height = image.width // MULTIPLE * MULTIPLE, image.height // MULTIPLE * MULTIPLE
     left, top = (image.width - width) // 2, (image.height - height) // 2
     return image.crop((left, top, left + width, top + height))
 
 
-def output_name(original: str) -> str:
-    """"Kleiber_by_Lukas_Baubkus.jpg" -> "kleiber_by_lukas_baubkus.png"."""
-    return re.sub(r"[^a-z0-9]+", "_", Path(original).stem.lower()).strip("_") + ".png"
+def thumbnail(image: Image.Image) -> np.ndarray:
+    """16x16 grey, whole frame: what `SAME_PICTURE` compares (survives resizing and re-encoding)."""
+    return np.asarray(image.convert("L").resize((16, 16), Image.BOX), dtype=np.float32)
 
 
-def add_package(package: str, root: Path, out: Path, sources: list[dict]) -> None:
-    """Write the package's photographs (extracted at root) into out and their entries into sources."""
-    copyright_file = root / "usr/share/doc" / package / "copyright"
-    taken = {entry["file"] for entry in sources}
-    for path in select_photographs(package, root):
-        name = output_name(path.name)
-        if name in taken or name in VALIDATION_PHOTOS:
-            raise DataError(f"{package}'s {path.name} would overwrite {name}")
+def output_name(package: str, original: str) -> str:
+    """("gnome-backgrounds", "Dark_Ivy.jpg") -> "gnome-backgrounds-dark_ivy.png": the package's name
+    keeps files apart from the copied photos (../shared has a wood.png too)."""
+    return f"{package}-" + re.sub(r"[^a-z0-9]+", "_", Path(original).stem.lower()).strip("_") + ".png"
+
+
+def add_deb(deb: Deb, root: Path, out: Path, sources: list[dict], seen: dict[str, np.ndarray]) -> None:
+    """Write the package's photographs (extracted at root) into out and their entries into sources;
+    `seen` holds the thumbnails of every image written so far, which none may repeat."""
+    copyright_file = root / "usr/share/doc" / deb.package / "copyright"
+    for photo, path in select_photographs(deb, root):
+        name = output_name(deb.package, path.name)
+        if name in seen or name in VALIDATION_PHOTOS:
+            raise DataError(f"{deb.package}'s {path.name} would overwrite {name}")
         with Image.open(path) as im:
             image = fit(im)
+        thumb = thumbnail(image)
+        twins = [other for other, t in seen.items() if np.abs(t - thumb).mean() < SAME_PICTURE]
+        if twins:
+            raise DataError(f"{deb.package}'s {path.name} looks like {twins[0]}, already in the set")
         write_png(out / name, image)
+        credit = copyright_of(copyright_file, path.name)
         sources.append({"file": name, "size": list(image.size), "split": "training",
-                        "source": f"Debian package {package}", "original": path.relative_to(root).as_posix(),
-                        **copyright_of(copyright_file, path.name)})
-        taken.add(name)
+                        "source": f"Debian package {deb.package} {deb.version}", "original": photo.path,
+                        "author": photo.author or credit["author"], "license": photo.license or credit["license"]})
+        seen[name] = thumb
 
 
-def add_photos(photos: Path, out: Path, sources: list[dict]) -> None:
+def add_photos(photos: Path, out: Path, sources: list[dict], seen: dict[str, np.ndarray]) -> None:
     """Copy the photo folder's images and their SOURCES.json entries (each must have one)."""
     listed = {entry["file"]: entry for entry in _read_sources(photos)}
     for path in sorted(photos.iterdir()):
@@ -186,6 +283,8 @@ def add_photos(photos: Path, out: Path, sources: list[dict]) -> None:
         if path.name not in listed:
             raise DataError(f"{path} has no entry in {photos / 'SOURCES.json'}")
         shutil.copyfile(path, out / path.name)
+        with Image.open(path) as im:
+            seen[path.name] = thumbnail(im)
         split = "validation" if path.name in VALIDATION_PHOTOS else "training"
         sources.append({**listed[path.name], "split": split})
 
@@ -200,29 +299,32 @@ def _read_sources(folder: Path) -> list[dict]:
     return entries
 
 
-def build(out: Path, photos: Path, packages=PACKAGES, debs: Path | None = None) -> list[dict]:
-    """The training set in `out` (which must not exist yet); returns the SOURCES.json entries."""
+def build(out: Path, photos: Path, packages=PACKAGES, debs: Path | None = None, table: tuple[Deb, ...] = DEBS) -> list[dict]:
+    """The training set in `out` (which must not exist yet) from the `table` entries of `packages`;
+    .deb files from the folder `debs` or downloaded. Returns the SOURCES.json entries."""
     packages = check_packages(packages)
+    check_packages(deb.package for deb in table)
+    chosen = [deb for deb in table if deb.package in packages]
+    unknown = sorted(set(packages) - {deb.package for deb in chosen})
+    if unknown:
+        raise DataError(f"no pinned .deb for {', '.join(unknown)} (codec.data.wallpapers.DEBS)")
     out, photos = Path(out), Path(photos)
     if out.exists():
         raise DataError(f"{out} exists: give a new folder")
     if not photos.is_dir():
         raise DataError(f"{photos} is not a folder")
+    tmp_out = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp_out, ignore_errors=True)
+    tmp_out.mkdir(parents=True)
+    sources: list[dict] = []
+    seen: dict[str, np.ndarray] = {}
+    add_photos(photos, tmp_out, sources, seen)
     with tempfile.TemporaryDirectory(prefix="wallpapers-") as scratch:
-        scratch = Path(scratch)
-        deb_files = sorted(Path(debs).glob("*.deb")) if debs else download(packages, scratch / "debs")
-        by_package = {deb_package(deb): deb for deb in deb_files}
-        check_packages(by_package)
-        missing = [p for p in packages if p not in by_package]
-        if missing:
-            raise DataError(f"no .deb for {', '.join(missing)}")
-        tmp_out = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp_out, ignore_errors=True)
-        tmp_out.mkdir(parents=True)
-        sources: list[dict] = []
-        add_photos(photos, tmp_out, sources)
-        for package in packages:
-            add_package(package, extract(by_package[package], scratch / package), tmp_out, sources)
+        for deb in chosen:
+            path = fetch(deb, debs, Path(scratch))
+            if deb_package(path) != deb.package:
+                raise DataError(f"{path.name} holds the package {deb_package(path)}, not {deb.package}")
+            add_deb(deb, extract(path, Path(scratch) / f"{deb.package}_{deb.version}"), tmp_out, sources, seen)
     write_atomically(tmp_out / "SOURCES.json", (json.dumps(sources, indent=1, ensure_ascii=False) + "\n").encode())
     tmp_out.rename(out)  # all or nothing: a folder that exists is complete
     return sources

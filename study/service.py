@@ -18,7 +18,7 @@ import re
 import secrets
 import threading
 from dataclasses import asdict, dataclass
-from datetime import timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlalchemy import bindparam, cast, func, insert, select, true, update
@@ -38,6 +38,8 @@ CLIENT_EVENTS = {"zoom", "pan", "blur", "focus", "resize", "reload", "instructio
 MAX_EVENT_BYTES = 2000
 # Events a session's client can add at will; with MAX_EVENT_BYTES, at most ~2 MB per session.
 MAX_CLIENT_EVENTS = 1000
+# Sessions whose next vote's read StudyService keeps in memory (~1 KB each).
+MAX_AHEAD = 20_000
 
 
 class StudyError(Exception):
@@ -171,19 +173,23 @@ _VOTE_ROW = (select(_T.c.id, _T.c.index, _T.c.kind, _T.c.correct_side, _T.c.firs
              .select_from(_T).join(_S, _T.c.session_id == _S.c.id).outerjoin(_V, _V.c.trial_id == _T.c.id)
              .where(_T.c.id == bindparam("trial_id")))
 _INSERT_VOTE = insert(_V)
-# Guarded by the index read before: a concurrent vote that moved the session on matches no row.
-_MOVE_ON = (update(_S).where(_S.c.id == bindparam("sid"), _S.c.next_index == bindparam("at"))
+# Guarded by what the vote read (an active session at index `at`): a concurrent vote that moved
+# the session on matches no row. Only votes change a session's index, failures and status once it
+# is active, so this guard also covers a read from StudyService._ahead.
+_MOVE_ON = (update(_S).where(_S.c.id == bindparam("sid"), _S.c.next_index == bindparam("at"),
+                             _S.c.status == "active")
             .values(next_index=bindparam("to"), status=bindparam("new_status"),
                     catch_failures=bindparam("failures"), finished_at=bindparam("finished")))
 _AT = (_T.c.session_id == bindparam("sid"), _T.c.index == bindparam("at"))
-_TRIAL_COLS = (_T.c.id, _T.c.image_id, _T.c.left_id, _T.c.right_id, _T.c.kind)
+_TRIAL_COLS = (_T.c.id, _T.c.image_id, _T.c.left_id, _T.c.right_id, _T.c.kind, _T.c.correct_side)
 _SHOW_FRESH = update(_T).where(*_AT).values(first_shown_at=bindparam("now")).returning(*_TRIAL_COLS)
 _TRIAL_AT = select(*_TRIAL_COLS, _T.c.first_shown_at).where(*_AT)
-# A vote's writes on PostgreSQL as ONE statement, so that in autocommit mode the vote is two
-# round trips (this and _VOTE_ROW) instead of six (BEGIN, read, three writes, COMMIT): move the
-# session on (guarded as _MOVE_ON), and only if it moved, insert the vote, the end-of-session
-# event if any, and mark the next trial shown while the session goes on. SQLite has no
-# data-modifying CTEs: there _record runs the same writes one by one in its transaction.
+# A vote's writes on PostgreSQL as ONE statement, so that in autocommit mode the vote is one
+# round trip (two when it must read _VOTE_ROW: see StudyService._ahead) instead of six (BEGIN,
+# read, three writes, COMMIT): move the session on (guarded as _MOVE_ON), and only if it moved,
+# insert the vote, the end-of-session event if any, and mark the next trial shown while the
+# session goes on. SQLite has no data-modifying CTEs: there _record runs the same writes one by
+# one in its transaction.
 def _param(name: str, column):
     """A parameter typed as `column` (a NULL in a SELECT list would otherwise be text)."""
     return cast(bindparam(name, type_=column.type), column.type)
@@ -241,6 +247,13 @@ class StudyService:
         # no BEGIN and no COMMIT. On SQLite a vote is one BEGIN IMMEDIATE transaction.
         self._one_statement = engine.dialect.name == "postgresql"
         self._votes = engine.execution_options(isolation_level="AUTOCOMMIT") if self._one_statement else engine
+        # What the next vote of a session would read (_VOTE_ROW), by trial id: a vote's write
+        # returns the next trial, so that vote needs no read (on PostgreSQL a round trip, and
+        # the CPU of both sides). Taken out when used, so a retry reads the database. A row here
+        # can be stale (another server process, a concurrent request, a commit that failed):
+        # then the write's guard (_MOVE_ON) matches nothing and the vote retries with a read.
+        self._ahead: dict[int, _VoteRow] = {}
+        self._ahead_lock = threading.Lock()
         self._sync_study()
 
     @contextlib.contextmanager
@@ -586,8 +599,8 @@ class StudyService:
             raise
 
     def _vote(self, db, token, trial_id, choice, client_ms, client) -> VoteResult:
-        # The hot path: a read, the decision here, then one write (_record).
-        row = db.execute(_VOTE_ROW, {"trial_id": trial_id}).first()
+        # The hot path: a read (from _ahead where it can), the decision here, then one write (_record).
+        row = self._take_ahead(trial_id) or db.execute(_VOTE_ROW, {"trial_id": trial_id}).first()
         if row is None or row.study_id != self.cfg.id or not hmac.compare_digest(row.token.encode(), token.encode()):
             self._session_id(db, token)     # 404 for an unknown token, else:
             raise Forbidden("this trial does not belong to your session")
@@ -619,7 +632,22 @@ class StudyService:
                                   "at": row.next_index, "to": row.next_index + 1, "new_status": status,
                                   "failures": failures, "finished": finished}, event)
         after = _Row(id=s.id, token=s.token, status=status, next_index=row.next_index + 1, n_trials=row.n_trials)
+        if shown is not None:
+            self._keep_ahead(_VoteRow(
+                id=shown.id, index=after.next_index, kind=shown.kind, correct_side=shown.correct_side,
+                first_shown_at=now, sid=s.id, study_id=row.study_id, token=s.token, status=status,
+                next_index=after.next_index, n_trials=row.n_trials, catch_failures=failures))
         return VoteResult(row.id, choice, False, self._state(db, after, mark_shown=True, shown=shown))
+
+    def _take_ahead(self, trial_id: int) -> "_VoteRow | None":
+        with self._ahead_lock:
+            return self._ahead.pop(trial_id, None)
+
+    def _keep_ahead(self, row: "_VoteRow") -> None:
+        with self._ahead_lock:
+            self._ahead[row.id] = row
+            if len(self._ahead) > MAX_AHEAD:   # the oldest first: sessions left unfinished
+                del self._ahead[next(iter(self._ahead))]
 
     def _record(self, db, p: dict, event: tuple[str, dict | None] | None):
         """A vote's writes: move the session on from p["at"], insert the vote and the end event,
@@ -707,6 +735,24 @@ class _Lost(Conflict):
 
     def __init__(self):
         super().__init__("the session moved on meanwhile: reload")
+
+
+@dataclass(frozen=True)
+class _VoteRow:
+    """The columns of _VOTE_ROW, as a vote's write left them (StudyService._ahead)."""
+    id: int
+    index: int
+    kind: str
+    correct_side: str | None
+    first_shown_at: datetime
+    sid: int
+    study_id: str
+    token: str
+    status: str
+    next_index: int
+    n_trials: int
+    catch_failures: int
+    stored: str | None = None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,98 @@
+"""The vote's hot path on SQLite and PostgreSQL: how many statements a vote sends, and the read
+it skips (StudyService._ahead) never letting a vote be lost or counted twice."""
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from sqlalchemy import event, func, select
+
+from study.models import Session, Vote
+from study.service import Forbidden, Participant, StudyService
+
+# Statements a vote sends, at most (SQLite: BEGIN IMMEDIATE and the writes one by one; the
+# commit is no statement). The first vote of a session reads its trial; later votes know it
+# from the write of the vote before.
+FIRST_VOTE = {"postgresql": 2, "sqlite": 5}
+LATER_VOTE = {"postgresql": 1, "sqlite": 4}
+
+
+def start(svc, pid):
+    st = svc.start_session(Participant("anonymous", pid))
+    return svc.consent(st.token, True, st.consent_version)
+
+
+def stored_votes(svc, trial_id):
+    with svc.Session() as db:
+        return db.scalar(select(func.count()).select_from(Vote).where(Vote.trial_id == trial_id))
+
+
+def next_index(svc, token):
+    with svc.Session() as db:
+        return db.scalar(select(Session.next_index).where(Session.token == token))
+
+
+def test_a_vote_sends_one_statement_on_postgresql_after_the_first(db_url, study_file):
+    svc = StudyService.open(study_file, db_url, seed=1)
+    sent = []
+    event.listen(svc.engine, "before_cursor_execute", lambda *args: sent.append(args[2]))
+    st = start(svc, "counted")
+    per_vote = []
+    while st.trial is not None:
+        sent.clear()
+        st = svc.vote(st.token, st.trial.id, "left").state
+        per_vote.append(len(sent))
+    assert st.status == "completed" and len(per_vote) == st.total
+    backend = svc.engine.dialect.name
+    assert per_vote[0] <= FIRST_VOTE[backend], per_vote
+    assert max(per_vote[1:]) <= LATER_VOTE[backend], per_vote
+
+
+def test_a_stale_read_from_memory_is_caught_by_the_write(db_url, study_file):
+    """Two server processes on one database: the one that voted trial 0 knows trial 1's row;
+    the other records trial 1 meanwhile. The same vote sent to the first answers with the
+    stored vote (a replay), and nothing is stored twice."""
+    first = StudyService.open(study_file, db_url, seed=1)
+    other = StudyService.open(study_file, db_url, seed=2)
+    st = start(first, "two-servers")
+    st = first.vote(st.token, st.trial.id, "left").state
+    trial_1 = st.trial.id
+    assert trial_1 in first._ahead
+    other_answer = other.vote(st.token, trial_1, "right")
+    assert not other_answer.replayed
+    again = first.vote(st.token, trial_1, "left")
+    assert again.replayed and again.choice == "right"
+    assert stored_votes(first, trial_1) == 1 and next_index(first, st.token) == 2
+    # and the session goes on from either server
+    after = first.vote(st.token, again.state.trial.id, "left")
+    assert not after.replayed and after.state.index == 3
+
+
+def test_racing_votes_on_a_later_trial_store_one(db_url, study_file):
+    """As test_racing_votes_on_one_trial_store_one, on a trial whose row one vote takes from
+    memory while the others read it."""
+    svc = StudyService.open(study_file, db_url, seed=1)
+    st = start(svc, "later-racer")
+    st = svc.vote(st.token, st.trial.id, "left").state
+    barrier = threading.Barrier(8)
+
+    def cast(i):
+        barrier.wait()
+        return svc.vote(st.token, st.trial.id, ("left", "right")[i % 2])
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(cast, range(8)))
+    assert stored_votes(svc, st.trial.id) == 1 and sum(not r.replayed for r in results) == 1
+    assert len({r.choice for r in results}) == 1
+    assert all(r.state.index == 2 for r in results)
+    assert next_index(svc, st.token) == 2
+
+
+def test_a_foreign_token_gets_no_vote_from_memory(db_url, study_file):
+    """A trial id with another session's token is refused, and the owner still votes on it."""
+    svc = StudyService.open(study_file, db_url, seed=1)
+    owner, intruder = start(svc, "owner"), start(svc, "intruder")
+    owner = svc.vote(owner.token, owner.trial.id, "left").state
+    with pytest.raises(Forbidden):
+        svc.vote(intruder.token, owner.trial.id, "left")
+    answer = svc.vote(owner.token, owner.trial.id, "right")
+    assert not answer.replayed and stored_votes(svc, owner.trial.id) == 1

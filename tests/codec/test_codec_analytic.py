@@ -25,24 +25,24 @@ def test_three_targets_give_monotone_rates_within_the_target_and_decode(tiny_cod
 
 
 def _side_layout(header):
-    """(rotation, band scales) of a transform-format file of the tiny backbone (C = 4)."""
-    return header.side_info[:16], header.side_info[16:]
+    """(rotation angles, band scales) of a transform-format file of the tiny backbone (C = 4)."""
+    return header.side_info[:6], header.side_info[6:]
 
 
-def test_side_information_is_a_rotation_and_band_scales(tiny_codec, photo):
+def test_side_information_is_rotation_angles_and_band_scales(tiny_codec, photo):
     header, _ = parse(tiny_codec.encode(photo, step=0.5, mode="analytic").data)
     latent = [side // 8 for side in (128, 192)]  # the photo is 150 x 101, padded to 192 x 128
-    assert len(header.side_info) == 16 + 4 * transform.band_count(*latent) == 16 + 4 * 6
-    rotation, scales = _side_layout(header)
-    assert transform.is_rotation(torch.tensor(rotation).view(4, 4))
+    assert len(header.side_info) == 6 + 4 * transform.band_count(*latent) == 6 + 4 * 6
+    angles, scales = _side_layout(header)
+    assert all(abs(a) <= math.pi for a in angles) and any(a != 0 for a in angles)
     assert all(s >= 0 for s in scales) and any(s > 0 for s in scales)
 
 
 @pytest.mark.parametrize("change,message", [
-    (lambda side: side[:-1], "carries 40 side-information values"),
-    (lambda side: side + (1.0,), "carries 40 side-information values"),
-    (lambda side: (2.0,) + side[1:], "rotation in the side information \\(it must be orthonormal"),
-    (lambda side: side[:16] + (-1.0,) + side[17:], "band scales in the side information \\(they must be 0 or positive"),
+    (lambda side: side[:-1], "carries 30 side-information values \\(6 rotation angles, 24 band scales\\)"),
+    (lambda side: side + (1.0,), "carries 30 side-information values"),
+    (lambda side: (3.5,) + side[1:], "rotation in the side information \\(angles must be within -pi..pi"),
+    (lambda side: side[:6] + (-1.0,) + side[7:], "band scales in the side information \\(they must be 0 or positive"),
 ])
 def test_forged_side_information_is_refused_before_decoding(tiny_codec, photo, monkeypatch, change, message):
     header, payloads = parse(tiny_codec.encode(photo, step=0.5, mode="analytic").data)
@@ -84,7 +84,11 @@ def test_the_transform_is_orthonormal():
     assert torch.allclose(coefficients.pow(2).sum(), x.pow(2).sum())
     assert torch.allclose(transform.block_dct(coefficients, inverse=True), x)
     rotation = transform.channel_rotation(x)
-    assert transform.is_rotation(rotation) and torch.allclose(transform.rotate(transform.rotate(x, rotation.T), rotation), x)
+    assert torch.allclose(rotation.T @ rotation, torch.eye(4, dtype=torch.float64))
+    assert torch.allclose(transform.rotate(transform.rotate(x, rotation.T), rotation), x)
+    angles = transform.rotation_angles(rotation)
+    assert len(angles) == transform.angle_count(4) == 6
+    assert torch.allclose(transform.rotation_from_angles(angles, 4), rotation)
     assert transform.block_size(16, 24) == 8 and transform.block_size(9, 17) == 1 and transform.block_size(12, 20) == 4
     assert math.prod(transform.band_map(16, 24).shape) == 16 * 24
 

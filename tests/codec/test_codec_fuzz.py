@@ -108,19 +108,14 @@ def _half_floats(n: int, low: float, high: float):
 
 @st.composite
 def _transform_side_info(draw, channels: int, height: int, width: int) -> bytes:
-    """Side information in the analytic adapter's transform layout for this image: a C x C channel
-    rotation (a signed permutation, which is valid, or any values) and C x bands scales (0 = off)."""
+    """Side information in the analytic adapter's transform layout for this image: C(C-1)/2 rotation
+    angles (within -pi..pi, or any values) and C x bands scales (0 = off)."""
     latent = [side // 8 for side in padded_size(height, width)]  # the tiny backbone's /8
-    order, signs = draw(st.permutations(range(channels))), draw(st.lists(st.sampled_from([-1.0, 1.0]), min_size=channels,
-                                                                            max_size=channels))
-    rotation = np.zeros((channels, channels))
-    rotation[np.arange(channels), order] = signs
-    rotations = st.one_of(st.just(struct.pack(f"<{channels * channels}e", *rotation.reshape(-1))),
-                          _half_floats(channels * channels, -1.0, 1.0))
+    angles = channels * (channels - 1) // 2
     count = channels * transform.band_count(*latent)
     scales = st.lists(st.one_of(st.just(0.0), st.floats(2.0**-10, 1024.0, width=16)), min_size=count, max_size=count)
-    return draw(rotations) + draw(st.one_of(scales.map(lambda v: struct.pack(f"<{count}e", *v)),
-                                            _half_floats(count, 2.0**-7, 128.0)))
+    return draw(_half_floats(angles, -3.14, 3.14)) + draw(st.one_of(scales.map(lambda v: struct.pack(f"<{count}e", *v)),
+                                                                    _half_floats(count, 2.0**-7, 128.0)))
 
 
 @st.composite
@@ -176,11 +171,10 @@ def large_files(draw, backbone_fp: bytes, adapter_fp: bytes):
     t = draw(st.integers(0, 100))
     half = st.floats(2.0**-6, 64.0, width=16)
     side_info = ()
-    if mode == "analytic":  # the per-channel format, or the transform format (identity rotation, scales or off)
+    if mode == "analytic":  # the per-channel format, or the transform format (6 angles, scales or off)
         bands = 4 * transform.band_count(*(side // 8 for side in padded_size(height, width)))
-        transform_format = st.tuples(*[st.one_of(st.just(0.0), half)] * bands).map(
-            lambda scales: tuple(np.eye(4).reshape(-1)) + scales)
-        side_info = draw(st.one_of(st.tuples(*[half] * 4), transform_format))
+        angle = st.floats(-3.14, 3.14, width=16)
+        side_info = draw(st.one_of(st.tuples(*[half] * 4), st.tuples(*[angle] * 6, *[st.one_of(st.just(0.0), half)] * bands)))
     header = Header(mode=mode, backbone_fingerprint=backbone_fp,
                     adapter_fingerprint=adapter_fp if mode == "learned" else bytes(4), height=height, width=width,
                     t=t, steps=draw(st.integers(min(t, 1), min(t, 20))), scale=tuple(draw(half) for _ in range(4)),

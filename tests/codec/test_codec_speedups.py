@@ -92,7 +92,7 @@ def test_the_analytic_coder_writes_and_reads_what_compressai_does(codecs, step):
     expected = gc.compress(symbols, indexes, means=zeros)
     assert adapter.compress(z, q, adapter.analyse(z, q)) == adapter.compress(z, q) == expected
     coefficients = gc.decompress(expected, indexes, means=zeros) * (scales > 0)
-    rotation = torch.tensor(q.side_info[:16], dtype=torch.float64).view(4, 4)
+    rotation = transform.rotation_from_angles(q.side_info[:transform.angle_count(4)], 4)
     assert torch.equal(adapter.decompress(expected, z.shape, q),
                        transform.rotate(transform.block_dct(coefficients.double(), inverse=True), rotation).float())
 

@@ -9,9 +9,10 @@ Gaussian whose scale is its (channel, frequency band)'s RMS, sent as side inform
 adaptation). A band whose coefficients all round to 0 is switched off: scale 0, no symbol to code.
 t matches the error this quantization really leaves (the encoder measures it), and DDIM removes it.
 
-Side information (float16): the C x C rotation (row-major), then one scale per rotated channel and
-band (C x band_count). Files of the first analytic format carry C values, one Gaussian scale per
-channel of round(z) itself; they still decode (`_decompress_per_channel`), told apart by the count.
+Side information (float16): the rotation as C(C-1)/2 Givens angles, then one scale per rotated
+channel and band (C x band_count). Files of the first analytic format carry C values, one Gaussian
+scale per channel of round(z) itself; they still decode (`_decompress_per_channel`), told apart by
+the count.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class _Features:
 
     mean: torch.Tensor  # (C,) per-channel mean of y
     std: float  # the latent's RMS deviation over all channels: the unit of the step
-    rotation: tuple[float, ...]  # the KLT, float16-rounded as stored (C x C, row-major)
+    angles: tuple[float, ...]  # the KLT as Givens angles, float16-rounded as stored
     coefficients: torch.Tensor  # block DCT of the rotated, centred y (y units)
     bands: torch.Tensor  # (C, h, w) index of each coefficient's (channel, band) scale in the side information
 
@@ -97,10 +98,10 @@ class AnalyticAdapter(Adapter):
         y = y.float()
         channels, height, width = y.shape[1:]
         mean = y.mean(dim=(0, 2, 3))
-        rotation = quantize_side_info(transform.channel_rotation(y).reshape(-1))
+        angles = quantize_side_info(transform.rotation_angles(transform.channel_rotation(y)))
         centred = y - mean.view(1, -1, 1, 1)
-        coefficients = transform.block_dct(transform.rotate(centred, _inverse_rotation(rotation, channels)))
-        return _Features(mean, max(float(centred.pow(2).mean().sqrt()), 1e-3), rotation, coefficients,
+        coefficients = transform.block_dct(transform.rotate(centred, _rotation(angles, channels).T))
+        return _Features(mean, max(float(centred.pow(2).mean().sqrt()), 1e-3), angles, coefficients,
                          _scale_slots(channels, height, width))
 
     def quantization(self, y: torch.Tensor, knob: float, features: _Features | None = None) -> Quantization:
@@ -119,7 +120,7 @@ class AnalyticAdapter(Adapter):
         # The error this quantizer leaves, in y units (the transforms are orthonormal): what DDIM removes.
         error = (f.coefficients - step * symbols * (scales[slots] > 0)).pow(2).mean()
         t = noise_matched_timestep(self.alphas_cumprod, float(error), self.t_max)
-        return Quantization(scale, shift, t, f.rotation + quantize_side_info(scales))
+        return Quantization(scale, shift, t, f.angles + quantize_side_info(scales))
 
     @staticmethod
     def _switch_off(rms: torch.Tensor, nonzero: torch.Tensor) -> torch.Tensor:
@@ -129,7 +130,7 @@ class AnalyticAdapter(Adapter):
     def analyse(self, z: torch.Tensor, quantization: Quantization) -> Analysis:
         scales = _band_scales(quantization, z.shape)
         symbols = torch.round(transform.block_dct(transform.rotate(
-            z.float(), _inverse_rotation(quantization.side_info, z.shape[1])))) * (scales > 0)
+            z.float(), _rotation(quantization.side_info, z.shape[1]).T))) * (scales > 0)
         indexes = scale_indexes(self.gaussian_conditional, scales)
         coded = coded_scales(self.gaussian_conditional, indexes, symbols)
         _, likelihoods = self.gaussian_conditional(symbols, coded, means=torch.zeros_like(symbols), training=False)
@@ -151,32 +152,30 @@ class AnalyticAdapter(Adapter):
             raise ValueError(f"Timestep t={quantization.t} exceeds this adapter's maximum {self.t_max}.")
         channels, height, width = latent_shape[1:]
         side = quantization.side_info
-        if _is_per_channel(quantization, channels):
+        if _is_per_channel(quantization, latent_shape):
             if not all(s > 0 for s in side):
                 raise ValueError("Invalid per-channel prior scales (they must be positive).")
             return
-        expected = channels * channels + channels * transform.band_count(height, width)
+        expected, angles = _side_count(latent_shape), transform.angle_count(channels)
         if len(side) != expected:
             raise ValueError(f"An analytic-mode file of this size carries {expected} side-information values "
-                             f"({channels}x{channels} channel rotation, {expected - channels * channels} band scales); "
+                             f"({angles} rotation angles, {expected - angles} band scales); "
                              f"one of the first format carries {channels} prior scales as side information; "
                              f"this one has {len(side)} values.")
-        rotation = torch.tensor(side[: channels * channels], dtype=torch.float64).view(channels, channels)
-        if not transform.is_rotation(rotation):
-            raise ValueError("Invalid channel rotation in the side information (it must be orthonormal).")
-        if not all(s >= 0 for s in side[channels * channels:]):
+        if not all(abs(a) <= math.pi for a in side[:angles]):
+            raise ValueError("Invalid channel rotation in the side information (angles must be within -pi..pi).")
+        if not all(s >= 0 for s in side[angles:]):
             raise ValueError("Invalid band scales in the side information (they must be 0 or positive).")
 
     def decompress(self, payloads: list[bytes], latent_shape, quantization: Quantization) -> torch.Tensor:
         (count,) = self.symbol_counts(latent_shape)
         string = rans_decoder_input(payloads[0], count)
-        if _is_per_channel(quantization, latent_shape[1]):
+        if _is_per_channel(quantization, latent_shape):
             return self._decompress_per_channel(string, latent_shape, quantization)
         scales = _band_scales(quantization, latent_shape)
         indexes = scale_indexes(self.gaussian_conditional, scales)
         symbols = self.coder.decompress(string, indexes, torch.zeros(latent_shape)) * (scales > 0)
-        channels = latent_shape[1]
-        rotation = torch.tensor(quantization.side_info[: channels * channels], dtype=torch.float64).view(channels, channels)
+        rotation = _rotation(quantization.side_info, latent_shape[1])
         return transform.rotate(transform.block_dct(symbols.double(), inverse=True), rotation).float()
 
     def _decompress_per_channel(self, string: bytes, latent_shape, quantization: Quantization) -> torch.Tensor:
@@ -187,16 +186,22 @@ class AnalyticAdapter(Adapter):
         return self.coder.decompress(string, indexes, like)
 
 
-def _is_per_channel(quantization: Quantization, channels: int) -> bool:
-    """A file of the first analytic format: C side values (the new format has C^2 + C x bands > C)."""
-    return len(quantization.side_info) == channels
+def _side_count(latent_shape) -> int:
+    """The transform format's side-information count: C(C-1)/2 angles + C x bands."""
+    channels, height, width = latent_shape[1:]
+    return transform.angle_count(channels) + channels * transform.band_count(height, width)
 
 
-def _inverse_rotation(side_info, channels: int) -> torch.Tensor:
-    """The inverse of the stored (float16) rotation: the encoder's analysis, so that the decoder's
-    synthesis is the stored matrix itself."""
-    rotation = torch.tensor(side_info[: channels * channels], dtype=torch.float64).view(channels, channels)
-    return torch.linalg.inv(rotation)
+def _is_per_channel(quantization: Quantization, latent_shape) -> bool:
+    """A file of the first analytic format: C side values. The transform format has more (C(C-1)/2 +
+    C x bands > C), except for C = 1 with 1x1 blocks, where both code round(z) with one scale alike."""
+    return len(quantization.side_info) == latent_shape[1] != _side_count(latent_shape)
+
+
+def _rotation(side_info, channels: int) -> torch.Tensor:
+    """The channel rotation of the stored (float16) angles: exactly orthonormal, so its transpose is
+    the encoder's analysis and the decoder's synthesis is the matrix itself."""
+    return transform.rotation_from_angles(side_info[: transform.angle_count(channels)], channels)
 
 
 def _scale_slots(channels: int, height: int, width: int) -> torch.Tensor:
@@ -212,5 +217,5 @@ def _slot_count(slots: torch.Tensor) -> int:
 def _band_scales(quantization: Quantization, latent_shape) -> torch.Tensor:
     """The Gaussian scale of every coefficient, from the side information (0: its band is off)."""
     channels, height, width = latent_shape[1:]
-    scales = torch.tensor(quantization.side_info[channels * channels:], dtype=torch.float32)
+    scales = torch.tensor(quantization.side_info[transform.angle_count(channels):], dtype=torch.float32)
     return scales[_scale_slots(channels, height, width)].unsqueeze(0)

@@ -15,7 +15,6 @@ import torch
 
 BLOCK = 8  # the largest block side; latents of images padded to 64 pixels are multiples of 8 at /8
 BANDS_PER_OCTAVE = 2  # of radial frequency sqrt(u^2 + v^2) within a block
-ORTHONORMAL_TOLERANCE = 0.02  # |R^T R - I| entries a float16-rounded rotation stays well inside (~1e-3)
 
 
 def block_size(height: int, width: int) -> int:
@@ -62,17 +61,52 @@ def band_map(height: int, width: int) -> torch.Tensor:
 
 def channel_rotation(y: torch.Tensor) -> torch.Tensor:
     """The KLT of the latent's channels: the eigenvectors of their covariance over the image (columns,
-    the strongest first), so that rotated channels are uncorrelated and most energy is in the first."""
+    the strongest first), so that rotated channels are uncorrelated and most energy is in the first.
+    Signs are fixed (each column sums to >= 0, then the last flips if needed for det = +1), so that
+    every LAPACK gives the same file and the matrix is a rotation `rotation_angles` can express."""
     centred = (y - y.mean(dim=(0, 2, 3), keepdim=True)).reshape(y.shape[1], -1).double()
     _, vectors = torch.linalg.eigh(centred @ centred.T / centred.shape[1])
     vectors = vectors.flip(1)
-    return vectors * torch.where(vectors.sum(0) < 0, -1.0, 1.0)  # a fixed sign per vector: the same file on any LAPACK
+    vectors = vectors * torch.where(vectors.sum(0) < 0, -1.0, 1.0)
+    if torch.linalg.det(vectors) < 0:
+        vectors[:, -1] = -vectors[:, -1]
+    return vectors
 
 
-def is_rotation(matrix: torch.Tensor) -> bool:
-    """Orthonormal within what float16 rounding leaves of one."""
-    eye = torch.eye(matrix.shape[0], dtype=torch.float64)
-    return bool(((matrix.double().T @ matrix.double() - eye).abs() <= ORTHONORMAL_TOLERANCE).all())
+def _pairs(channels: int) -> list[tuple[int, int]]:
+    return [(j, i) for j in range(channels - 1) for i in range(j + 1, channels)]
+
+
+def _givens(channels: int, j: int, i: int, angle: float) -> torch.Tensor:
+    """The rotation by `angle` in the plane of axes j and i (rows j and i: [c s; -s c])."""
+    g = torch.eye(channels, dtype=torch.float64)
+    c, s = math.cos(angle), math.sin(angle)
+    g[j, j], g[j, i], g[i, j], g[i, i] = c, s, -s, c
+    return g
+
+
+def rotation_angles(rotation: torch.Tensor) -> list[float]:
+    """C(C-1)/2 Givens angles in [-pi, pi] with rotation_from_angles(angles) == rotation, for a rotation
+    (det +1): each zeroes one entry below the diagonal, column by column, leaving the identity."""
+    channels = rotation.shape[0]
+    rest, angles = rotation.double().clone(), []
+    for j, i in _pairs(channels):
+        angle = math.atan2(float(rest[i, j]), float(rest[j, j]))
+        rest = _givens(channels, j, i, angle) @ rest
+        angles.append(angle)
+    return angles
+
+
+def rotation_from_angles(angles, channels: int) -> torch.Tensor:
+    """The C x C rotation of C(C-1)/2 Givens angles (exactly orthonormal, whatever the angles)."""
+    rotation = torch.eye(channels, dtype=torch.float64)
+    for (j, i), angle in zip(_pairs(channels), angles):
+        rotation = rotation @ _givens(channels, j, i, float(angle)).T
+    return rotation
+
+
+def angle_count(channels: int) -> int:
+    return channels * (channels - 1) // 2
 
 
 def rotate(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:

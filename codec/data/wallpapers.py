@@ -98,6 +98,7 @@ PACKAGES = tuple(dict.fromkeys(deb.package for deb in DEBS))
 SHORT_SIDE = 512  # the validation photos' scale (768x512 and the like), so crops see the same detail sizes
 PACKAGE_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+")  # Debian policy 5.6.1
 NOT_GIVEN = "not given in the package's copyright file"
+MAX_DEB_BYTES = 256 << 20  # the largest pinned .deb is 41 MB; a download is cut off here, before the hash check
 SAME_PICTURE = 6.0  # mean absolute difference (of 255) of 16x16 grey thumbnails below which two images are one
 
 
@@ -124,7 +125,10 @@ def fetch(deb: Deb, folder: Path | None, scratch: Path) -> Path:
         path = scratch / name
         try:
             with urllib.request.urlopen(POOL + deb.pool, timeout=60) as response, open(path, "wb") as f:
-                shutil.copyfileobj(response, f)
+                while chunk := response.read(1 << 20):
+                    if f.tell() + len(chunk) > MAX_DEB_BYTES:
+                        raise DataError(f"{POOL + deb.pool} is larger than {MAX_DEB_BYTES >> 20} MiB")
+                    f.write(chunk)
         except OSError as err:
             raise DataError(f"cannot download {POOL + deb.pool}: {err}") from None
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -316,15 +320,19 @@ def build(out: Path, photos: Path, packages=PACKAGES, debs: Path | None = None, 
     tmp_out = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp_out, ignore_errors=True)
     tmp_out.mkdir(parents=True)
-    sources: list[dict] = []
-    seen: dict[str, np.ndarray] = {}
-    add_photos(photos, tmp_out, sources, seen)
-    with tempfile.TemporaryDirectory(prefix="wallpapers-") as scratch:
-        for deb in chosen:
-            path = fetch(deb, debs, Path(scratch))
-            if deb_package(path) != deb.package:
-                raise DataError(f"{path.name} holds the package {deb_package(path)}, not {deb.package}")
-            add_deb(deb, extract(path, Path(scratch) / f"{deb.package}_{deb.version}"), tmp_out, sources, seen)
-    write_atomically(tmp_out / "SOURCES.json", (json.dumps(sources, indent=1, ensure_ascii=False) + "\n").encode())
+    try:
+        sources: list[dict] = []
+        seen: dict[str, np.ndarray] = {}
+        add_photos(photos, tmp_out, sources, seen)
+        with tempfile.TemporaryDirectory(prefix="wallpapers-") as scratch:
+            for deb in chosen:
+                path = fetch(deb, debs, Path(scratch))
+                if deb_package(path) != deb.package:
+                    raise DataError(f"{path.name} holds the package {deb_package(path)}, not {deb.package}")
+                add_deb(deb, extract(path, Path(scratch) / f"{deb.package}_{deb.version}"), tmp_out, sources, seen)
+        write_atomically(tmp_out / "SOURCES.json", (json.dumps(sources, indent=1, ensure_ascii=False) + "\n").encode())
+    except BaseException:
+        shutil.rmtree(tmp_out, ignore_errors=True)
+        raise
     tmp_out.rename(out)  # all or nothing: a folder that exists is complete
     return sources

@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     data.add_argument("--photos", type=Path, default=Path("../shared/data/photos"),
                       help="photo folder with SOURCES.json, copied in (its validation photos stay validation)")
     data.add_argument("--packages", default=",".join(wallpapers.PACKAGES), help="comma-separated Debian packages")
-    data.add_argument("--debs", type=Path, help="folder of .deb files already downloaded (default: apt-get download)")
+    data.add_argument("--debs", type=Path, help="folder of the pinned .deb files, named as in the pool (default: download them)")
     bb = commands.add_parser("backbone", help="train the bundled demo backbone (VAE + UNet) on a photo folder")
     bb.add_argument("--data", type=Path, required=True, help="folder of photos (validation photos are held out)")
     bb.add_argument("--out", type=Path, default=Path("assets/models/demo"), help="diffusers folder to export to")

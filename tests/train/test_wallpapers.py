@@ -146,7 +146,7 @@ def test_a_listed_photograph_missing_from_the_package_is_an_error(tmp_path, phot
                     {"usr/share/doc/lomiri-wallpapers-20.04/copyright": COPYRIGHT.encode()}, [f"usr/share/backgrounds/{KEPT}"])
     with pytest.raises(DataError, match=f"does not ship usr/share/backgrounds/{KEPT}"):
         wallpapers.build(tmp_path / "data", photo_folder, [deb.package], tmp_path / "debs", (deb,))
-    assert not (tmp_path / "data").exists()
+    assert not (tmp_path / "data").exists() and not (tmp_path / "data.tmp").exists()
 
 
 def test_a_photograph_that_repeats_a_copied_photo_is_an_error(tmp_path, photo_folder):

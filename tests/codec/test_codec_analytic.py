@@ -98,3 +98,15 @@ def demo_codec():
     from codec.core.diffusion_codec import DiffusionCodec
 
     return DiffusionCodec.load("demo", adapter=None, mode="analytic", device="cpu", dtype="float32")
+
+
+@pytest.mark.parametrize("scale", [0.5, 3.0, 40.0])
+def test_the_laplacian_model_is_a_laplacian_of_that_standard_deviation(scale):
+    from codec.core.adapters.analytic import AnalyticAdapter
+
+    values = torch.arange(-4000, 4001).float()
+    pmf = AnalyticAdapter().conditional._likelihood(values, torch.full_like(values, scale))
+    b = scale / math.sqrt(2.0)  # closed form: P(k) = F(k + 1/2) - F(k - 1/2), F the Laplace(0, b) CDF
+    expected = torch.where(values == 0, 1 - math.exp(-0.5 / b),
+                           0.5 * (torch.exp(-(values.abs() - 0.5) / b) - torch.exp(-(values.abs() + 0.5) / b)))
+    assert torch.allclose(pmf, expected, atol=1e-6) and float(pmf.sum()) == pytest.approx(1.0, abs=1e-5)

@@ -114,7 +114,7 @@ def _transform_side_info(draw, channels: int, height: int, width: int) -> bytes:
     angles = channels * (channels - 1) // 2
     count = channels * transform.band_count(*latent)
     scales = st.lists(st.one_of(st.just(0.0), st.floats(2.0**-10, 1024.0, width=16)), min_size=count, max_size=count)
-    return draw(_half_floats(angles, -3.14, 3.14)) + draw(st.one_of(scales.map(lambda v: struct.pack(f"<{count}e", *v)),
+    return draw(_half_floats(angles, -3.140625, 3.140625)) + draw(st.one_of(scales.map(lambda v: struct.pack(f"<{count}e", *v)),
                                                                     _half_floats(count, 2.0**-7, 128.0)))
 
 
@@ -173,7 +173,7 @@ def large_files(draw, backbone_fp: bytes, adapter_fp: bytes):
     side_info = ()
     if mode == "analytic":  # the per-channel format, or the transform format (6 angles, scales or off)
         bands = 4 * transform.band_count(*(side // 8 for side in padded_size(height, width)))
-        angle = st.floats(-3.14, 3.14, width=16)
+        angle = st.floats(-3.140625, 3.140625, width=16)
         side_info = draw(st.one_of(st.tuples(*[half] * 4), st.tuples(*[angle] * 6, *[st.one_of(st.just(0.0), half)] * bands)))
     header = Header(mode=mode, backbone_fingerprint=backbone_fp,
                     adapter_fingerprint=adapter_fp if mode == "learned" else bytes(4), height=height, width=width,

@@ -82,7 +82,7 @@ def test_the_learned_probe_keeps_what_coding_from_scratch_computes(codecs, lam):
 @pytest.mark.parametrize("step", [0.05, 1.0, 30.0])
 def test_the_analytic_coder_writes_and_reads_what_compressai_does(codecs, step):
     adapter = codecs["demo"].adapters["analytic"]
-    gc = adapter.gaussian_conditional
+    gc = adapter.conditional  # compressai's GaussianConditional with Laplacian tables
     y = torch.randn(1, 4, 16, 24) * 3
     q = adapter.quantization(y, step, adapter.features(y))
     z = q.apply(y)
@@ -98,7 +98,7 @@ def test_the_analytic_coder_writes_and_reads_what_compressai_does(codecs, step):
 
 
 def test_scale_indexes_equal_compressais_build_indexes():
-    gc = make_tiny_codec().adapters["analytic"].gaussian_conditional
+    gc = make_tiny_codec().adapters["analytic"].conditional
     table = gc.scale_table
     edges = torch.cat([table, torch.nextafter(table, torch.tensor(0.0)), torch.nextafter(table, torch.tensor(1e9))])
     scales = torch.cat([edges, torch.rand(5000) * 80, torch.tensor([0.0, -1.0, 1e9, float("inf"), float("nan")])])

@@ -5,8 +5,8 @@ standard deviation); inside the adapter the latent is rotated across channels by
 KLT and each rotated channel is transformed by an orthonormal 8x8 block DCT (transform.py). Every
 coefficient is rounded to an integer (the same step everywhere: equal distortion in every
 coefficient that is coded, the reverse water-filling solution), and coded with a zero-mean
-Gaussian whose scale is its (channel, frequency band)'s RMS, sent as side information (forward
-adaptation). A band whose coefficients all round to 0 is switched off: scale 0, no symbol to code.
+Laplacian whose standard deviation is its (channel, frequency band)'s RMS, sent as side
+information (forward adaptation). A band whose coefficients all round to 0 is switched off: scale 0, no symbol to code.
 t matches the error this quantization really leaves (the encoder measures it), and DDIM removes it.
 
 Side information (float16): the rotation as C(C-1)/2 Givens angles, then one scale per rotated
@@ -17,6 +17,7 @@ the count.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -49,7 +50,7 @@ class _Features:
 
 
 class AnalyticAdapter(Adapter):
-    """Channel KLT + 8x8 block DCT, one Gaussian scale per band; step `knob` in latent standard deviations."""
+    """Channel KLT + 8x8 block DCT, one Laplacian scale per band; step `knob` in latent standard deviations."""
 
     mode = "analytic"
     knob_name = "step"
@@ -59,9 +60,15 @@ class AnalyticAdapter(Adapter):
         """`t_max` None: 10% of the backbone's schedule (set by `attach`)."""
         self.config = dict(step_min=step_min, step_max=step_max, t_max=t_max)
         self.alphas_cumprod, self._t_max = None, t_max
-        self.gaussian_conditional = GaussianConditional(None)
-        self.gaussian_conditional.update_scale_table(get_scale_table(), force=True)
-        self.coder = GaussianCoder(self.gaussian_conditional)
+
+    @functools.cached_property
+    def conditional(self) -> "LaplacianConditional":
+        """The entropy model, its tables built on first use (~0.3 s): a codec that codes in learned mode only never pays."""
+        return _prepared(LaplacianConditional(None))
+
+    @functools.cached_property
+    def coder(self) -> GaussianCoder:
+        return GaussianCoder(self.conditional)
 
     @property
     def fingerprint(self) -> bytes:
@@ -131,9 +138,9 @@ class AnalyticAdapter(Adapter):
         scales = _band_scales(quantization, z.shape)
         symbols = torch.round(transform.block_dct(transform.rotate(
             z.float(), _rotation(quantization.side_info, z.shape[1]).T))) * (scales > 0)
-        indexes = scale_indexes(self.gaussian_conditional, scales)
-        coded = coded_scales(self.gaussian_conditional, indexes, symbols)
-        _, likelihoods = self.gaussian_conditional(symbols, coded, means=torch.zeros_like(symbols), training=False)
+        indexes = scale_indexes(self.conditional, scales)
+        coded = coded_scales(self.conditional, indexes, symbols)
+        _, likelihoods = self.conditional(symbols, coded, means=torch.zeros_like(symbols), training=False)
         return Analysis(float(-torch.log2(likelihoods).sum()), {"symbols": symbols, "indexes": indexes})
 
     def compress(self, z: torch.Tensor, quantization: Quantization, analysis: Analysis | None = None) -> list[bytes]:
@@ -173,7 +180,7 @@ class AnalyticAdapter(Adapter):
         if _is_per_channel(quantization, latent_shape):
             return self._decompress_per_channel(string, latent_shape, quantization)
         scales = _band_scales(quantization, latent_shape)
-        indexes = scale_indexes(self.gaussian_conditional, scales)
+        indexes = scale_indexes(self.conditional, scales)
         symbols = self.coder.decompress(string, indexes, torch.zeros(latent_shape)) * (scales > 0)
         rotation = _rotation(quantization.side_info, latent_shape[1])
         return transform.rotate(transform.block_dct(symbols.double(), inverse=True), rotation).float()
@@ -182,8 +189,35 @@ class AnalyticAdapter(Adapter):
         """The first analytic format (bitstream version 1 and early version 2): round(z) itself, coded
         with one zero-mean Gaussian scale per channel."""
         like = torch.zeros(latent_shape)
-        indexes = scale_indexes(self.gaussian_conditional, per_channel(quantization.side_info, like)).expand_as(like)
-        return self.coder.decompress(string, indexes, like)
+        coder = self._per_channel_coder
+        indexes = scale_indexes(coder.gaussian_conditional, per_channel(quantization.side_info, like)).expand_as(like)
+        return coder.decompress(string, indexes, like)
+
+    @functools.cached_property
+    def _per_channel_coder(self) -> GaussianCoder:
+        """The first format's Gaussian tables, built when such a file is decoded."""
+        return GaussianCoder(_prepared(GaussianConditional(None)))
+
+
+class LaplacianConditional(GaussianConditional):
+    """compressai's GaussianConditional with a zero-mean Laplacian of standard deviation `scale` in
+    place of the Gaussian: DCT coefficients are closer to Laplacian (Lam & Goodman, IEEE TIP 2000;
+    measured here: +0.1-0.2 dB at 0.03-0.1 bpp). Its CDF tables, likelihoods and coder are the parent's,
+    built from this cumulative and quantile (tables 2.4x as long: the tails are heavier)."""
+
+    def _standardized_cumulative(self, inputs: torch.Tensor) -> torch.Tensor:
+        root2 = math.sqrt(2.0)  # unit variance: b = 1 / sqrt(2); each branch exact on its own side
+        return torch.where(inputs < 0, 0.5 * torch.exp(root2 * inputs.clamp(max=0.0)),
+                           1.0 - 0.5 * torch.exp(-root2 * inputs.clamp(min=0.0)))
+
+    @staticmethod
+    def _standardized_quantile(quantile: float) -> float:
+        return math.log(2.0 * quantile) / math.sqrt(2.0)  # for quantile <= 1/2, the only ones compressai asks
+
+
+def _prepared(conditional: GaussianConditional) -> GaussianConditional:
+    conditional.update_scale_table(get_scale_table(), force=True)
+    return conditional
 
 
 def _side_count(latent_shape) -> int:

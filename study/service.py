@@ -38,7 +38,7 @@ CLIENT_EVENTS = {"zoom", "pan", "blur", "focus", "resize", "reload", "instructio
 MAX_EVENT_BYTES = 2000
 # Events a session's client can add at will; with MAX_EVENT_BYTES, at most ~2 MB per session.
 MAX_CLIENT_EVENTS = 1000
-# Sessions whose next vote's read StudyService keeps in memory (~1 KB each).
+# Sessions whose next vote's read StudyService keeps in memory (~350 bytes each).
 MAX_AHEAD = 20_000
 
 
@@ -737,7 +737,7 @@ class _Lost(Conflict):
         super().__init__("the session moved on meanwhile: reload")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _VoteRow:
     """The columns of _VOTE_ROW, as a vote's write left them (StudyService._ahead)."""
     id: int

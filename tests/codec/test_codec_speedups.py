@@ -11,7 +11,7 @@ import torch
 
 from codec.core.adapters import transform
 from codec.core.adapters.analytic import _band_scales
-from codec.core.adapters.base import Quantization, scale_indexes
+from codec.core.adapters.base import scale_indexes
 from codec.core.diffusion_codec import DiffusionCodec
 from tests.codec.conftest import make_tiny_codec
 from tests.photos import photo

@@ -6,8 +6,9 @@ KLT and each rotated channel is transformed by an orthonormal 8x8 block DCT (tra
 coefficient is rounded to an integer (the same step everywhere: equal distortion in every
 coefficient that is coded, the reverse water-filling solution), and coded with a zero-mean
 Laplacian whose standard deviation is its (channel, frequency band)'s RMS, sent as side
-information (forward adaptation). A band whose coefficients all round to 0 is switched off: scale 0, no symbol to code.
-t matches the error this quantization really leaves (the encoder measures it), and DDIM removes it.
+information (forward adaptation). A band whose coefficients all round to 0 is switched off (scale
+0, nothing coded). t matches the error this quantization really leaves (the encoder measures it),
+and DDIM removes it. docs/method.md, "The analytic mode", has the equations and the ablation.
 
 Side information (float16): the rotation as C(C-1)/2 Givens angles, then one scale per rotated
 channel and band (C x band_count). Files of the first analytic format carry C values, one Gaussian
@@ -63,7 +64,7 @@ class AnalyticAdapter(Adapter):
 
     @functools.cached_property
     def conditional(self) -> "LaplacianConditional":
-        """The entropy model, its tables built on first use (~0.3 s): a codec that codes in learned mode only never pays."""
+        """The entropy model, its tables built on first use (~0.3 s): a codec coding in learned mode never pays."""
         return _prepared(LaplacianConditional(None))
 
     @functools.cached_property
@@ -119,7 +120,7 @@ class AnalyticAdapter(Adapter):
         step = 1.0 / scale[0]
         symbols = torch.round(f.coefficients / step)
         slots = f.bands.unsqueeze(0)
-        count = _slot_count(f.bands)
+        count = int(f.bands.max()) + 1  # C x bands
         nonzero = torch.zeros(count).index_add_(0, slots.reshape(-1), (symbols != 0).float().reshape(-1))
         energy = torch.zeros(count).index_add_(0, slots.reshape(-1), (f.coefficients / step).pow(2).reshape(-1))
         population = torch.bincount(slots.reshape(-1), minlength=count)
@@ -242,10 +243,6 @@ def _scale_slots(channels: int, height: int, width: int) -> torch.Tensor:
     """(C, h, w): for every coefficient, the position of its (channel, band) scale among the band scales."""
     bands = transform.band_map(height, width)
     return torch.arange(channels).view(-1, 1, 1) * transform.band_count(height, width) + bands
-
-
-def _slot_count(slots: torch.Tensor) -> int:
-    return int(slots.max()) + 1
 
 
 def _band_scales(quantization: Quantization, latent_shape) -> torch.Tensor:

@@ -3,7 +3,8 @@
     python -m codec.train backbone --data DIR --out assets/models/demo \
         [--size v2] [--work runs/demo] [--vae-minutes 60] [--unet-minutes 40] [--resume]
 
-The run goes through four phases, each "train X until X has been trained for N minutes in total":
+The run goes through four phases, each "train X until X has been trained for N minutes in total"
+(CPU minutes per thread, see run_phase):
 a short VAE warm-up, a short UNet warm-up (so a usable, matching backbone folder exists early),
 then the long VAE phase, then the long UNet phase (fine-tuned on the final VAE's latents).
 Minutes count across resumes, so `--resume` with larger budgets simply continues. The model sizes
@@ -343,7 +344,12 @@ def cosine_lr(base_lr: float, elapsed_s: float, total_s: float, final_fraction: 
 
 def run_phase(trainer, until_s: float, total_s: float, cfg: BackboneConfig) -> None:
     """Train until trainer.elapsed_s reaches until_s, the lr following a cosine over the model's total_s;
-    evaluate, checkpoint and export on the way."""
+    evaluate, checkpoint and export every eval_every_s of wall time.
+
+    Training time is the process's CPU time in training steps divided by the torch thread count: the
+    minutes a machine of that many free cores would take. A nice-19 run on shared cores then spends
+    its budget only on the steps it really computes, not on the minutes it waits for a core (wall
+    time did: a step starved by two busy processes counted minutes)."""
     if trainer.elapsed_s >= until_s:
         return
     log.info("%s: training from %.1f to %.1f minutes (step %d)", trainer.name, trainer.elapsed_s / 60, until_s / 60, trainer.step)
@@ -352,11 +358,10 @@ def run_phase(trainer, until_s: float, total_s: float, cfg: BackboneConfig) -> N
     while trainer.elapsed_s < until_s:
         for group in trainer.opt.param_groups:
             group["lr"] = cosine_lr(base_lr, trainer.elapsed_s, total_s, cfg.final_lr_fraction)
-        t0 = time.monotonic()
+        cpu_before = time.process_time()
         losses.append(trainer.train_step())
-        now = time.monotonic()
-        trainer.elapsed_s += now - t0
-        if now - last_eval >= cfg.eval_every_s or trainer.elapsed_s >= until_s:
+        trainer.elapsed_s += (time.process_time() - cpu_before) / torch.get_num_threads()
+        if time.monotonic() - last_eval >= cfg.eval_every_s or trainer.elapsed_s >= until_s:
             score, text = trainer.evaluate()
             is_best = improved(trainer, score)
             if is_best:

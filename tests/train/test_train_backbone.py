@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import logging
+import math
 import signal
 import subprocess
 import sys
@@ -205,3 +206,38 @@ def test_learning_rate_follows_a_cosine_over_the_total_minutes():
     assert lrs[0] == pytest.approx(3e-4) and lrs[6] == pytest.approx(0.55 * 3e-4)  # halfway: the mean of both ends
     assert lrs[12] == pytest.approx(3e-5) and lrs[-1] == pytest.approx(3e-5)  # the end, and past it
     assert all(a > b for a, b in zip(lrs[:12], lrs[1:13]))
+
+
+class WaitingTrainer:
+    """A trainer whose steps mostly wait (as a nice-19 run does for a busy core) and briefly compute."""
+
+    name = "vae"
+
+    def __init__(self):
+        self.opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        self.step, self.elapsed_s, self.best, self.saves = 0, 0.0, -math.inf, 0
+
+    def train_step(self) -> float:
+        time.sleep(0.02)
+        busy_until = time.process_time() + 0.002
+        while time.process_time() < busy_until:
+            pass
+        self.step += 1
+        return 0.0
+
+    def evaluate(self):
+        return float(self.step), "steps"
+
+    def export(self):
+        pass
+
+    def save(self):
+        self.saves += 1
+
+
+def test_training_minutes_count_computing_not_waiting():
+    trainer, started = WaitingTrainer(), time.monotonic()
+    train.run_phase(trainer, 0.1, 0.1, dataclasses.replace(TINY, eval_every_s=3600.0))
+    wall = time.monotonic() - started
+    assert trainer.elapsed_s >= 0.1 and trainer.saves == 1  # evaluated and saved once, at the end
+    assert wall > 4 * trainer.elapsed_s  # the sleeps (~10x the computing) did not count

@@ -221,6 +221,7 @@ _PAIR_WINS = (_PLANNED.join(Vote, Vote.trial_id == Trial.id).add_columns(Vote.ch
               .group_by(Image.key, _L.key, _R.key, Vote.choice))
 _SESSION = select(Session).where(Session.token == bindparam("token"), Session.study_id == bindparam("study"))
 _SESSION_LOCKED = _SESSION.with_for_update()
+_INSERT_TRIALS = insert(_T).returning(_T.c.index, _T.c.id)
 _SET_REPEAT = update(_T).where(_T.c.id == bindparam("tid")).values(repeat_of=bindparam("of"))
 _SESSION_ID = select(_S.c.id).where(_S.c.token == bindparam("token"), _S.c.study_id == bindparam("study"))
 # Counts an event against its session's cap; matches no row once the cap is reached.
@@ -247,11 +248,12 @@ class StudyService:
         # no BEGIN and no COMMIT. On SQLite a vote is one BEGIN IMMEDIATE transaction.
         self._one_statement = engine.dialect.name == "postgresql"
         self._votes = engine.execution_options(isolation_level="AUTOCOMMIT") if self._one_statement else engine
-        # What the next vote of a session would read (_VOTE_ROW), by trial id: a vote's write
-        # returns the next trial, so that vote needs no read (on PostgreSQL a round trip, and
-        # the CPU of both sides). Taken out when used, so a retry reads the database. A row here
-        # can be stale (another server process, a concurrent request, a commit that failed):
-        # then the write's guard (_MOVE_ON) matches nothing and the vote retries with a read.
+        # What the next vote of a session would read (_VOTE_ROW), by trial id: a consent and a
+        # vote's write know the trial shown next, so the vote on it needs no read (on PostgreSQL
+        # a round trip, and the CPU of both sides). Taken out when used, so a retry reads the
+        # database. A row here can be stale (another server process, a concurrent request, a
+        # commit that failed): then the write's guard (_MOVE_ON) matches nothing and the vote
+        # retries with a read.
         self._ahead: dict[int, _VoteRow] = {}
         self._ahead_lock = threading.Lock()
         self._sync_study()
@@ -465,16 +467,22 @@ class StudyService:
             catch=cfg.catch_trials, repeats=cfg.repeat_trials, strategy=cfg.scheduler,
             randomise_sides=cfg.randomise_sides, counts=counts, wins=wins, rng=self._rng)
 
-    def _store_plan(self, db, session_id: int, plan: list[scheduler.PlannedTrial]) -> None:
+    def _store_plan(self, db, session_id: int, plan: list[scheduler.PlannedTrial],
+                    now: datetime) -> "_Shown":
+        """Insert the session's trials, the first one shown `now` (the consent's answer shows
+        it); returns that first trial."""
         rows = [{"session_id": session_id, "index": i, "kind": t.kind, "image_id": self._image_ids[t.image],
                  "left_id": self._stimulus_ids[(t.image, t.left)], "right_id": self._stimulus_ids[(t.image, t.right)],
-                 "swapped": t.swapped, "correct_side": t.correct_side, "repeat_of": None, "first_shown_at": None}
+                 "swapped": t.swapped, "correct_side": t.correct_side, "repeat_of": None,
+                 "first_shown_at": now if i == 0 else None}
                 for i, t in enumerate(plan)]
-        db.execute(insert(_T), rows)    # one executemany
-        ids = dict(db.execute(select(_T.c.index, _T.c.id).where(_T.c.session_id == session_id)).all())
+        ids = dict(db.execute(_INSERT_TRIALS, rows).all())    # index -> id, in one statement
         repeats = [{"tid": ids[i], "of": ids[t.repeat_of]} for i, t in enumerate(plan) if t.repeat_of is not None]
         if repeats:     # one executemany (psycopg pipelines it: one round trip)
             db.execute(_SET_REPEAT, repeats)
+        first = rows[0]
+        return _Shown(ids[0], first["image_id"], first["left_id"], first["right_id"], first["kind"],
+                      first["correct_side"])
 
     def _history(self, db):
         """Planned regular comparisons per (image, pair), and wins per ordered condition pair."""
@@ -553,14 +561,19 @@ class StudyService:
             if str(version) != self.cfg.consent_version:
                 raise Conflict("the consent text has changed: reload the page")
             now = utcnow()
+            shown = None
             if agree:
-                self._store_plan(db, s.id, plan)
+                shown = self._store_plan(db, s.id, plan, now)
                 s.status, s.consent_version, s.consented_at = "active", self.cfg.consent_version, now
+                self._keep_ahead(_VoteRow(
+                    id=shown.id, index=0, kind=shown.kind, correct_side=shown.correct_side, first_shown_at=now,
+                    sid=s.id, study_id=self.cfg.id, token=s.token, status="active", next_index=0,
+                    n_trials=s.n_trials, catch_failures=s.catch_failures))
             else:
                 s.status, s.finished_at = "declined", now
             _event(db, self.cfg.id, s.id, "consent" if agree else "declined", {"version": self.cfg.consent_version})
             db.flush()
-            return self._state(db, s, mark_shown=True)
+            return self._state(db, s, shown=shown)
 
     # -- votes ----------------------------------------------------------------------------------
 
@@ -737,9 +750,20 @@ class _Lost(Conflict):
         super().__init__("the session moved on meanwhile: reload")
 
 
+@dataclass(frozen=True)
+class _Shown:
+    """The _TRIAL_COLS of a trial just marked shown (by a consent: see _store_plan)."""
+    id: int
+    image_id: int
+    left_id: int
+    right_id: int
+    kind: str
+    correct_side: str | None
+
+
 @dataclass(frozen=True, slots=True)
 class _VoteRow:
-    """The columns of _VOTE_ROW, as a vote's write left them (StudyService._ahead)."""
+    """The columns of _VOTE_ROW, as a consent or a vote's write left them (StudyService._ahead)."""
     id: int
     index: int
     kind: str

@@ -47,8 +47,10 @@ def test_a_bf16_file_decodes_in_fp32(tiny_folder, photo):
     bf16 = DiffusionCodec.load(str(tiny_folder), adapter=None, mode="analytic", device="cpu", dtype="bfloat16")
     fp32 = DiffusionCodec.load(str(tiny_folder), adapter=None, mode="analytic", device="cpu", dtype="float32")
     assert bf16.backbone.unet.dtype == torch.bfloat16 and fp32.backbone.unet.dtype == torch.float32
-    encoded = bf16.encode(photo, target_bpp=0.05)  # a rate where the decoder denoises: the UNet runs in both dtypes
-    assert 0 < encoded.bpp <= 0.05 and encoded.t > 0 and encoded.steps > 0
+    # every band off: the error is the whole latent, so t = 1 and the UNet runs in both dtypes (finer steps
+    # leave the tiny latent, std 0.04, an error below step 1's noise: t = 0)
+    encoded = bf16.encode(photo, step=64.0)
+    assert encoded.t > 0 and encoded.steps > 0
     decoded = fp32.decode(encoded.data)  # refused as "a different backbone" when the fingerprint saw the cast
     assert decoded.image.size == photo.size
     # Pixels may differ slightly between dtypes (measured: ~48 dB between the bf16 and fp32 decodes).

@@ -403,7 +403,9 @@ class StudyService:
             rater = Rater(study_id=cfg.id, platform=who.platform, external_id=who.external_id)
             db.add(rater)
             db.flush()
-        sessions = db.scalars(select(Session).where(Session.rater_id == rater.id).order_by(Session.ordinal)).all()
+            sessions = []   # a rater inserted by this transaction has none (a query less)
+        else:
+            sessions = db.scalars(select(Session).where(Session.rater_id == rater.id).order_by(Session.ordinal)).all()
         open_ = [s for s in sessions if s.status in ("consent", "active")]
         if who.platform == "anonymous":
             if open_:

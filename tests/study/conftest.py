@@ -7,6 +7,8 @@ import io
 import os
 import secrets
 import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -64,6 +66,19 @@ consent:
   withdrawal: close the page at any time; ask the contact to delete your answers
 platform: {platform}
 """
+
+
+def vote_at_once(svc, token: str, trial_id: int, n: int = 8) -> list:
+    """n votes on one trial released together (a double click, two tabs), alternating left and
+    right; the answers in order."""
+    barrier = threading.Barrier(n)
+
+    def cast(i):
+        barrier.wait()
+        return svc.vote(token, trial_id, ("left", "right")[i % 2])
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(cast, range(n)))
 
 
 def make_study(folder: Path, *, trials=40, catch=3, repeats=2, scheduler="balanced", per_rater=1,

@@ -1,6 +1,4 @@
 """The study service on SQLite and PostgreSQL: the session life, resuming, limits, integrity."""
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ from study.db import ALEMBIC_INI, upgrade
 from study.models import Base, Event, Rater, Session, Trial, Vote
 from study.service import (Conflict, Forbidden, Invalid, NotFound, Participant, StudyService, new_rater_key)
 
-from .conftest import make_study
+from .conftest import make_study, vote_at_once
 
 
 def count(svc, model, *where):
@@ -316,14 +314,7 @@ def test_racing_votes_on_one_trial_store_one(db_url, study_file):
     svc = StudyService.open(study_file, db_url, seed=1)
     for n in range(4):
         st = start(svc, f"racer{n}")
-        barrier = threading.Barrier(8)
-
-        def cast(i):
-            barrier.wait()
-            return svc.vote(st.token, st.trial.id, ("left", "right")[i % 2])
-
-        with ThreadPoolExecutor(8) as pool:
-            results = list(pool.map(cast, range(8)))
+        results = vote_at_once(svc, st.token, st.trial.id)
         stored = count(svc, Vote, Vote.trial_id == st.trial.id)
         assert stored == 1 and sum(not r.replayed for r in results) == 1
         assert len({r.choice for r in results}) == 1

@@ -1,13 +1,13 @@
 """The vote's hot path on SQLite and PostgreSQL: how many statements a vote sends, and the read
 it skips (StudyService._ahead) never letting a vote be lost or counted twice."""
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from sqlalchemy import event, func, select
 
 from study.models import Session, Vote
 from study.service import Forbidden, Participant, StudyService
+
+from .conftest import vote_at_once
 
 # Statements a vote sends, at most (SQLite: BEGIN IMMEDIATE and the writes one by one; the
 # commit is no statement): the process that showed the trial (the consent's or the previous
@@ -78,14 +78,7 @@ def test_racing_votes_on_a_later_trial_store_one(db_url, study_file):
     svc = StudyService.open(study_file, db_url, seed=1)
     st = start(svc, "later-racer")
     st = svc.vote(st.token, st.trial.id, "left").state
-    barrier = threading.Barrier(8)
-
-    def cast(i):
-        barrier.wait()
-        return svc.vote(st.token, st.trial.id, ("left", "right")[i % 2])
-
-    with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(cast, range(8)))
+    results = vote_at_once(svc, st.token, st.trial.id)
     assert stored_votes(svc, st.trial.id) == 1 and sum(not r.replayed for r in results) == 1
     assert len({r.choice for r in results}) == 1
     assert all(r.state.index == 2 for r in results)

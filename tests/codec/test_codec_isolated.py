@@ -84,12 +84,19 @@ def test_a_segfault_costs_one_call_and_the_next_gets_a_fresh_process(worker):
         worker.call(recall, "a")
 
 
-def test_a_killed_process_is_replaced(worker):
+def test_a_process_killed_between_calls_costs_at_most_one_call(worker):
+    """Killed while idle: the next call either finds it gone and starts a fresh one, or (when the
+    kill has not landed yet) fails with WorkerDied, which a caller may simply retry. Which of the
+    two depends on timing, so both are accepted; either way one fresh process serves the rest."""
     pid = worker.call(remember, "a", 1)
     os.kill(pid, signal.SIGKILL)
-    with pytest.raises(WorkerDied):  # noticed by the next call, which a caller may simply retry
+    try:
+        worker.call(remember, "b", 2)
+    except WorkerDied:
+        pass
+    assert worker.call(remember, "b", 2) != pid and worker.starts == 2
+    with pytest.raises(KeyError):  # what the killed process held is gone
         worker.call(recall, "a")
-    assert worker.call(remember, "a", 2) != pid
 
 
 def test_a_call_over_the_time_limit_is_stopped(worker):

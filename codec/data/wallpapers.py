@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from codec.data.datasets import prepare
 from codec.data.files import write_atomically, write_png
 from codec.data.photos import MULTIPLE, VALIDATION_PHOTOS, DataError
 
@@ -235,14 +236,9 @@ def _without_years(copyright_field: str) -> str:
 def fit(image: Image.Image, short_side: int = SHORT_SIDE) -> Image.Image:
     """RGB with EXIF orientation applied, the short side scaled down to `short_side` (Lanczos; smaller
     images are never upscaled), then the centre crop whose sides are multiples of 8 (the VAE's downscale)."""
-    image = ImageOps.exif_transpose(image).convert("RGB")
-    scale = short_side / min(image.size)
-    if scale < 1:
-        image = image.resize((max(short_side, round(image.width * scale)), max(short_side, round(image.height * scale))),
-                             Image.LANCZOS)
-    width, height = image.width // MULTIPLE * MULTIPLE, image.height // MULTIPLE * MULTIPLE
-    left, top = (image.width - width) // 2, (image.height - height) // 2
-    return image.crop((left, top, left + width, top + height))
+    image = ImageOps.exif_transpose(image)
+    image = prepare(image, resize=short_side if min(image.size) > short_side else None)
+    return prepare(image, crop=(image.width // MULTIPLE * MULTIPLE, image.height // MULTIPLE * MULTIPLE))
 
 
 def thumbnail(image: Image.Image) -> np.ndarray:

@@ -246,7 +246,7 @@ def _scale_slots(channels: int, height: int, width: int) -> torch.Tensor:
 
 
 def _band_scales(quantization: Quantization, latent_shape) -> torch.Tensor:
-    """The Gaussian scale of every coefficient, from the side information (0: its band is off)."""
+    """The Laplacian scale of every coefficient, from the side information (0: its band is off)."""
     channels, height, width = latent_shape[1:]
     scales = torch.tensor(quantization.side_info[transform.angle_count(channels):], dtype=torch.float32)
     return scales[_scale_slots(channels, height, width)].unsqueeze(0)

@@ -62,7 +62,7 @@ def main(argv=None) -> int:
         print(f"{args.out}: {training} training and {len(sources) - training} validation photos, SOURCES.json")
         return 0
 
-    torch.set_num_threads(getattr(args, "threads", 2))
+    torch.set_num_threads(args.threads)
     setup_logging(args.work / "progress.log")
     try:
         if args.command == "adapter":

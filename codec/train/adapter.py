@@ -6,11 +6,13 @@
 One model for all rates: lambda is sampled log-uniformly per example and fed to P(y, lambda).
 Loss per example (paper-spec §2 and §7.4):
 
-    bits / pixels + lambda * MSE(x, D(x0_hat(x_t, t)))
+    bits / pixels + lambda * MSE(x, D(DDIM_k(x_t, t)))
 
-where x_t = sqrt(abar(t)) * y_hat with y_hat the straight-through rounded latent, x0_hat the
-one-step prediction of the frozen denoiser, D the frozen VAE decoder, and abar interpolated
-linearly between integer steps so that the timestep t is learned through a continuous relaxation.
+where x_t = sqrt(abar(t)) * y_hat with y_hat the straight-through rounded latent, DDIM_k the
+decoder's deterministic k-step DDIM chain from t to 0 through the frozen denoiser (k: the
+backbone's default steps, `--decoder-steps`; k = 1 is the one-step x0 prediction), D the frozen
+VAE decoder, and abar interpolated linearly between integer steps so that the timestep t is
+learned through a continuous relaxation (t near 0 is no denoising, which the file can say).
 The rate uses compressai's additive-noise relaxation. Only the adapter is trained; the same
 command works on a Stable Diffusion backbone on a GPU.
 """
@@ -36,7 +38,7 @@ from codec.data.photos import load_photos, split_photos
 
 log = logging.getLogger("codec.train")
 
-LAM_RANGE = (0.5, 5000.0)  # lambda weighs MSE on [0, 1] pixels against bits per pixel
+LAM_RANGE = (0.3, 1e5)  # lambda weighs MSE on [0, 1] pixels against bits per pixel; 0.02-0.5 bpp on the demo backbone v2
 
 
 def alpha_bar_at(alphas_cumprod: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -47,8 +49,26 @@ def alpha_bar_at(alphas_cumprod: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return abar[lower] * (1 - frac) + abar[lower + 1] * frac
 
 
-def adapter_loss(adapter: LearnedAdapter, backbone: Backbone, x: torch.Tensor, y: torch.Tensor, lam: torch.Tensor):
-    """Rate-distortion loss of a batch; returns (loss, bits per pixel, mse, mean t)."""
+def ddim_chain(backbone: Backbone, y_hat: torch.Tensor, t: torch.Tensor, steps: int) -> torch.Tensor:
+    """The decoder's deterministic DDIM (codec.core.denoise) at a continuous t, differentiable in t.
+
+    `steps` even strides from x_t = sqrt(abar(t)) * y_hat down to the final x0 prediction: the
+    decoder's chain where steps divides t (it rounds its grid to whole steps, and takes one step
+    per timestep below t = steps)."""
+    abar_of = lambda tau: alpha_bar_at(backbone.alphas_cumprod, tau)[:, None, None, None]  # noqa: E731
+    x = abar_of(t).sqrt() * y_hat
+    for i in range(steps):
+        tau = t * (steps - i) / steps
+        eps, x0 = to_epsilon_and_x0(backbone.model_output(x, tau), x, abar_of(tau), backbone.prediction_type)
+        if i == steps - 1:
+            return x0  # abar_0 := 1 at the end of the chain
+        a_next = abar_of(t * (steps - i - 1) / steps)
+        x = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
+
+
+def adapter_loss(adapter: LearnedAdapter, backbone: Backbone, x: torch.Tensor, y: torch.Tensor, lam: torch.Tensor,
+                 steps: int = 1):
+    """Rate-distortion loss of a batch through the `steps`-step decoder; returns (loss, bpp, mse, mean t)."""
     log_a, shift, t = adapter.param_net(y, lam)
     a, b = log_a.exp()[..., None, None], shift[..., None, None]
     z = a * y + b
@@ -59,11 +79,7 @@ def adapter_loss(adapter: LearnedAdapter, backbone: Backbone, x: torch.Tensor, y
 
     z_rounded = z + (torch.round(z) - z).detach()  # straight-through rounding for the reconstruction
     y_hat = (z_rounded - b) / a
-    abar = alpha_bar_at(backbone.alphas_cumprod, t)[:, None, None, None]
-    x_t = abar.sqrt() * y_hat
-    out = backbone.model_output(x_t, t)
-    _, x0 = to_epsilon_and_x0(out, x_t, abar, backbone.prediction_type)
-    x_hat = backbone.decode(x0)
+    x_hat = backbone.decode(ddim_chain(backbone, y_hat, t, steps))
     mse = ((x_hat - x.to(x_hat)) / 2).pow(2).mean(dim=(1, 2, 3))  # on [0, 1] pixel scale
     loss = (bpp + lam * mse).mean()
     return loss, bpp.mean(), mse.mean(), t.mean()
@@ -90,13 +106,18 @@ def latent_bank(backbone: Backbone, photos: list[np.ndarray], crop: int, per_pho
 def train_adapter(backbone_source: str, photos: list[np.ndarray], out: Path, work: Path, minutes: float,
                   resume: bool, device=None, crop: int = 128, batch: int = 8, lr: float = 3e-4, seed: int = 0,
                   adapter_kwargs: dict | None = None, max_steps: int | None = None,
-                  crops_per_photo: int = 16) -> LearnedAdapter:
-    """Train for `minutes` in all (across resumes) or until step `max_steps`; export to `out`."""
+                  crops_per_photo: int = 16, lam_range: tuple[float, float] = LAM_RANGE,
+                  decoder_steps: int | None = None) -> LearnedAdapter:
+    """Train for `minutes` in all (across resumes) or until step `max_steps`; export to `out`.
+    The loss decodes through `decoder_steps` DDIM steps (default: the backbone's, as the decoder)."""
     torch.manual_seed(seed)
     backbone = load_backbone(backbone_source, device=device)
+    backbone.unet.requires_grad_(False)
+    backbone.vae.requires_grad_(False)
+    steps = decoder_steps or backbone.default_steps
     t_max = default_t_max(backbone.num_train_timesteps)
-    adapter = LearnedAdapter(channels=backbone.latent_channels, t_max=t_max, lam_min=LAM_RANGE[0],
-                             lam_max=LAM_RANGE[1], **(adapter_kwargs or {})).to(backbone.device)
+    adapter = LearnedAdapter(channels=backbone.latent_channels, t_max=t_max, lam_min=lam_range[0],
+                             lam_max=lam_range[1], **(adapter_kwargs or {})).to(backbone.device)
     main_params = [p for n, p in adapter.named_parameters() if not n.endswith(".quantiles")]
     aux_params = [p for n, p in adapter.named_parameters() if n.endswith(".quantiles")]
     optimizer = torch.optim.Adam(main_params, lr=lr)
@@ -112,10 +133,10 @@ def train_adapter(backbone_source: str, photos: list[np.ndarray], out: Path, wor
         log.info("adapter: resumed at step %d (%.1f min)", state["step"], state["seconds"] / 60)
 
     crops, latents = latent_bank(backbone, photos, crop, per_photo=crops_per_photo, seed=seed)
-    log.info("adapter: %d crops of %d px, latents %s, t_max %d, lambda in %s", len(crops), crop,
-             tuple(latents.shape[1:]), t_max, LAM_RANGE)
+    log.info("adapter: %d crops of %d px, latents %s, t_max %d, lambda in %s, %d-step decoder", len(crops), crop,
+             tuple(latents.shape[1:]), t_max, lam_range, steps)
     rng = np.random.default_rng(seed + state["step"])
-    log_lam = torch.tensor([math.log(v) for v in LAM_RANGE])
+    log_lam = torch.tensor([math.log(v) for v in lam_range])
     last_log, last_save = time.monotonic(), time.monotonic()
     started = time.monotonic() - state["seconds"]
     adapter.train()
@@ -123,7 +144,7 @@ def train_adapter(backbone_source: str, photos: list[np.ndarray], out: Path, wor
         idx = torch.from_numpy(rng.integers(0, len(crops), batch))
         x, y = crops[idx].to(backbone.device), latents[idx].to(backbone.device)
         lam = torch.exp(log_lam[0] + (log_lam[1] - log_lam[0]) * torch.rand(batch)).to(backbone.device)
-        loss, bpp, mse, t_mean = adapter_loss(adapter, backbone, x, y, lam)
+        loss, bpp, mse, t_mean = adapter_loss(adapter, backbone, x, y, lam, steps)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(main_params, 5.0)
@@ -170,10 +191,17 @@ def add_parser(commands) -> None:
     ad.add_argument("--batch", type=int, default=8)
     ad.add_argument("--lr", type=float, default=3e-4)
     ad.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    ad.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ad.add_argument("--resume", action="store_true", help="continue from the checkpoint in --work")
+    ad.add_argument("--lam-range", default=f"{LAM_RANGE[0]:g},{LAM_RANGE[1]:g}",
+                    help="lambda's training range MIN,MAX (log-uniform); it is also the range rate control searches")
+    ad.add_argument("--hyper-channels", type=int, default=32, help="channels of the hyperprior's transforms")
+    ad.add_argument("--decoder-steps", type=int, help="DDIM steps of the decoder in the loss (default: the backbone's)")
 
 
 def run(args) -> None:
     train_photos, _ = split_photos(load_photos(args.data))
     train_adapter(args.backbone, train_photos, args.out, args.work, args.minutes, args.resume, args.device,
-                  crop=args.crop, batch=args.batch, lr=args.lr)
+                  crop=args.crop, batch=args.batch, lr=args.lr, decoder_steps=args.decoder_steps,
+                  lam_range=tuple(float(v) for v in args.lam_range.split(",")),
+                  adapter_kwargs={"hyper_channels": args.hyper_channels})

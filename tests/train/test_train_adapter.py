@@ -6,8 +6,9 @@ import torch
 
 from codec.core.adapters.learned import LearnedAdapter
 from codec.core.backbone import build_tiny_backbone
+from codec.core.denoise import denoise
 from codec.core.diffusion_codec import DiffusionCodec
-from codec.train.adapter import train_adapter
+from codec.train.adapter import ddim_chain, train_adapter
 from tests.photos import photo
 
 SMALL = dict(hidden=16, hyper_channels=16)  # the tiny backbone needs no more; keeps the test fast
@@ -37,3 +38,17 @@ def test_train_export_reload_and_code_at_two_rates(tmp_path):
         assert decoded.image.size == image.size and decoded.header["t"] == result.t
     again = DiffusionCodec(build_tiny_backbone(seed=0), LearnedAdapter.from_pretrained(out))
     assert again.encode(image, lam=1.0).data == low.data  # the export is all a decoder needs
+
+
+def test_the_training_loss_decodes_as_the_decoder_does():
+    """At an integer t that steps divides, the loss's differentiable DDIM chain is the decoder's own
+    (codec.core.denoise), and t still gets a gradient through abar and the UNet's timestep."""
+    backbone = build_tiny_backbone(seed=0)
+    y_hat = torch.randn(2, backbone.latent_channels, 8, 8)
+    for t, steps in ((40, 4), (8, 2), (3, 3)):  # grids of whole steps: the decoder rounds its grid
+        expected = denoise(backbone, y_hat, t, steps).latent
+        t_cont = torch.full((2,), float(t), requires_grad=True)
+        chain = ddim_chain(backbone, y_hat, t_cont, steps)
+        torch.testing.assert_close(chain, expected, rtol=1e-4, atol=1e-5)
+        chain.sum().backward()
+        assert torch.isfinite(t_cont.grad).all() and t_cont.grad.abs().sum() > 0

@@ -69,11 +69,21 @@ DEBS = (
     Deb("gnome-backgrounds", "43.1-1", "main/g/gnome-backgrounds/gnome-backgrounds_43.1-1_all.deb",
         "a670dea21572652127d6e55f9cdb3a226d0037854fdbfd037003c7d00ee0dc4e"),
     # Debian 11. Dropped: Acrylic (a photographed painting), Endless-shapes, Stripes, Symbolics-1/2,
-    # VNC, adwaita-day/morning/night (renders, patterns).
+    # VNC, adwaita-day/morning/night (renders, patterns). Its Debian copyright file is stale (it
+    # credits the 2012 Road.jpg and omits five of these); the credits below are those of upstream's
+    # AUTHORS file in the same package (/usr/share/doc/gnome-backgrounds/AUTHORS). Icetwigs.jpg is in
+    # neither: it comes under the package's own licence, which the copyright file gives as GPL-2+.
     Deb("gnome-backgrounds", "3.38.0-1", "main/g/gnome-backgrounds/gnome-backgrounds_3.38.0-1_all.deb",
         "76d8a4c52e5f346d9cb08bc8a1f58ad443d2bae211721af8a7248457c7a520e8",
-        tuple(Photo(GNOME + name) for name in ("ColdWarm.jpg", "Dark_Ivy.jpg", "Icetwigs.jpg", "LightWaves.jpg",
-                                                "Road.jpg", "SeaSunset.jpg", "Wood.jpg"))),
+        (Photo(GNOME + "ColdWarm.jpg", "invisiblepower (Pexels, per the package's AUTHORS)", "CC0"),
+         Photo(GNOME + "Dark_Ivy.jpg"),
+         Photo(GNOME + "Icetwigs.jpg", "GNOME backgrounds contributors (not itemised in the package)",
+               "GPL-2+ (the package's licence)"),
+         Photo(GNOME + "LightWaves.jpg", "Skitterphoto (Pexels, per the package's AUTHORS)", "CC0"),
+         Photo(GNOME + "Road.jpg", "Joshua Welch (Pexels, per the package's AUTHORS)", "CC0"),
+         Photo(GNOME + "SeaSunset.jpg", "Sebastian Voortman (Pexels, per the package's AUTHORS)", "CC0"),
+         Photo(GNOME + "Wood.jpg", "Jakub Steiner (per the package's AUTHORS)",
+               "Creative Commons Attribution-ShareAlike 3.0"))),
     # Dropped: lomiri-default-background, warty-final-ubuntu (abstract gradients).
     Deb("lomiri-wallpapers", "20.04.0-2", "main/l/lomiri-wallpapers/lomiri-wallpapers_20.04.0-2_all.deb",
         "6b75961132a2035f9c4db79f725a7290092619c5c8f672071c84cb5b10898e07"),

@@ -4,7 +4,7 @@ baseline), as PNG files plus the bitstreams, with the measured bpp in manifest.j
 
 Resumable: the manifest is rewritten (atomically) after every file, and a stimulus whose file
 is present with the recorded hash is not built again. Changing an image's source or crop
-rebuilds that image, a changed recipe (method, target, codec settings) that stimulus; the
+rebuilds that image, a changed recipe (method, target, codec settings and models) that stimulus; the
 files of conditions and images the study no longer has are removed.
 This is the only module of `study` that imports the codec.
 """
@@ -61,14 +61,23 @@ class _Coders:
         self.cfg = cfg
         self._codec = None
 
+    @property
+    def codec(self):
+        if self._codec is None:
+            from codec.core.diffusion_codec import DiffusionCodec
+            self._codec = DiffusionCodec.load(backbone=self.cfg.codec_backbone,
+                                              adapter=self.cfg.codec_adapter, mode=self.cfg.codec_mode)
+        return self._codec
+
+    def fingerprints(self) -> dict:
+        """The backbone and adapter the diffusion stimuli are coded with, as the files name them."""
+        return {"backbone_fingerprint": self.codec.backbone.fingerprint.hex(),
+                "adapter_fingerprint": self.codec.adapters[self.codec.mode].fingerprint.hex()}
+
     def __call__(self, image: Image.Image, method: str, bpp: float) -> tuple[Image.Image, bytes, float]:
         if method == "diffusion":
-            if self._codec is None:
-                from codec.core.diffusion_codec import DiffusionCodec
-                self._codec = DiffusionCodec.load(backbone=self.cfg.codec_backbone,
-                                                  adapter=self.cfg.codec_adapter, mode=self.cfg.codec_mode)
-            res = self._codec.encode(image, target_bpp=bpp)
-            return self._codec.decode(res.data).image.convert("RGB"), res.data, float(res.bpp)
+            res = self.codec.encode(image, target_bpp=bpp)
+            return self.codec.decode(res.data).image.convert("RGB"), res.data, float(res.bpp)
         from codec.evaluate.baselines import encode_at_bpp
         r = encode_at_bpp(image, method, bpp)
         return r.image.convert("RGB"), r.data, float(r.bpp)
@@ -82,8 +91,12 @@ def build(cfg: StudyConfig, log: Callable[[str], None] = print, coder=None) -> d
     jobs = [(c.key, c.method, c.bpp) for c in cfg.conditions]
     if cfg.catch_trials:
         jobs.append((CATCH, cfg.catch_method, cfg.catch_bpp))
-    # What made a stimulus: when it changes (say the catch bpp, or the codec's mode), rebuild.
+    # What made a stimulus: when it changes (say the catch bpp, or the codec's mode), rebuild. The
+    # models' fingerprints are part of it: a retrained backbone or adapter under the same name
+    # makes other pictures.
     codec = {"backbone": cfg.codec_backbone, "adapter": cfg.codec_adapter, "mode": cfg.codec_mode}
+    if any(method == "diffusion" for _, method, _ in jobs):
+        codec.update(coder.fingerprints())
     recipe = {key: {"method": method, "target_bpp": bpp, **({"codec": codec} if method == "diffusion" else {})}
               for key, method, bpp in jobs}
     built = 0

@@ -111,3 +111,29 @@ def test_a_changed_recipe_rebuilds_and_a_running_study_refuses_it(tmp_path):
     stimuli.build(config.load(path), log=lambda m: None)    # other pixels
     with pytest.raises(RuntimeError, match="rebuilt after raters saw it"):
         StudyService.open(path, url)
+
+
+def test_a_retrained_backbone_under_the_same_name_rebuilds_the_diffusion_stimuli(tmp_path):
+    """The recipe holds the models' fingerprints: new weights in the study's backbone folder make
+    new diffusion stimuli, and leave the baselines' alone."""
+    from codec.core.random_backbones import save_random_backbone
+
+    shutil.copytree(PHOTOS, tmp_path / "images")
+    backbone = save_random_backbone("tiny", tmp_path / "backbone", seed=0)
+    path = tmp_path / "stim.yaml"
+    path.write_text(YAML.format(crop="[0, 0, 128, 128]").replace(
+        "conditions:\n", f"conditions:\n  - {{method: diffusion, bpp: 0.9}}\n").replace(
+        "consent:", f"codec: {{backbone: '{backbone}', mode: analytic}}\nconsent:"))
+    first = stimuli.build(config.load(path), log=lambda m: None)["astro"]["stimuli"]
+    assert first["diffusion@0.9"]["codec"]["backbone_fingerprint"] and first["diffusion@0.9"]["bpp"] <= 0.9
+
+    logs = []
+    stimuli.build(config.load(path), log=logs.append)
+    assert logs[-1].startswith("0 stimuli built")      # the same models: nothing to do
+
+    save_random_backbone("tiny", backbone, seed=1)     # retrained, same folder
+    logs = []
+    again = stimuli.build(config.load(path), log=logs.append)["astro"]["stimuli"]
+    assert logs[-1].startswith("2 stimuli built")      # astro's and creek's diffusion stimulus
+    assert again["diffusion@0.9"]["codec"]["backbone_fingerprint"] != first["diffusion@0.9"]["codec"]["backbone_fingerprint"]
+    assert again["jpeg@0.8"] == first["jpeg@0.8"]

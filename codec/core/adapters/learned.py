@@ -201,11 +201,13 @@ class LearnedAdapter(Adapter, CompressionModel):
                                             scale_indexes(self.gaussian_conditional, scales), means)
 
     # -- persistence --------------------------------------------------------------------------
-    def prepare(self) -> "LearnedAdapter":
-        """Build the CDF tables that real entropy coding needs, and switch to inference."""
-        # update_quantiles refits the hyper-latent's CDF range by bisection, so coding does not
-        # depend on how far the slow aux-loss fit of the quantiles got during training.
-        self.update(scale_table=get_scale_table(), force=True, update_quantiles=True)
+    def prepare(self, build_tables: bool = True) -> "LearnedAdapter":
+        """Build the CDF tables that real entropy coding needs (unless they were just loaded), and
+        switch to inference."""
+        if build_tables:
+            # update_quantiles refits the hyper-latent's CDF range by bisection, so coding does not
+            # depend on how far the slow aux-loss fit of the quantiles got during training.
+            self.update(scale_table=get_scale_table(), force=True, update_quantiles=True)
         self._fingerprint = None
         self._gaussian_coder = GaussianCoder(self.gaussian_conditional)
         return self.eval().requires_grad_(False)
@@ -224,8 +226,13 @@ class LearnedAdapter(Adapter, CompressionModel):
         if not (folder / WEIGHTS_FILE).is_file():
             raise FileNotFoundError(f"{folder} has no {WEIGHTS_FILE}: not a trained adapter folder.")
         adapter = cls(**config)
-        adapter.load_state_dict(load_file(folder / WEIGHTS_FILE))
-        return adapter.prepare().to(device or "cpu")
+        weights = load_file(folder / WEIGHTS_FILE)
+        adapter.load_state_dict(weights)
+        # An exported adapter holds the tables prepare() builds (bit for bit); building them again
+        # would cost half a second of every CLI call.
+        has_tables = all(weights.get(f"{coder}._quantized_cdf", torch.empty(0)).numel() > 0
+                         for coder in ("entropy_bottleneck", "gaussian_conditional"))
+        return adapter.prepare(build_tables=not has_tables).to(device or "cpu")
 
 
 def _hyper_size(latent_shape) -> tuple[int, int]:

@@ -6,7 +6,8 @@ Times `info` on a real file, and `encode` / `decode` of a 768x512 photo with the
 N times each (median and min of wall time, and the child's CPU time, which other processes on a
 busy machine do not inflate), then runs each command once under `python -X importtime` and lists
 the packages that cost the most import time. It also reports every warning line a command wrote on
-stderr: normal output is one notice line (encode/decode) and nothing else.
+stderr: normal output is one notice line (encode/decode) and nothing else. The `import torch` row
+(`python -c "import torch"`) is the floor under every command that runs a model.
 
 Targets (issue 11, item 9): info <= 0.3 s, encode/decode <= 1.5 s cold on 2 cores (demo backbone).
 """
@@ -39,8 +40,10 @@ IMPORT_TIME = re.compile(r"^import time:\s*(\d+) \|\s*(\d+) \|(\s*)(\S+)")
 
 
 def _cli(args: list, importtime: bool = False) -> tuple[float, float, subprocess.CompletedProcess]:
-    """Run `python -m codec ARGS` in a fresh process: (wall s, CPU s, result)."""
-    command = [sys.executable, *(["-X", "importtime"] if importtime else []), "-m", "codec", *map(str, args)]
+    """Run `python -m codec ARGS` (or `python -c CODE` for args ["-c", CODE]) in a fresh process:
+    (wall s, CPU s, result)."""
+    program = list(args) if args[0] == "-c" else ["-m", "codec", *map(str, args)]
+    command = [sys.executable, *(["-X", "importtime"] if importtime else []), *program]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
@@ -89,6 +92,7 @@ def main() -> None:
         bits, decoded = tmp / "photo.dfc", tmp / "decoded.png"
         model = ["--backbone", args.backbone]
         commands = {
+            "import torch": ["-c", "import torch"],
             "info": ["info", bits],
             "encode": ["encode", photo, bits, "--bpp", args.bpp, *model],
             "decode": ["decode", bits, decoded, *model],
@@ -100,7 +104,7 @@ def main() -> None:
               f"{args.image.name}, --backbone {args.backbone}, --bpp {args.bpp}, {os.cpu_count()} CPUs")
         print("wall: the whole process; CPU: its user+system time (all threads); coding: the codec's own time,")
         print("as the CLI reports it (the rest of wall is Python, imports and loading the model)")
-        print(f"{'command':8} {'median s':>9} {'min s':>7} {'CPU s':>7} {'coding s':>9}  warning lines on stderr")
+        print(f"{'command':12} {'median s':>9} {'min s':>7} {'CPU s':>7} {'coding s':>9}  warning lines on stderr")
         for name, command in commands.items():
             walls, cpus, coding, warnings = [], [], [], []
             for _ in range(args.runs):
@@ -113,14 +117,14 @@ def main() -> None:
                 warnings += _warning_lines(run.stderr)
             shown = "none" if not warnings else f"{len(warnings)}: {warnings[0][:70]}"
             coded = f"{statistics.median(coding):9.2f}" if coding else f"{'-':>9}"
-            print(f"{name:8} {statistics.median(walls):9.2f} {min(walls):7.2f} {statistics.median(cpus):7.2f} {coded}  {shown}")
+            print(f"{name:12} {statistics.median(walls):9.2f} {min(walls):7.2f} {statistics.median(cpus):7.2f} {coded}  {shown}")
         print(f"load average (1 min): {load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
 
         print("\nImport time by top-level package (-X importtime, self time summed, s):")
         for name, command in commands.items():
             _, _, run = _cli(command, importtime=True)
             offenders = ", ".join(f"{package} {seconds:.2f}" for package, seconds in _import_offenders(run.stderr, args.top))
-            print(f"{name:8} {offenders}")
+            print(f"{name:12} {offenders}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 encode and decode take a file, or a folder and an output folder (codec/batch.py: the model is
 loaded once, files already done are skipped, OUT_DIR/summary.csv). Errors print one line on stderr
 and exit non-zero; no tracebacks for bad input. Each command imports only what it needs: `info`
-reads a header without torch, diffusers or compressai (benchmarks/cli_startup.py).
+reads a header without torch, diffusers or compressai, encode and decode import only the modules of
+those the codec runs (codec/core/lean_imports.py; times: benchmarks/cli_startup.py).
 """
 
 from __future__ import annotations

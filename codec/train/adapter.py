@@ -112,8 +112,6 @@ def train_adapter(backbone_source: str, photos: list[np.ndarray], out: Path, wor
     The loss decodes through `decoder_steps` DDIM steps (default: the backbone's, as the decoder)."""
     torch.manual_seed(seed)
     backbone = load_backbone(backbone_source, device=device)
-    backbone.unet.requires_grad_(False)
-    backbone.vae.requires_grad_(False)
     steps = decoder_steps or backbone.default_steps
     t_max = default_t_max(backbone.num_train_timesteps)
     adapter = LearnedAdapter(channels=backbone.latent_channels, t_max=t_max, lam_min=lam_range[0],

@@ -30,6 +30,7 @@ def _python(code: str):
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
+@pytest.mark.slow
 def test_a_codec_loads_and_codes_without_the_packages_it_never_runs(tmp_path):
     """The demo backbone with its learned adapter, as `python -m codec` loads it, encodes and decodes;
     then each package imported in part gives its whole self, with the very classes loaded before."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import os
 import time
 
@@ -93,7 +94,8 @@ def test_the_fallback_notice_names_no_path(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     raw, shown = run.stdout.strip().splitlines()[-2:]
-    assert "demo model, a small model trained on 25 photos on a CPU" in shown or "RANDOM" in shown, shown
+    photos = json.loads((ROOT / "assets" / "models" / "demo" / "codec.json").read_text())["training_photos"]
+    assert f"demo model, a small model trained on {photos} photos on a CPU" in shown or "RANDOM" in shown, shown
     assert "needs Stable Diffusion 2.1 on a GPU" in shown or "RANDOM" in shown, shown
     for notice in (raw, shown):
         assert str(tmp_path) not in notice and "/" not in notice.replace("sd2-community/", "").replace("test-org/", ""), notice

@@ -36,6 +36,12 @@ def to_epsilon_and_x0(model_out: torch.Tensor, x_t: torch.Tensor, alpha_bar: flo
     return eps, x0
 
 
+def ddim_next(x0: torch.Tensor, eps: torch.Tensor, alpha_bar_next):
+    """One deterministic DDIM (eta = 0) step: the latent at the next timestep from the x0 and epsilon
+    estimates (alpha_bar_next a float, or a tensor that broadcasts)."""
+    return alpha_bar_next**0.5 * x0 + (1.0 - alpha_bar_next) ** 0.5 * eps
+
+
 @dataclass
 class DenoiseResult:
     latent: torch.Tensor
@@ -60,8 +66,7 @@ def denoise(backbone: Backbone, y_hat: torch.Tensor, t: int, steps: int, progres
         if tau_next == 0:
             x = x0  # abar_0 := 1 at the end of the chain
         else:
-            a_next = float(abar[tau_next])
-            x = a_next**0.5 * x0 + (1.0 - a_next) ** 0.5 * eps
+            x = ddim_next(x0, eps, float(abar[tau_next]))
         result.x0_predictions.append((tau, x0))
         result.step_seconds.append(time.perf_counter() - start)
         if progress:

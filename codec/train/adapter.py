@@ -32,7 +32,7 @@ from PIL import Image
 from codec.core.adapters.base import default_t_max
 from codec.core.adapters.learned import LearnedAdapter
 from codec.core.backbone import Backbone, load_backbone
-from codec.core.denoise import to_epsilon_and_x0
+from codec.core.denoise import ddim_next, to_epsilon_and_x0
 from codec.core.images import to_tensor
 from codec.data.photos import load_photos, split_photos
 
@@ -62,8 +62,7 @@ def ddim_chain(backbone: Backbone, y_hat: torch.Tensor, t: torch.Tensor, steps: 
         eps, x0 = to_epsilon_and_x0(backbone.model_output(x, tau), x, abar_of(tau), backbone.prediction_type)
         if i == steps - 1:
             return x0  # abar_0 := 1 at the end of the chain
-        a_next = abar_of(t * (steps - i - 1) / steps)
-        x = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
+        x = ddim_next(x0, eps, abar_of(t * (steps - i - 1) / steps))
 
 
 def adapter_loss(adapter: LearnedAdapter, backbone: Backbone, x: torch.Tensor, y: torch.Tensor, lam: torch.Tensor,

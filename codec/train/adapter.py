@@ -19,6 +19,7 @@ command works on a Stable Diffusion backbone on a GPU.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
 import time
@@ -186,6 +187,17 @@ def _save(adapter, optimizer, aux_optimizer, state, checkpoint: Path, out: Path)
     adapter.train()
 
 
+def lam_range_arg(text: str) -> tuple[float, float]:
+    """--lam-range's MIN,MAX: two finite numbers with 0 < MIN < MAX (log lambda is sampled between them)."""
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN,MAX (two numbers), got {text!r}") from None
+    if not (0 < low < high < math.inf):
+        raise argparse.ArgumentTypeError(f"expected 0 < MIN < MAX, both finite, got {text!r}")
+    return low, high
+
+
 def add_parser(commands) -> None:
     ad = commands.add_parser("adapter", help="train the adapter (parameter network + hyperprior) on a frozen backbone")
     ad.add_argument("--backbone", default="demo", help="'demo', a local diffusers folder or a hub id")
@@ -200,7 +212,7 @@ def add_parser(commands) -> None:
     ad.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     ad.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ad.add_argument("--resume", action="store_true", help="continue from the checkpoint in --work")
-    ad.add_argument("--lam-range", default=f"{LAM_RANGE[0]:g},{LAM_RANGE[1]:g}",
+    ad.add_argument("--lam-range", type=lam_range_arg, default=LAM_RANGE, metavar="MIN,MAX",
                     help="lambda's training range MIN,MAX (log-uniform); it is also the range rate control searches")
     ad.add_argument("--hyper-channels", type=int, default=32, help="channels of the hyperprior's transforms")
     ad.add_argument("--decoder-steps", type=int, help="DDIM steps of the decoder in the loss (default: the backbone's)")
@@ -210,5 +222,5 @@ def run(args) -> None:
     train_photos, _ = split_photos(load_photos(args.data))
     train_adapter(args.backbone, train_photos, args.out, args.work, args.minutes, args.resume, args.device,
                   crop=args.crop, batch=args.batch, lr=args.lr, decoder_steps=args.decoder_steps,
-                  lam_range=tuple(float(v) for v in args.lam_range.split(",")),
+                  lam_range=args.lam_range,
                   adapter_kwargs={"hyper_channels": args.hyper_channels})

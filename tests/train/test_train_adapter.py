@@ -2,13 +2,14 @@
 diffusers way, and real bitstreams at two rates."""
 
 import numpy as np
+import pytest
 import torch
 
 from codec.core.adapters.learned import LearnedAdapter
 from codec.core.backbone import build_tiny_backbone
 from codec.core.denoise import denoise
 from codec.core.diffusion_codec import DiffusionCodec
-from codec.train.adapter import ddim_chain, train_adapter
+from codec.train.adapter import ddim_chain, lam_range_arg, train_adapter
 from tests.photos import photo
 
 SMALL = dict(hidden=16, hyper_channels=16)  # the tiny backbone needs no more; keeps the test fast
@@ -52,3 +53,16 @@ def test_the_training_loss_decodes_as_the_decoder_does():
         torch.testing.assert_close(chain, expected, rtol=1e-4, atol=1e-5)
         chain.sum().backward()
         assert torch.isfinite(t_cont.grad).all() and t_cont.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("bad", ["5", "1,2,3", "a,b", "0,10", "10,1", "1,inf", "nan,5"])
+def test_a_bad_lambda_range_is_refused_by_the_command_line(bad, capsys):
+    from codec.train.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["adapter", "--data", "nowhere", "--lam-range", bad])
+    assert exit_.value.code == 2 and "--lam-range" in capsys.readouterr().err
+
+
+def test_the_lambda_range_parses_min_and_max():
+    assert lam_range_arg("0.3,1e5") == (0.3, 1e5)

@@ -61,12 +61,14 @@ class Server:
     """`python -m study serve FILE --db URL` in a child process, ready when its API answers.
     `env`: extra environment variables, e.g. STUDY_LIMIT_* settings."""
 
-    def __init__(self, study_file: Path, db_url: str, timeout: float = 90, env: dict[str, str] | None = None):
+    def __init__(self, study_file: Path, db_url: str, timeout: float = 90, env: dict[str, str] | None = None,
+                 workers: int = 1):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}{API}"
         self.log = tempfile.TemporaryFile()     # a pipe could fill up and stall the server
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "study", "serve", str(study_file), "--db", db_url, "--port", str(self.port)],
+            [sys.executable, "-m", "study", "serve", str(study_file), "--db", db_url, "--port", str(self.port),
+             "--workers", str(workers)],
             cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         deadline = time.time() + timeout
         while True:
@@ -86,10 +88,26 @@ class Server:
         self.log.seek(0)
         return self.log.read().decode(errors="replace")
 
+    def processes(self) -> dict[int, int]:
+        """The server's processes (it and its workers, `--workers`): pid -> CPU ticks used so far
+        (user + system), from /proc."""
+        stats = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:     # a process that just exited
+                continue
+            stats[int(stat.parent.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))  # ppid, ticks
+        tree, grown = {self.proc.pid}, True
+        while grown:    # descendants, whatever order their pids came in
+            size = len(tree)
+            tree |= {pid for pid, (ppid, _) in stats.items() if ppid in tree}
+            grown = len(tree) > size
+        return {pid: stats[pid][1] for pid in tree if pid in stats}
+
     def cpu_s(self) -> float:
-        """CPU seconds the server process has used (user + system), from /proc."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """CPU seconds the server's processes have used (user + system)."""
+        return sum(self.processes().values()) / os.sysconf("SC_CLK_TCK")
 
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs, exactly like a crash."""
@@ -218,22 +236,24 @@ def main() -> None:
                     help="each rater's pause between votes: 0 measures capacity (votes back to back); "
                          "real raters pause seconds, so 150 ms is still a heavy crowd")
     ap.add_argument("--study", type=Path, default=DEMO, help="a study whose stimuli are built (default: the demo)")
+    ap.add_argument("--pg-workers", type=int, nargs="+", default=[1],
+                    help="server processes for the PostgreSQL rows (`study serve --workers`); SQLite has one")
     ap.add_argument("--postgres", default=os.environ.get("TEST_POSTGRES_URL"),
                     help="SQLAlchemy URL of a PostgreSQL database the benchmark may fill (a fresh "
                          "database is created next to it for every row)")
     args = ap.parse_args()
-    backends = ["sqlite"] + (["postgresql"] if args.postgres else [])
-    print("| database | raters | think ms | votes | errors | p50 ms | p99 ms | p99 ms after 1st vote | votes/s "
+    rows = [("sqlite", 1)] + [("postgresql", w) for w in args.pg_workers if args.postgres]
+    print("| database | server processes | raters | think ms | votes | errors | p50 ms | p99 ms | p99 ms after 1st vote | votes/s "
           "| server CPU ms/vote | database CPU ms/vote | raters' CPU ms/vote | load avg (1 min) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         study = study_copy(args.study, Path(tmp), args.trials)
-        for backend in backends:
+        for backend, workers in rows:
             for think in args.think_ms:
                 for n in args.raters:
-                    url, cleanup = _fresh_db(backend, Path(tmp), args.postgres, f"{n}_{think:g}")
+                    url, cleanup = _fresh_db(backend, Path(tmp), args.postgres, f"{workers}_{n}_{think:g}")
                     try:
-                        with Server(study, url, env=NO_RATE_LIMITS) as server:
+                        with Server(study, url, env=NO_RATE_LIMITS, workers=workers) as server:
                             cpu0, db0, own0 = server.cpu_s(), _backends_cpu_s(args.postgres, url), _own_cpu_s()
                             load = run_load(server.url, n, think_s=think / 1000)
                             votes = max(1, len(load.acked))
@@ -244,7 +264,7 @@ def main() -> None:
                                       if db0 is not None and db1 is not None else "-")
                     finally:
                         cleanup()
-                    print(f"| {backend} | {n} | {think:g} | {len(load.acked)} | {len(load.errors)} "
+                    print(f"| {backend} | {workers} | {n} | {think:g} | {len(load.acked)} | {len(load.errors)} "
                           f"| {load.percentile(50):.1f} | {load.percentile(99):.1f} "
                           f"| {load.percentile(99, later_only=True):.1f} | {load.votes_per_s:.0f} "
                           f"| {cpu:.2f} | {db_cpu} | {raters_cpu:.2f} | {os.getloadavg()[0]:.1f} |", flush=True)

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
+import os
 import sys
+from pathlib import Path
 
 from study import export_cli, scores_cli
 from study.config import ConfigError, load
@@ -61,22 +64,59 @@ def _export_votes(args) -> int:
     return 0
 
 
+# How `serve --workers N` hands the study to its worker processes (uvicorn starts each one fresh
+# and calls _worker_app): the study file and the database URL.
+_WORKER_ENV = "STUDY_SERVE_WORKER"
+
+
 def _serve(args) -> int:
     import uvicorn
+
+    from study.service import StudyService
+
+    if args.workers < 1:
+        print("error: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if args.workers > 1 and args.db.startswith("sqlite"):
+        print("error: SQLite has one writer at a time: serve it from one process (--workers 1), "
+              "or use PostgreSQL for several", file=sys.stderr)
+        return 2
+    # Migrate and register the study once, before any worker starts: workers that did it at once
+    # would race to insert the same rows.
+    service = StudyService.open(args.file, args.db)
+    options = dict(host=args.host, port=args.port, log_level="warning", access_log=False)
+    if args.workers == 1:
+        uvicorn.run(_app(service), **options)
+        return 0
+    service.engine.dispose()
+    os.environ[_WORKER_ENV] = json.dumps({"file": str(Path(args.file).resolve()), "db": args.db})
+    uvicorn.run("study.cli:_worker_app", factory=True, workers=args.workers, **options)
+    return 0
+
+
+def _app(service):
+    """The JSON API under API_PREFIX and /health, outside the API and its limits (as in the Space)."""
     from fastapi import FastAPI
 
     from study.http import API_PREFIX, build_api
-    from study.service import StudyService
 
-    service = StudyService.open(args.file, args.db)
     app = FastAPI(title=f"study {service.cfg.id}")
-    app.get("/health")(lambda: {"status": "ok"})   # as in the Space: outside the API and its limits
+    app.get("/health")(lambda: {"status": "ok"})
     app.mount(API_PREFIX, build_api(service))     # limits from $STUDY_LIMIT_* (study.limits)
     # Everything loaded so far lives as long as the server: moved out of the collector's reach,
     # a full collection scans only what requests create (we saw 90 ms pauses stall every vote).
     gc.freeze()
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
-    return 0
+    return app
+
+
+def _worker_app():
+    """One worker process of `serve --workers N` (uvicorn's app factory): the study as the parent
+    registered it, on its own connection pool."""
+    from study import db as dbmod
+    from study.service import StudyService
+
+    spec = json.loads(os.environ[_WORKER_ENV])
+    return _app(StudyService(load(spec["file"]), dbmod.make_engine(spec["db"])))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--db", required=True, help="SQLAlchemy URL, e.g. sqlite:///study.db")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--workers", type=int, default=1,
+                   help="server processes (PostgreSQL only): one process runs Python on one core at a time")
     p.set_defaults(func=_serve)
 
     scores_cli.register(sub)

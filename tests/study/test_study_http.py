@@ -4,6 +4,8 @@ and PostgreSQL), and forged, foreign and replayed votes are refused. The load ru
 the per-client rate limits (its raters are far faster than people, all from one address);
 tests/study/test_study_limits.py tests those."""
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 
@@ -112,3 +114,38 @@ def test_forged_foreign_and_replayed_votes_are_refused(db_url, study_file):
         assert http.post(f"/sessions/{me['token']}/events", json={"kind": "drop table"}).status_code == 422
     rows = stored_votes(db_url)
     assert rows == [(mine, "left")]
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_two_server_processes_on_postgresql_store_every_vote_once(postgres_url, study_file):
+    """`serve --workers 2`: the raters' keep-alive connections spread over two processes, each
+    with its own pool and its own read-ahead of votes; every acknowledged vote is stored once."""
+    with Server(study_file, postgres_url, env=NO_RATE_LIMITS, workers=2) as server:
+        workers = [pid for pid in server.processes() if "spawn_main" in _cmdline(pid)
+                   and "resource_tracker" not in _cmdline(pid)]
+        load = run_load(server.url, 20)
+        log = server.output()
+    assert len(workers) == 2, workers
+    assert load.errors == [], load.errors[:5]
+    assert len(load.acked) == 20 * TRIALS and load.replays == 0
+    rows = stored_votes(postgres_url)
+    assert len(rows) == len({t for t, _ in rows}) == 20 * TRIALS
+    assert dict(rows) == load.acked
+    assert "Traceback" not in log
+
+
+def test_several_server_processes_are_refused_on_sqlite(study_file, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "study", "serve", str(study_file), "--db",
+                           f"sqlite:///{tmp_path / 'study.db'}", "--workers", "2"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "SQLite has one writer" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "study.db").exists()     # refused before anything was created
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""

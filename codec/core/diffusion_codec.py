@@ -133,6 +133,10 @@ class DiffusionCodec:
             raise ValueError("Give exactly one of lam, step, knob or target_bpp.")
         if given and given[0] not in ("knob", adapter.knob_name):
             raise ValueError(f"{given[0]} is not the {mode} adapter's knob; it takes {adapter.knob_name}.")
+        for name in given + (["target_bpp"] if target_bpp is not None else []):
+            value = target_bpp if name == "target_bpp" else named[name]
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number, not {value!r}.")
         if steps is not None and not 1 <= steps <= self.max_steps:
             raise ValueError(f"steps must be between 1 and {self.max_steps} (max_steps).")
         report = progress or (lambda stage, fraction: None)

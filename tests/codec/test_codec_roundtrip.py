@@ -112,6 +112,16 @@ def test_exactly_one_rate_knob(tiny_codec, photo):
     assert tiny_codec.encode(photo, knob=8.0, mode="analytic").data == tiny_codec.encode(photo, step=8.0, mode="analytic").data
 
 
+@pytest.mark.parametrize("value", [0.0, -1.0, float("nan"), float("inf"), "0.1"])
+@pytest.mark.parametrize("name,mode", [("lam", "learned"), ("step", "analytic"), ("knob", "analytic"),
+                                       ("target_bpp", "learned")])
+def test_a_rate_knob_that_is_not_a_positive_number_is_refused_by_name(tiny_codec, photo, name, mode, value):
+    """Before: a ZeroDivisionError, "cannot convert float NaN to integer", "math domain error", or
+    (target_bpp=nan) a file at the highest rate."""
+    with pytest.raises(ValueError, match=f"^{name} must be a positive number"):
+        tiny_codec.encode(photo, mode=mode, **{name: value})
+
+
 @pytest.mark.parametrize("mode,knob", [("learned", {"lam": 1e5}), ("analytic", {"step": 1.0})])
 def test_t_0_means_no_denoising(tiny_codec, photo, monkeypatch, mode, knob):
     """Both adapters choose t = 0 at high rates; the decoder then VAE-decodes y_hat itself."""

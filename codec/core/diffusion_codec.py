@@ -185,8 +185,10 @@ class DiffusionCodec:
             q = adapter.quantization(y, math.exp(adapter.knob_range[0]), features)
             header_bits = 8 * len(bitstream.pack(self._header(adapter, q, width, height, steps),
                                                  [b""] * bitstream.payload_count(mode)))
-            chosen, data = rate_control.search(candidate, pack, adapter.knob_range, target_bpp * width * height,
-                                               header_bits, slope=adapter.rate_slope)
+            target_bits = target_bpp * width * height
+            guess = adapter.predicted_knob(features, max((1 - rate_control.TOLERANCE / 2) * target_bits - header_bits, 1.0))
+            chosen, data = rate_control.search(candidate, pack, adapter.knob_range, target_bits, header_bits,
+                                               start=guess, slope=adapter.rate_slope)
         timings["total"] = time.perf_counter() - start
         report("done", 1.0)
         header, _ = bitstream.parse(data)

@@ -11,6 +11,7 @@ from codec.core import images
 from codec.core.adapters import transform
 from codec.core.adapters.analytic import noise_matched_timestep
 from codec.core.bitstream import BitstreamError, PAD_MULTIPLE, pack, parse
+from tests.photos import photo as photo_named
 
 
 def test_three_targets_give_monotone_rates_within_the_target_and_decode(tiny_codec, photo):
@@ -110,3 +111,34 @@ def test_the_laplacian_model_is_a_laplacian_of_that_standard_deviation(scale):
     expected = torch.where(values == 0, 1 - math.exp(-0.5 / b),
                            0.5 * (torch.exp(-(values.abs() - 0.5) / b) - torch.exp(-(values.abs() + 0.5) / b)))
     assert torch.allclose(pmf, expected, atol=1e-6) and float(pmf.sum()) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("scale", [0.05, 0.5, 1.0, 4.0, 100.0])
+def test_the_closed_form_entropy_of_a_rounded_laplacian_equals_its_sum(scale):
+    from codec.core.adapters.analytic import laplacian_entropy_bits
+
+    b = scale / math.sqrt(2.0)
+    k = torch.arange(-20000, 20001).double()
+    cdf = lambda x: torch.where(x < 0, 0.5 * torch.exp(x / b), 1 - 0.5 * torch.exp(-x / b))  # noqa: E731
+    p = cdf(k + 0.5) - cdf(k - 0.5)
+    p = p[p > 0]
+    assert float(laplacian_entropy_bits(torch.tensor([scale]))) == pytest.approx(float(-(p * torch.log2(p)).sum()), rel=1e-6)
+
+
+@pytest.mark.parametrize("bpp", [0.02, 0.05, 0.1, 0.3])
+def test_the_predicted_step_lands_near_the_target_and_saves_probes(demo_codec, bpp):
+    """Rate control starts at predicted_knob: the entropy model's estimate of the payload there is
+    within a factor 1.5 of the payload asked for, and the search from there takes at most 3 probes
+    (from the middle of the range: medians of 3-5 on the test photos, benchmarks/rate_control.py)."""
+    image = photo_named("kite", width=384)
+    x = images.pad_to_multiple(images.to_tensor(image), PAD_MULTIPLE)
+    with torch.no_grad():
+        y = demo_codec.backbone.encode(x)
+    adapter = demo_codec.adapters["analytic"]
+    payload_bits = bpp * image.width * image.height * 0.9    # the header takes the rest
+    features = adapter.features(y)
+    q = adapter.quantization(y, adapter.predicted_knob(features, payload_bits), features)
+    estimate = adapter.analyse(q.apply(y), q).estimated_bits
+    assert 1 / 1.5 < estimate / payload_bits < 1.5, estimate / payload_bits
+    result = demo_codec.encode(image, target_bpp=bpp, mode="analytic")
+    assert result.bpp <= bpp and result.timings["rate_control_probes"] <= 3

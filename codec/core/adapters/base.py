@@ -101,6 +101,11 @@ class Adapter(ABC):
     def features(self, y: torch.Tensor):
         """Knob-independent analysis of y, computed once per image and given to every `quantization`."""
 
+    def predicted_knob(self, features, payload_bits: float) -> float | None:
+        """A first guess, from the features alone, of the knob whose payloads take `payload_bits`:
+        rate control starts there. None: no guess (it starts in the middle of the range)."""
+        return None
+
     @abstractmethod
     def quantization(self, y: torch.Tensor, knob: float, features) -> Quantization:
         """gamma, t and side information for y at this knob."""

@@ -17,6 +17,7 @@ import torch
 from codec.data import wallpapers
 from codec.data.photos import DataError
 from codec.train import adapter as train_adapter
+from codec.train.arguments import positive_float, positive_int
 from codec.train.demo_backbone import MODEL_SIZES, BackboneConfig, ResumeError, train_backbone
 
 log = logging.getLogger("codec.train")
@@ -45,11 +46,11 @@ def main(argv=None) -> int:
     bb.add_argument("--data", type=Path, required=True, help="folder of photos (validation photos are held out)")
     bb.add_argument("--out", type=Path, default=Path("assets/models/demo"), help="diffusers folder to export to")
     bb.add_argument("--work", type=Path, default=Path("runs/demo"), help="checkpoints and progress.log")
-    bb.add_argument("--vae-minutes", type=float, default=60.0, help="total VAE training time, CPU minutes per thread (across resumes)")
-    bb.add_argument("--unet-minutes", type=float, default=40.0, help="total UNet training time, CPU minutes per thread (across resumes)")
+    bb.add_argument("--vae-minutes", type=positive_float, default=60.0, help="total VAE training time, CPU minutes per thread (across resumes)")
+    bb.add_argument("--unet-minutes", type=positive_float, default=40.0, help="total UNet training time, CPU minutes per thread (across resumes)")
     bb.add_argument("--size", choices=sorted(MODEL_SIZES), default="v2", help="model sizes (demo_backbone.MODEL_SIZES)")
     bb.add_argument("--resume", action="store_true", help="continue from the checkpoints in --work")
-    bb.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    bb.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads")
     args = parser.parse_args(argv)
 
     if args.command == "data":

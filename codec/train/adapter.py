@@ -36,6 +36,7 @@ from codec.core.backbone import Backbone, load_backbone
 from codec.core.denoise import ddim_next, to_epsilon_and_x0
 from codec.core.images import to_tensor
 from codec.data.photos import load_photos, split_photos
+from codec.train.arguments import crop_size, positive_float, positive_int
 
 log = logging.getLogger("codec.train")
 
@@ -204,18 +205,18 @@ def add_parser(commands) -> None:
     ad.add_argument("--data", type=Path, required=True, help="folder of photos (validation photos are held out)")
     ad.add_argument("--out", type=Path, default=Path("assets/models/demo/adapter"), help="adapter folder to export to")
     ad.add_argument("--work", type=Path, default=Path("runs/adapter"), help="checkpoints and progress.log")
-    ad.add_argument("--minutes", type=float, default=40.0,
+    ad.add_argument("--minutes", type=positive_float, default=40.0,
                     help="total training time across resumes: CPU minutes per thread on a CPU, minutes on a GPU")
-    ad.add_argument("--crop", type=int, default=128, help="training crop in pixels (a multiple of 32)")
-    ad.add_argument("--batch", type=int, default=8)
-    ad.add_argument("--lr", type=float, default=3e-4)
+    ad.add_argument("--crop", type=crop_size, default=128, help="training crop in pixels (a multiple of 32)")
+    ad.add_argument("--batch", type=positive_int, default=8)
+    ad.add_argument("--lr", type=positive_float, default=3e-4)
     ad.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    ad.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ad.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads")
     ad.add_argument("--resume", action="store_true", help="continue from the checkpoint in --work")
     ad.add_argument("--lam-range", type=lam_range_arg, default=LAM_RANGE, metavar="MIN,MAX",
                     help="lambda's training range MIN,MAX (log-uniform); it is also the range rate control searches")
-    ad.add_argument("--hyper-channels", type=int, default=32, help="channels of the hyperprior's transforms")
-    ad.add_argument("--decoder-steps", type=int, help="DDIM steps of the decoder in the loss (default: the backbone's)")
+    ad.add_argument("--hyper-channels", type=positive_int, default=32, help="channels of the hyperprior's transforms")
+    ad.add_argument("--decoder-steps", type=positive_int, help="DDIM steps of the decoder in the loss (default: the backbone's)")
 
 
 def run(args) -> None:

@@ -66,3 +66,18 @@ def test_a_bad_lambda_range_is_refused_by_the_command_line(bad, capsys):
 
 def test_the_lambda_range_parses_min_and_max():
     assert lam_range_arg("0.3,1e5") == (0.3, 1e5)
+
+
+@pytest.mark.parametrize("command,option,bad", [
+    ("adapter", "--decoder-steps", "-1"), ("adapter", "--decoder-steps", "0"), ("adapter", "--batch", "0"),
+    ("adapter", "--crop", "100"), ("adapter", "--crop", "-32"), ("adapter", "--threads", "two"),
+    ("adapter", "--hyper-channels", "0"), ("adapter", "--minutes", "nan"), ("adapter", "--lr", "-1e-4"),
+    ("backbone", "--vae-minutes", "inf"), ("backbone", "--unet-minutes", "0"), ("backbone", "--threads", "0"),
+])
+def test_a_bad_number_is_a_usage_error_naming_its_option(command, option, bad, capsys):
+    """Before, each went on to the training code (a negative --decoder-steps raised a TypeError there)."""
+    from codec.train.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--data", "nowhere", option, bad])
+    assert exit_.value.code == 2 and option in capsys.readouterr().err

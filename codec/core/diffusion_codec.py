@@ -186,7 +186,9 @@ class DiffusionCodec:
             header_bits = 8 * len(bitstream.pack(self._header(adapter, q, width, height, steps),
                                                  [b""] * bitstream.payload_count(mode)))
             target_bits = target_bpp * width * height
+            tick = time.perf_counter()
             guess = adapter.predicted_knob(features, max((1 - rate_control.TOLERANCE / 2) * target_bits - header_bits, 1.0))
+            timings["adapter"] += time.perf_counter() - tick
             chosen, data = rate_control.search(candidate, pack, adapter.knob_range, target_bits, header_bits,
                                                start=guess, slope=adapter.rate_slope)
         timings["total"] = time.perf_counter() - start

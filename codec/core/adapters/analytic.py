@@ -51,6 +51,7 @@ class _Features:
     angles: tuple[float, ...]  # the KLT as Givens angles, float16-rounded as stored
     coefficients: torch.Tensor  # block DCT of the rotated, centred y (y units)
     bands: torch.Tensor  # (C, h, w) index of each coefficient's (channel, band) scale in the side information
+    population: torch.Tensor  # (C x bands,) how many coefficients each (channel, band) scale covers
 
 
 class AnalyticAdapter(Adapter):
@@ -112,8 +113,10 @@ class AnalyticAdapter(Adapter):
         angles = quantize_side_info(transform.rotation_angles(transform.channel_rotation(y)))
         centred = y - mean.view(1, -1, 1, 1)
         coefficients = transform.block_dct(transform.rotate(centred, _rotation(angles, channels).T))
-        return _Features(mean, max(float(centred.pow(2).mean().sqrt()), 1e-3), angles, coefficients,
-                         _scale_slots(channels, height, width))
+        bands = _scale_slots(channels, height, width)
+        population = torch.bincount(bands.reshape(-1), minlength=int(bands.max()) + 1)
+        return _Features(mean, max(float(centred.pow(2).mean().sqrt()), 1e-3), angles, coefficients, bands,
+                         population)
 
     def predicted_knob(self, features: _Features, payload_bits: float) -> float:
         """The step at which every band, taken as a Laplacian of its coefficients' RMS and quantized by
@@ -121,11 +124,9 @@ class AnalyticAdapter(Adapter):
         evaluated on a grid of steps over the knob range at once and interpolated in log bits (a
         bisection of as many torch calls cost ~11 ms). The coder's adaptive scales and switched-off
         bands make the real size differ by a few to some tens of percent, which the probes correct."""
-        slots = features.bands.reshape(-1)
-        count = int(slots.max()) + 1
-        population = torch.bincount(slots, minlength=count).double()
-        energy = torch.zeros(count, dtype=torch.float64).index_add_(
-            0, slots, features.coefficients.reshape(-1).double().pow(2))
+        population = features.population.double()
+        energy = torch.zeros(len(population), dtype=torch.float64).index_add_(
+            0, features.bands.reshape(-1), features.coefficients.reshape(-1).double().pow(2))
         rms = (energy / population.clamp(min=1)).sqrt()
         low, high = sorted(self.knob_range)    # log steps: a larger step, a lower rate
         log_steps = torch.linspace(low, high, PREDICTION_GRID, dtype=torch.float64)
@@ -142,11 +143,10 @@ class AnalyticAdapter(Adapter):
         step = 1.0 / scale[0]
         symbols = torch.round(f.coefficients / step)
         slots = f.bands.unsqueeze(0)
-        count = int(f.bands.max()) + 1  # C x bands
+        count = len(f.population)  # C x bands
         nonzero = torch.zeros(count).index_add_(0, slots.reshape(-1), (symbols != 0).float().reshape(-1))
         energy = torch.zeros(count).index_add_(0, slots.reshape(-1), (f.coefficients / step).pow(2).reshape(-1))
-        population = torch.bincount(slots.reshape(-1), minlength=count)
-        scales = self._switch_off((energy / population).sqrt(), nonzero)
+        scales = self._switch_off((energy / f.population).sqrt(), nonzero)
         # The error this quantizer leaves, in y units (the transforms are orthonormal): what DDIM removes.
         error = (f.coefficients - step * symbols * (scales[slots] > 0)).pow(2).mean()
         t = noise_matched_timestep(self.alphas_cumprod, float(error), self.t_max)

@@ -144,6 +144,15 @@ def test_several_server_processes_are_refused_on_sqlite(study_file, tmp_path):
     assert not (tmp_path / "study.db").exists()     # refused before anything was created
 
 
+@pytest.mark.parametrize("workers", ["0", "-2"])
+def test_fewer_than_one_server_process_is_refused(study_file, tmp_path, workers):
+    done = subprocess.run([sys.executable, "-m", "study", "serve", str(study_file), "--db",
+                           f"sqlite:///{tmp_path / 'study.db'}", "--workers", workers],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--workers must be at least 1" in done.stderr
+    assert not (tmp_path / "study.db").exists()
+
+
 def _cmdline(pid: int) -> str:
     try:
         return open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()

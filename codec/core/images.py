@@ -20,7 +20,9 @@ import pillow_heif
 
 pillow_heif.register_heif_opener()
 
-DEFAULT_MAX_PIXELS = 4096 * 4096
+# The largest image file read at all (a decompression-bomb bound on the file's own size). What the
+# codec then processes is bounded separately, by the padded area (bitstream.DEFAULT_MAX_PIXELS).
+MAX_SOURCE_PIXELS = 4096 * 4096
 NOT_AN_IMAGE = "Not an image this app can read (supported: PNG, JPEG, WebP, AVIF, HEIC, TIFF, BMP, GIF)."
 
 
@@ -28,7 +30,7 @@ class ImageError(ValueError):
     """An image that cannot be used, with a message meant for a person."""
 
 
-def load_image(source, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def load_image(source, max_pixels: int = MAX_SOURCE_PIXELS) -> Image.Image:
     """Open `source` (path, bytes, file object, PIL image or HxWx3 uint8 array) as 8-bit RGB."""
     if isinstance(source, np.ndarray):
         return _from_array(source, max_pixels)

@@ -115,7 +115,7 @@ def test_the_laplacian_model_is_a_laplacian_of_that_standard_deviation(scale):
 
 @pytest.mark.parametrize("scale", [0.05, 0.5, 1.0, 4.0, 100.0])
 def test_the_closed_form_entropy_of_a_rounded_laplacian_equals_its_sum(scale):
-    from codec.core.adapters.analytic import laplacian_entropy_bits
+    from codec.core.adapters.base import laplacian_entropy_bits
 
     b = scale / math.sqrt(2.0)
     k = torch.arange(-20000, 20001).double()

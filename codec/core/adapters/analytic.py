@@ -22,15 +22,14 @@ import functools
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from codec.core.adapters import transform
-from codec.core.adapters.base import (Adapter, Analysis, GaussianCoder, Quantization, check_codable, coded_scales,
-                                     default_t_max, per_channel, scale_indexes)
+from codec.core.adapters.base import (PREDICTION_GRID, Adapter, Analysis, GaussianCoder, Quantization, check_codable,
+                                     coded_scales, default_t_max, knob_for_bits, laplacian_entropy_bits, per_channel,
+                                     scale_indexes)
 from codec.core.bitstream import FINGERPRINT_BYTES, quantize_side_info, rans_decoder_input
 from codec.core.entropy_coding import GaussianConditional, get_scale_table
 
-PREDICTION_GRID = 257  # steps predicted_knob evaluates over the knob range (log-spaced: 4 % apart)
 
 
 def noise_matched_timestep(alphas_cumprod: torch.Tensor, noise_variance: float, t_max: int) -> int:
@@ -128,12 +127,9 @@ class AnalyticAdapter(Adapter):
         energy = torch.zeros(len(population), dtype=torch.float64).index_add_(
             0, features.bands.reshape(-1), features.coefficients.reshape(-1).double().pow(2))
         rms = (energy / population.clamp(min=1)).sqrt()
-        low, high = sorted(self.knob_range)    # log steps: a larger step, a lower rate
-        log_steps = torch.linspace(low, high, PREDICTION_GRID, dtype=torch.float64)
+        log_steps = torch.linspace(*sorted(self.knob_range), PREDICTION_GRID, dtype=torch.float64)
         bits = (population[:, None] * laplacian_entropy_bits(rms[:, None] / (log_steps.exp() * features.std))).sum(0)
-        # bits fall as the step grows: reversed, both run upwards, as np.interp needs (it clamps at the ends)
-        log_bits = bits.clamp(min=1e-9).log().flip(0).numpy()
-        return math.exp(float(np.interp(math.log(payload_bits), log_bits, log_steps.flip(0).numpy())))
+        return knob_for_bits(log_steps, bits, payload_bits)
 
     def quantization(self, y: torch.Tensor, knob: float, features: _Features | None = None) -> Quantization:
         f = features if features is not None else self.features(y)
@@ -220,19 +216,6 @@ class AnalyticAdapter(Adapter):
     def _per_channel_coder(self) -> GaussianCoder:
         """The first format's Gaussian tables, built when such a file is decoded."""
         return GaussianCoder(_prepared(GaussianConditional(None)))
-
-
-def laplacian_entropy_bits(scale: torch.Tensor) -> torch.Tensor:
-    """Bits per value of a zero-mean Laplacian of standard deviation `scale` (in quantizer steps)
-    rounded to integers: with r = exp(-sqrt(2) / scale), P(0) = 1 - sqrt(r) and P(+-k) =
-    r^(k - 1/2) (1 - r) / 2, whose entropy sums in closed form. 0 for a scale near 0."""
-    s = scale.double().clamp(min=1e-3)
-    log_r = -math.sqrt(2.0) / s
-    r = torch.exp(log_r)
-    p0 = -torch.expm1(log_r / 2)
-    rest = 1 - p0
-    bits = -(p0 * torch.log2(p0) + rest * (torch.log2((1 - r) / 2) + (1 / (1 - r) - 0.5) * log_r / math.log(2)))
-    return torch.where(scale > 1e-3, bits, torch.zeros_like(bits))
 
 
 class LaplacianConditional(GaussianConditional):

@@ -10,6 +10,7 @@ control searches it in log space between `knob_range`'s ends.
 from __future__ import annotations
 
 import json
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from codec.core.bitstream import Header
 
 CONFIG_FILE = "adapter.json"
 WEIGHTS_FILE = "adapter.safetensors"
+PREDICTION_GRID = 257  # knobs a predicted_knob evaluates over the knob range (log-spaced: ~4 % apart in step)
 MAX_SYMBOL_MAGNITUDE = 2**26  # the largest |symbol| the entropy coder is given (see check_codable)
 
 
@@ -254,3 +256,26 @@ def check_codable(residual: torch.Tensor) -> None:
 def default_t_max(num_train_timesteps: int) -> int:
     """At most 10% of the diffusion process (the paper's "less than 10%")."""
     return max(1, num_train_timesteps // 10)
+
+
+def laplacian_entropy_bits(scale: torch.Tensor) -> torch.Tensor:
+    """Bits per value of a zero-mean Laplacian of standard deviation `scale` (in quantizer steps)
+    rounded to integers: with r = exp(-sqrt(2) / scale), P(0) = 1 - sqrt(r) and P(+-k) =
+    r^(k - 1/2) (1 - r) / 2, whose entropy sums in closed form. 0 for a scale near 0."""
+    s = scale.double().clamp(min=1e-3)
+    log_r = -math.sqrt(2.0) / s
+    r = torch.exp(log_r)
+    p0 = -torch.expm1(log_r / 2)
+    rest = 1 - p0
+    bits = -(p0 * torch.log2(p0) + rest * (torch.log2((1 - r) / 2) + (1 / (1 - r) - 0.5) * log_r / math.log(2)))
+    return torch.where(scale > 1e-3, bits, torch.zeros_like(bits))
+
+
+def knob_for_bits(log_knobs: torch.Tensor, bits: torch.Tensor, payload_bits: float) -> float:
+    """The knob at which `bits`, estimated at each of the (ascending) `log_knobs` and monotone in
+    them (either way), meets `payload_bits`: interpolated in log bits, clamped to the grid's ends."""
+    log_bits = bits.clamp(min=1e-9).log().double().numpy()
+    grid = log_knobs.double().numpy()
+    if log_bits[0] > log_bits[-1]:  # np.interp needs its x ascending
+        log_bits, grid = log_bits[::-1], grid[::-1]
+    return math.exp(float(np.interp(math.log(payload_bits), log_bits, grid)))

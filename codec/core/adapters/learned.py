@@ -4,21 +4,51 @@ mean-scale hyperprior that codes the quantized latent; trained with `python -m c
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save
 from torch import nn
 
-from codec.core.adapters.base import (WEIGHTS_FILE, Adapter, Analysis, GaussianCoder, Quantization, check_codable,
-                                     coded_scales, scale_indexes)
+from codec.core.adapters.base import (WEIGHTS_FILE, Adapter, Analysis, GaussianCoder, Quantization,
+                                     check_codable, coded_scales, knob_for_bits, laplacian_entropy_bits, scale_indexes)
 from codec.core.bitstream import FINGERPRINT_BYTES, quantize_side_info, rans_decoder_input
 from codec.core.entropy_coding import CompressionModel, EntropyBottleneck, GaussianConditional, get_scale_table
 
 
 NO_DENOISING_BELOW = 0.05  # continuous t under which the file says t = 0 (see LearnedAdapter.coded_timestep)
+CELL = 4  # latent pixels per side of the cells whose spread predicted_knob takes: the hyper-latent's resolution
+SPREAD_BINS = 24  # of the histogram of log cell spreads, per channel
+LAMBDA_GRID = 65  # lambdas predicted_knob evaluates (log-spaced over the knob range: ~20 % apart)
+
+
+@dataclass(frozen=True)
+class _Features:
+    """What every rate-control probe of one image shares."""
+
+    conv: torch.Tensor  # ParameterNet.features(y)
+    spread: torch.Tensor  # (C, cells) RMS deviation of y from its mean in each CELL x CELL cell
+
+    @functools.cached_property
+    def spread_histogram(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(C, SPREAD_BINS) geometric bin centres and cell counts of the spreads, log-spaced bins over
+        all channels' range. Cells of spread ~0 (flat padding) are left out: they cost no bits."""
+        channels = len(self.spread)
+        log_spread = self.spread.double().clamp(min=1e-12).log()
+        kept = self.spread > 1e-4
+        if not kept.any():
+            return torch.ones(channels, 1, dtype=torch.float64), torch.zeros(channels, 1, dtype=torch.float64)
+        low, high = float(log_spread[kept].min()), float(log_spread[kept].max()) + 1e-9
+        width = (high - low) / SPREAD_BINS
+        bins = ((log_spread - low) / width).long().clamp(0, SPREAD_BINS - 1)
+        slots = (torch.arange(channels)[:, None] * SPREAD_BINS + bins)[kept]
+        counts = torch.bincount(slots, minlength=channels * SPREAD_BINS).double().view(channels, SPREAD_BINS)
+        centres = torch.exp(low + width * (torch.arange(SPREAD_BINS, dtype=torch.float64) + 0.5)).expand(channels, -1)
+        return centres, counts
 
 
 class ParameterNet(nn.Module):
@@ -115,13 +145,31 @@ class LearnedAdapter(Adapter, CompressionModel):
         return self.to(backbone.device)
 
     # -- parameters ---------------------------------------------------------------------------
-    def features(self, y: torch.Tensor) -> torch.Tensor:
+    def features(self, y: torch.Tensor) -> _Features:
         with torch.no_grad():
-            return self.param_net.features(y)
+            cells = lambda v: torch.nn.functional.avg_pool2d(v, CELL, ceil_mode=True)  # noqa: E731
+            variance = (cells(y.float().pow(2)) - cells(y.float()).pow(2)).clamp(min=0)
+            return _Features(self.param_net.features(y), variance[0].flatten(1).sqrt().cpu())
 
-    def quantization(self, y: torch.Tensor, knob: float, features: torch.Tensor | None = None) -> Quantization:
+    def predicted_knob(self, features: _Features, payload_bits: float) -> float:
+        """The lambda at which round(a y + b), every value taken as a Laplacian of its cell's spread
+        (the hyperprior's scales follow the local spread of z), would take payload_bits, with a
+        from the parameter network at each lambda of a log grid over the knob range (one batched
+        call) and the entropy in closed form (laplacian_entropy_bits) at the centres of a histogram
+        of the spreads (its cost does not grow with the image). The hyperprior's means and its own
+        hyper-latent make the real size differ, which the probes correct."""
+        log_lams = torch.linspace(*self.knob_range, LAMBDA_GRID, dtype=torch.float64)
         with torch.no_grad():
-            log_a, shift, t_cont = self.param_net(y, torch.tensor([knob], dtype=y.dtype, device=y.device), features)
+            log_a, _, _ = self.param_net(None, log_lams.exp().to(features.conv), features.conv)
+        centres, counts = features.spread_histogram
+        scales = log_a.double().cpu().exp()[:, :, None] * centres  # (lambdas, C, bins), in quantizer steps
+        bits = CELL * CELL * (counts * laplacian_entropy_bits(scales)).sum(dim=(1, 2))
+        return knob_for_bits(log_lams, bits, payload_bits)
+
+    def quantization(self, y: torch.Tensor, knob: float, features: _Features | None = None) -> Quantization:
+        features = features if features is not None else self.features(y)
+        with torch.no_grad():
+            log_a, shift, t_cont = self.param_net(y, torch.tensor([knob], dtype=y.dtype, device=y.device), features.conv)
         t = self.coded_timestep(float(t_cont[0]))
         return Quantization(quantize_side_info(log_a[0].exp().cpu()), quantize_side_info(shift[0].cpu()), t)
 

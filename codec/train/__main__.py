@@ -50,6 +50,8 @@ def main(argv=None) -> int:
     bb.add_argument("--unet-minutes", type=positive_float, default=40.0, help="total UNet training time, CPU minutes per thread (across resumes)")
     bb.add_argument("--size", choices=sorted(MODEL_SIZES), default="v2", help="model sizes (demo_backbone.MODEL_SIZES)")
     bb.add_argument("--resume", action="store_true", help="continue from the checkpoints in --work")
+    bb.add_argument("--init", type=Path, help="an exported backbone folder (e.g. assets/models/demo-v2) whose weights "
+                    "the models without a checkpoint in --work start from (fresh optimizer, minutes from 0)")
     bb.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads")
     args = parser.parse_args(argv)
 
@@ -70,7 +72,7 @@ def main(argv=None) -> int:
             train_adapter.run(args)
         else:
             train_backbone(args.data, args.out, args.work, args.vae_minutes, args.unet_minutes, args.resume,
-                           BackboneConfig(**MODEL_SIZES[args.size]))
+                           BackboneConfig(**MODEL_SIZES[args.size]), args.init)
     except (DataError, ResumeError, FileExistsError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

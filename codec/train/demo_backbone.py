@@ -8,7 +8,9 @@ The run goes through four phases, each "train X until X has been trained for N m
 a short VAE warm-up, a short UNet warm-up (so a usable, matching backbone folder exists early),
 then the long VAE phase, then the long UNet phase (fine-tuned on the final VAE's latents).
 Minutes count across resumes, so `--resume` with larger budgets simply continues. The model sizes
-(MODEL_SIZES) are recorded in every checkpoint; a resume with other sizes is refused.
+(MODEL_SIZES) are recorded in every checkpoint; a resume with other sizes is refused. `--init FOLDER`
+starts a model that has no checkpoint in the work folder from an exported backbone's weights (a
+committed one: work folders do not outlive a sitting), with a fresh optimizer and minutes from 0.
 
 Each model's learning rate follows a cosine over its total minutes (to 10 % of the start).
 Every few minutes each phase evaluates on the held-out photos, checkpoints (model + optimizer)
@@ -65,7 +67,15 @@ MODEL_SIZES = {
 
 
 class ResumeError(ValueError):
-    """A checkpoint that the asked run cannot continue (another model size)."""
+    """A checkpoint or an --init folder that the asked run cannot continue (another model size)."""
+
+
+def initial_weights(model: torch.nn.Module, exported: torch.nn.Module, folder: Path) -> None:
+    """Load the weights of an exported model (`folder`'s) into `model`, refused when its sizes differ."""
+    try:
+        model.load_state_dict(exported.state_dict())
+    except RuntimeError:
+        raise ResumeError(f"{folder} holds a model of other sizes than this run's: choose the same --size") from None
 
 
 @dataclass
@@ -166,7 +176,7 @@ def file_fingerprint(path: Path) -> str:
 class VaeTrainer:
     name = "vae"
 
-    def __init__(self, cfg: BackboneConfig, train: list, val: dict, out: Path, work: Path):
+    def __init__(self, cfg: BackboneConfig, train: list, val: dict, out: Path, work: Path, init: Path | None = None):
         self.cfg, self.train, self.val, self.out = cfg, train, val, out
         self.path = work / "vae.pt"
         self.model = DemoAutoencoder(**cfg.vae)
@@ -177,6 +187,8 @@ class VaeTrainer:
             self.model.load_state_dict(state["model"])
             self.opt.load_state_dict(state["opt"])
             self.step, self.elapsed_s, self.best = state["step"], state["elapsed_s"], state["best"]
+        elif init is not None:
+            initial_weights(self.model, DemoAutoencoder.from_pretrained(init / "vae"), init / "vae")
         self.rng = np.random.default_rng(cfg.seed + self.step)
         reference = [box_bicubic_reference(a) for a in val.values()]
         self.reference_text = "box/bicubic {:.2f} dB, MS-SSIM {:.4f}".format(
@@ -225,10 +237,12 @@ class UnetTrainer:
 
     name = "unet"
 
-    def __init__(self, cfg: BackboneConfig, train: list, val: dict, out: Path, work: Path):
+    def __init__(self, cfg: BackboneConfig, train: list, val: dict, out: Path, work: Path, init: Path | None = None):
         self.cfg, self.out = cfg, out
         self.path = work / "unet.pt"
         self.model = UNet2DModel(in_channels=4, out_channels=4, **cfg.unet)
+        if init is not None and not self.path.exists():  # the export holds the EMA weights: both start there
+            initial_weights(self.model, UNet2DModel.from_pretrained(init / "unet"), init / "unet")
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.unet_lr)
         self.scheduler = DDIMScheduler(**SD_SCHEDULE)
@@ -375,7 +389,10 @@ def run_phase(trainer, until_s: float, total_s: float, cfg: BackboneConfig) -> N
             losses, last_eval = [], time.monotonic()
 
 
-def train_backbone(data: Path, out: Path, work: Path, vae_minutes: float, unet_minutes: float, resume: bool, cfg: BackboneConfig) -> None:
+def train_backbone(data: Path, out: Path, work: Path, vae_minutes: float, unet_minutes: float, resume: bool, cfg: BackboneConfig,
+                   init: Path | None = None) -> None:
+    """The four phases (module docstring); `init`: an exported backbone folder the models without a
+    checkpoint in `work` start from."""
     for name in ("vae.pt", "unet.pt"):
         if (work / name).exists() and not resume:
             raise FileExistsError(f"{work / name} exists: pass --resume to continue it, or choose another --work folder")
@@ -390,11 +407,11 @@ def train_backbone(data: Path, out: Path, work: Path, vae_minutes: float, unet_m
     (out / CODEC_CONFIG_FILE).write_text(json.dumps(codec_config, indent=2) + "\n")
 
     warm_vae, warm_unet = (min(w, m) * 60 for w, m in zip(cfg.warmup_minutes, (vae_minutes, unet_minutes)))
-    vae = VaeTrainer(cfg, train, val, out, work)
+    vae = VaeTrainer(cfg, train, val, out, work, init)
     run_phase(vae, warm_vae, vae_minutes * 60, cfg)
     if not (out / "vae").exists():  # e.g. a resume after an interrupted first export
         vae.export()
-    run_phase(UnetTrainer(cfg, train, val, out, work), warm_unet, unet_minutes * 60, cfg)
+    run_phase(UnetTrainer(cfg, train, val, out, work, init), warm_unet, unet_minutes * 60, cfg)
     run_phase(vae, vae_minutes * 60, vae_minutes * 60, cfg)
     run_phase(UnetTrainer(cfg, train, val, out, work), unet_minutes * 60, unet_minutes * 60, cfg)
     log.info("backbone: done (VAE %.1f min, best val PSNR %.2f dB)", vae.elapsed_s / 60, vae.best)

@@ -4,6 +4,7 @@ import dataclasses
 import json
 import logging
 import math
+import shutil
 import signal
 import subprocess
 import sys
@@ -191,6 +192,36 @@ def test_a_run_killed_mid_phase_resumes_from_its_last_checkpoint(photo_folder, t
     assert unet["elapsed_s"] >= 0.02 * 60
     DemoAutoencoder.from_pretrained(out / "vae")
     UNet2DModel.from_pretrained(out / "unet")
+
+
+def test_a_new_run_starts_from_an_exported_backbone_with_init(photo_folder, tmp_path):
+    """--init: a later sitting, whose work folder is gone, continues from a committed export: both
+    models start at its weights (the UNet's EMA too) with minutes and steps from 0; a checkpoint in
+    the work folder still wins; an export of other sizes is refused."""
+    exported = tmp_path / "exported"
+    train.train_backbone(photo_folder, exported, tmp_path / "work1", 0.005, 0.005, False, TINY)
+    train_photos, val = split_photos(load_photos(photo_folder))
+    out, work = tmp_path / "demo", tmp_path / "work2"
+    shutil.copytree(exported / "vae", out / "vae")  # the UNet trainer encodes with the run's own VAE
+
+    def same(model, folder, cls):
+        return all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                    cls.from_pretrained(folder).state_dict().values()))
+
+    vae = train.VaeTrainer(TINY, train_photos, val, out, work, init=exported)
+    assert same(vae.model, exported / "vae", DemoAutoencoder) and (vae.step, vae.elapsed_s) == (0, 0.0)
+    unet = train.UnetTrainer(TINY, train_photos, val, out, work, init=exported)
+    assert same(unet.model, exported / "unet", UNet2DModel) and same(unet.ema, exported / "unet", UNet2DModel)
+    assert unet.step == 0
+
+    train.train_backbone(photo_folder, out, work, 0.005, 0.005, False, TINY, init=exported)
+    checkpointed = torch.load(work / "vae.pt", weights_only=False)
+    resumed = train.VaeTrainer(TINY, train_photos, val, out, work, init=exported)
+    assert resumed.step == checkpointed["step"] > 0
+
+    wider = dataclasses.replace(TINY, vae={**TINY.vae, "encoder_channels": 24})
+    with pytest.raises(train.ResumeError, match="other sizes"):
+        train.VaeTrainer(wider, train_photos, val, out, tmp_path / "work3", init=exported)
 
 
 def test_a_resume_with_other_model_sizes_is_refused(photo_folder, tmp_path):

@@ -4,7 +4,6 @@ mean-scale hyperprior that codes the quantized latent; trained with `python -m c
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import math
 from dataclasses import dataclass
@@ -33,22 +32,22 @@ class _Features:
     conv: torch.Tensor  # ParameterNet.features(y)
     spread: torch.Tensor  # (C, cells) RMS deviation of y from its mean in each CELL x CELL cell
 
-    @functools.cached_property
-    def spread_histogram(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(C, SPREAD_BINS) geometric bin centres and cell counts of the spreads, log-spaced bins over
-        all channels' range. Cells of spread ~0 (flat padding) are left out: they cost no bits."""
-        channels = len(self.spread)
-        log_spread = self.spread.double().clamp(min=1e-12).log()
-        kept = self.spread > 1e-4
-        if not kept.any():
-            return torch.ones(channels, 1, dtype=torch.float64), torch.zeros(channels, 1, dtype=torch.float64)
-        low, high = float(log_spread[kept].min()), float(log_spread[kept].max()) + 1e-9
-        width = (high - low) / SPREAD_BINS
-        bins = ((log_spread - low) / width).long().clamp(0, SPREAD_BINS - 1)
-        slots = (torch.arange(channels)[:, None] * SPREAD_BINS + bins)[kept]
-        counts = torch.bincount(slots, minlength=channels * SPREAD_BINS).double().view(channels, SPREAD_BINS)
-        centres = torch.exp(low + width * (torch.arange(SPREAD_BINS, dtype=torch.float64) + 0.5)).expand(channels, -1)
-        return centres, counts
+
+def _spread_histogram(spread: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(C, SPREAD_BINS) geometric bin centres and cell counts of the spreads, log-spaced bins over
+    all channels' range. Cells of spread ~0 (flat padding) are left out: they cost no bits."""
+    channels = len(spread)
+    log_spread = spread.double().clamp(min=1e-12).log()
+    kept = spread > 1e-4
+    if not kept.any():
+        return torch.ones(channels, 1, dtype=torch.float64), torch.zeros(channels, 1, dtype=torch.float64)
+    low, high = float(log_spread[kept].min()), float(log_spread[kept].max()) + 1e-9
+    width = (high - low) / SPREAD_BINS
+    bins = ((log_spread - low) / width).long().clamp(0, SPREAD_BINS - 1)
+    slots = (torch.arange(channels)[:, None] * SPREAD_BINS + bins)[kept]
+    counts = torch.bincount(slots, minlength=channels * SPREAD_BINS).double().view(channels, SPREAD_BINS)
+    centres = torch.exp(low + width * (torch.arange(SPREAD_BINS, dtype=torch.float64) + 0.5)).expand(channels, -1)
+    return centres, counts
 
 
 class ParameterNet(nn.Module):
@@ -161,7 +160,7 @@ class LearnedAdapter(Adapter, CompressionModel):
         log_lams = torch.linspace(*self.knob_range, LAMBDA_GRID, dtype=torch.float64)
         with torch.no_grad():
             log_a, _, _ = self.param_net(None, log_lams.exp().to(features.conv), features.conv)
-        centres, counts = features.spread_histogram
+        centres, counts = _spread_histogram(features.spread)
         scales = log_a.double().cpu().exp()[:, :, None] * centres  # (lambdas, C, bins), in quantizer steps
         bits = CELL * CELL * (counts * laplacian_entropy_bits(scales)).sum(dim=(1, 2))
         return knob_for_bits(log_lams, bits, payload_bits)

@@ -6,7 +6,10 @@ are all there."""
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
+import struct
 import time
 import urllib.request
 
@@ -16,7 +19,6 @@ import psutil
 import pytest
 from gradio_client import handle_file
 from gradio_client.exceptions import AppError
-from gradio_client.utils import Status
 from PIL import Image
 
 from tests.ui.conftest import SERVER, WORKER_MEMORY_MB
@@ -27,6 +29,30 @@ def _model_process() -> psutil.Process:
     workers = [p for p in server.children() if "codec.core.isolated" in " ".join(p.cmdline())]
     assert len(workers) == 1, [p.cmdline() for p in server.children()]
     return workers[0]
+
+
+def _queued_bytes(process: psutil.Process) -> int:
+    """Bytes waiting to be read on the model process's connection to the server (its fd is the
+    last argument of its command line), from the kernel's socket diagnostics (what `ss -x`
+    shows as Recv-Q): a netlink dump of every Unix socket with its receive queue's length."""
+    inode = os.stat(f"/proc/{process.pid}/fd/{process.cmdline()[-1]}").st_ino
+    sock_diag, by_family, request_dump, show_rqlen, attr_rqlen = 4, 20, 0x301, 0x10, 4
+    request = struct.pack("=BBHIIIII", socket.AF_UNIX, 0, 0, 0xFFFFFFFF, 0, show_rqlen, 0, 0)
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, sock_diag) as nl:
+        nl.sendall(struct.pack("=IHHII", 16 + len(request), by_family, request_dump, 1, 0) + request)
+        while True:
+            data, at = nl.recv(1 << 16), 0
+            while at < len(data):
+                length, kind = struct.unpack_from("=IH", data, at)
+                assert kind == by_family, f"socket {inode} not in the dump (netlink message type {kind})"
+                if struct.unpack_from("=I", data, at + 20)[0] == inode:
+                    attr = at + 32
+                    while attr < at + length:
+                        attr_len, attr_kind = struct.unpack_from("=HH", data, attr)
+                        if attr_kind == attr_rqlen:
+                            return struct.unpack_from("=I", data, attr + 4)[0]
+                        attr += (attr_len + 3) & ~3
+                at += (length + 3) & ~3
 
 
 def _votes() -> int:
@@ -62,14 +88,15 @@ def test_killing_the_model_process_mid_decode_costs_that_request_only(server, cl
     assert stored == study_votes > 0
     worker = _model_process()
 
-    # Freeze the model process, so the next decode is certainly in its hands when it is killed.
+    # Freeze the model process and wait until the next decode has been sent to it, so that the
+    # request is certainly in its hands when it is killed (however slow the server is).
     worker.suspend()
+    assert _queued_bytes(worker) == 0
     job = client.submit(handle_file(bitstream), api_name="/decode")
     deadline = time.time() + 60
-    while job.status().code != Status.PROCESSING:
+    while _queued_bytes(worker) == 0:
         assert time.time() < deadline, job.status()
         time.sleep(0.05)
-    time.sleep(0.5)  # from "processing" to the request reaching the model process
     _vote_once(server + "/api/study")  # the study does not depend on the model process
     worker.kill()
     with pytest.raises(AppError, match="stopped while working") as info:

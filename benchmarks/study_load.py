@@ -7,8 +7,9 @@ Starts `python -m study serve` (uvicorn, one process) on 127.0.0.1 over a fresh 
 every row, runs N raters at once (one thread each, with a keep-alive http.client connection:
 the lightest client, since it shares the CPU with the server). Every rater starts a session,
 consents and votes through all its trials, pausing think-ms between votes. Prints vote latency
-p50/p99 (and p99 without each rater's first vote, which meets the burst of every rater's
-session start and consent at once), throughput, the CPU time per vote of the server, of the
+p50/p99 (and p99 without each rater's first vote, and p99 of the votes sent after the last
+consent was answered: every rater starts and consents at once, and the votes of those already
+consented meet that burst), the longest start + consent a rater waited, throughput, the CPU time per vote of the server, of the
 PostgreSQL backends that serve it (a local server, lower bound; SQLite does that work inside
 the server process) and of the simulated raters (this process), and the machine's load average
 at the end of the row (other work on the machine shows there). On a machine whose cores are all
@@ -135,6 +136,9 @@ class Load:
     acked: dict = field(default_factory=dict)        # trial_id -> choice, from 200 answers
     latencies_ms: list = field(default_factory=list)
     first_vote: list = field(default_factory=list)   # per latency: was it the rater's first vote
+    sent_at: list = field(default_factory=list)      # per latency: when the vote was sent (perf_counter)
+    consent_ms: list = field(default_factory=list)   # start -> consent answered, per rater
+    consented_at: list = field(default_factory=list)  # when each consent was answered (perf_counter)
     errors: list = field(default_factory=list)
     replays: int = 0
     wall_s: float = 0.0
@@ -144,9 +148,12 @@ class Load:
     def votes_per_s(self) -> float:
         return len(self.acked) / self.wall_s if self.wall_s else 0.0
 
-    def percentile(self, q: float, later_only: bool = False) -> float:
-        """Of every vote's latency, or (later_only) of the votes after each rater's first."""
-        ms = [m for m, first in zip(self.latencies_ms, self.first_vote) if not (later_only and first)]
+    def percentile(self, q: float, later_only: bool = False, after_consents: bool = False) -> float:
+        """Of every vote's latency, or (later_only) of the votes after each rater's first, or
+        (after_consents) of the votes sent after the last rater's consent was answered."""
+        last = max(self.consented_at, default=0.0)
+        ms = [m for m, first, sent in zip(self.latencies_ms, self.first_vote, self.sent_at)
+              if not (later_only and first) and not (after_consents and sent < last)]
         return float(np.percentile(ms, q)) if ms else float("nan")
 
 
@@ -171,9 +178,13 @@ def rater(base: str, pid: str, load: Load, stop: threading.Event | None = None, 
             load.errors.append((pid, path.split("/")[-1], r.status, data[:200]))
 
     try:
+        started = time.perf_counter()
         st = post("/sessions", {"params": {"PROLIFIC_PID": pid, "STUDY_ID": "bench", "SESSION_ID": f"s-{pid}"}})
         if st and st["status"] == "consent":
             st = post(f"/sessions/{st['token']}/consent", {"agree": True, "version": st["consent_version"]})
+            with load.lock:
+                load.consented_at.append(time.perf_counter())
+                load.consent_ms.append((load.consented_at[-1] - started) * 1000)
         if st is None:
             return "error"
         while st["trial"] is not None and not (stop and stop.is_set()):
@@ -187,6 +198,7 @@ def rater(base: str, pid: str, load: Load, stop: threading.Event | None = None, 
                 return "error"
             with load.lock:
                 load.latencies_ms.append(ms)
+                load.sent_at.append(t0)
                 load.first_vote.append(trial["index"] == 0)
                 load.acked[body["trial_id"]] = body["choice"]
                 load.replays += body["replayed"]
@@ -243,9 +255,9 @@ def main() -> None:
                          "database is created next to it for every row)")
     args = ap.parse_args()
     rows = [("sqlite", 1)] + [("postgresql", w) for w in args.pg_workers if args.postgres]
-    print("| database | server processes | raters | think ms | votes | errors | p50 ms | p99 ms | p99 ms after 1st vote | votes/s "
+    print("| database | server processes | raters | think ms | votes | errors | p50 ms | p99 ms | p99 ms after 1st vote | p99 ms after the consents | start+consent max ms | votes/s "
           "| server CPU ms/vote | database CPU ms/vote | raters' CPU ms/vote | load avg (1 min) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         study = study_copy(args.study, Path(tmp), args.trials)
         for backend, workers in rows:
@@ -266,7 +278,9 @@ def main() -> None:
                         cleanup()
                     print(f"| {backend} | {workers} | {n} | {think:g} | {len(load.acked)} | {len(load.errors)} "
                           f"| {load.percentile(50):.1f} | {load.percentile(99):.1f} "
-                          f"| {load.percentile(99, later_only=True):.1f} | {load.votes_per_s:.0f} "
+                          f"| {load.percentile(99, later_only=True):.1f} "
+                          f"| {load.percentile(99, after_consents=True):.1f} | {max(load.consent_ms, default=0):.0f} "
+                          f"| {load.votes_per_s:.0f} "
                           f"| {cpu:.2f} | {db_cpu} | {raters_cpu:.2f} | {os.getloadavg()[0]:.1f} |", flush=True)
 
 

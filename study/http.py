@@ -22,7 +22,7 @@ from study.limits import Guard, Limits
 from study.service import Participant, StudyError, StudyService, new_rater_key
 
 API_PREFIX = "/api/study"
-PLANNING_THREADS = 2     # consents planned at once (see consent() below)
+PLANNING_THREADS = 1     # consents planned at once (see consent() below)
 T = TypeVar("T")
 
 
@@ -144,11 +144,14 @@ def build_router(service: StudyService) -> APIRouter:
                                                   (("reference", st.trial.reference), ("left", st.trial.left),
                                                    ("right", st.trial.right)) if v}}
 
-    # A consent plans the session's trials: ~15 ms of CPU, a vote needs about one. When many
+    # A consent plans the session's trials: ~20 ms of CPU, a vote needs about three. When many
     # raters start at once, 40 threads planning together starve the votes of the raters who
     # already started (on PostgreSQL each of a vote's round trips gives up the GIL and must win
-    # it back). Two planners cut PostgreSQL's vote p99 at 50 raters from 83-98 to 17-33 ms
-    # (benchmarks/study_load.py); consents wait in line instead, ~0.8 s at most in a burst of 50.
+    # it back). Two planners cut PostgreSQL's vote p99 at 50 raters from 83-98 to 17-33 ms; one
+    # planner cut the median p99 of repeated runs again: SQLite's from 37 to 21 ms, PostgreSQL's
+    # (two server processes) from 43 to 34 ms (benchmarks/study_load.py, 150 ms think time, 2
+    # cores). Consents wait in line instead: when 50 raters consent at once, the last waits
+    # 1.6-2.8 s (3-4 s on one PostgreSQL server process).
     planners = anyio.CapacityLimiter(PLANNING_THREADS)
 
     @router.post("/sessions/{token}/consent")

@@ -4,20 +4,20 @@
                                                          [--trials 40] [--think-ms 0 150]
 
 Starts `python -m study serve` (uvicorn, one process) on 127.0.0.1 over a fresh database for
-every row, runs N raters at once (one thread each, with a keep-alive http.client connection:
-the lightest client, since it shares the CPU with the server). Every rater starts a session,
+every row, runs N raters at once (one thread each, with a keep-alive http.client connection: the
+lightest client, since it shares the CPU with the server). Every rater starts a session,
 consents and votes through all its trials, pausing think-ms between votes. Prints vote latency
 p50/p99 (and p99 without each rater's first vote, and p99 of the votes sent after the last
 consent was answered: every rater starts and consents at once, and the votes of those already
-consented meet that burst), the longest start + consent a rater waited, throughput, the CPU time per vote of the server, of the
-PostgreSQL backends that serve it (a local server, lower bound; SQLite does that work inside
-the server process) and of the simulated raters (this process), and the machine's load average
-at the end of the row (other work on the machine shows there). On a machine whose cores are all
-busy, votes/s follows the sum of the three CPU columns; with cores to spare, mostly the server's
-(one process: its Python runs one thread at a time). The PostgreSQL server keeps the priority it
-was started with (the backends are its children), which `nice` on this command does not change.
-PostgreSQL rows run when --postgres or TEST_POSTGRES_URL is given. The tests (tests/study) use
-the same server and rater code.
+consented meet that burst), the longest start + consent a rater waited, throughput, the CPU time
+per vote of the server, of the PostgreSQL backends that serve it (a local server, lower bound;
+SQLite does that work inside the server process) and of the simulated raters (this process), and
+the machine's load average at the end of the row (other work on the machine shows there). On a
+machine whose cores are all busy, votes/s follows the sum of the three CPU columns; with cores
+to spare, mostly the server's (one process: its Python runs one thread at a time). The
+PostgreSQL server keeps the priority it was started with (the backends are its children), which
+`nice` on this command does not change. PostgreSQL rows run when --postgres or TEST_POSTGRES_URL
+is given. The tests (tests/study) use the same server and rater code.
 """
 from __future__ import annotations
 

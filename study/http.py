@@ -150,8 +150,8 @@ def build_router(service: StudyService) -> APIRouter:
     # it back). Two planners cut PostgreSQL's vote p99 at 50 raters from 83-98 to 17-33 ms; one
     # planner cut the median p99 of repeated runs again: SQLite's from 32 to 21 ms, PostgreSQL's
     # from 64 to 51 ms (one server process) and from 43 to 34 ms (two) (benchmarks/study_load.py,
-    # 150 ms think time, 2 cores). Consents wait in line instead: when 50 raters consent at once, the last waits
-    # 1.6-2.8 s (3-4 s on one PostgreSQL server process).
+    # 150 ms think time, 2 cores). Consents wait in line instead: when 50 raters consent at once,
+    # the last waits 1.6-2.8 s (3-4 s on one PostgreSQL server process).
     planners = anyio.CapacityLimiter(PLANNING_THREADS)
 
     @router.post("/sessions/{token}/consent")

@@ -17,7 +17,7 @@ import torch
 from codec.data import wallpapers
 from codec.data.photos import DataError
 from codec.train import adapter as train_adapter
-from codec.train.arguments import positive_float, positive_int
+from codec.train.arguments import non_negative_float, positive_float, positive_int
 from codec.train.demo_backbone import MODEL_SIZES, BackboneConfig, ResumeError, train_backbone
 
 log = logging.getLogger("codec.train")
@@ -46,7 +46,8 @@ def main(argv=None) -> int:
     bb.add_argument("--data", type=Path, required=True, help="folder of photos (validation photos are held out)")
     bb.add_argument("--out", type=Path, default=Path("assets/models/demo"), help="diffusers folder to export to")
     bb.add_argument("--work", type=Path, default=Path("runs/demo"), help="checkpoints and progress.log")
-    bb.add_argument("--vae-minutes", type=positive_float, default=60.0, help="total VAE training time, CPU minutes per thread (across resumes)")
+    bb.add_argument("--vae-minutes", type=non_negative_float, default=60.0,
+                    help="total VAE training time, CPU minutes per thread (across resumes); 0 with --init keeps its VAE as it is")
     bb.add_argument("--unet-minutes", type=positive_float, default=40.0, help="total UNet training time, CPU minutes per thread (across resumes)")
     bb.add_argument("--size", choices=sorted(MODEL_SIZES), default="v2", help="model sizes (demo_backbone.MODEL_SIZES)")
     bb.add_argument("--resume", action="store_true", help="continue from the checkpoints in --work")
@@ -54,6 +55,8 @@ def main(argv=None) -> int:
                     "the models without a checkpoint in --work start from (fresh optimizer, minutes from 0)")
     bb.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads")
     args = parser.parse_args(argv)
+    if args.command == "backbone" and args.vae_minutes == 0 and args.init is None:
+        parser.error("--vae-minutes 0 needs --init: an untrained VAE cannot be kept")
 
     if args.command == "data":
         try:

@@ -27,6 +27,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0 (e.g. 0 minutes: skip that training)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (0 <= value < math.inf):
+        raise argparse.ArgumentTypeError(f"expected a finite number of at least 0, got {text!r}")
+    return value
+
+
 def crop_size(text: str) -> int:
     """A training crop: a positive multiple of 32 pixels (the VAE's and the hyperprior's strides)."""
     value = positive_int(text)

@@ -72,7 +72,8 @@ def test_the_lambda_range_parses_min_and_max():
     ("adapter", "--decoder-steps", "-1"), ("adapter", "--decoder-steps", "0"), ("adapter", "--batch", "0"),
     ("adapter", "--crop", "100"), ("adapter", "--crop", "-32"), ("adapter", "--threads", "two"),
     ("adapter", "--hyper-channels", "0"), ("adapter", "--minutes", "nan"), ("adapter", "--lr", "-1e-4"),
-    ("backbone", "--vae-minutes", "inf"), ("backbone", "--unet-minutes", "0"), ("backbone", "--threads", "0"),
+    ("backbone", "--vae-minutes", "inf"), ("backbone", "--vae-minutes", "-1"), ("backbone", "--vae-minutes", "0"),
+    ("backbone", "--unet-minutes", "0"), ("backbone", "--threads", "0"),
 ])
 def test_a_bad_number_is_a_usage_error_naming_its_option(command, option, bad, capsys):
     """Before, each went on to the training code (a negative --decoder-steps raised a TypeError there)."""

@@ -224,6 +224,17 @@ def test_a_new_run_starts_from_an_exported_backbone_with_init(photo_folder, tmp_
         train.VaeTrainer(wider, train_photos, val, out, tmp_path / "work3", init=exported)
 
 
+def test_zero_vae_minutes_with_init_keeps_its_vae_and_trains_the_unet(photo_folder, tmp_path):
+    """--vae-minutes 0 --init FOLDER: the UNet goes on training on exactly that VAE's latents."""
+    exported = tmp_path / "exported"
+    train.train_backbone(photo_folder, exported, tmp_path / "work1", 0.005, 0.005, False, TINY)
+    out, work = tmp_path / "demo", tmp_path / "work2"
+    train.train_backbone(photo_folder, out, work, 0.0, 0.005, False, TINY, init=exported)
+    kept = DemoAutoencoder.from_pretrained(out / "vae").state_dict()
+    assert all(torch.equal(a, b) for a, b in zip(kept.values(), DemoAutoencoder.from_pretrained(exported / "vae").state_dict().values()))
+    assert not (work / "vae.pt").exists() and torch.load(work / "unet.pt", weights_only=False)["step"] > 0
+
+
 def test_a_resume_with_other_model_sizes_is_refused(photo_folder, tmp_path):
     out, work = tmp_path / "demo", tmp_path / "work"
     train.train_backbone(photo_folder, out, work, 0.005, 0.005, False, TINY)

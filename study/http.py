@@ -8,7 +8,7 @@ message, and no error answer repeats what the request sent.
 """
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from typing import Awaitable, Callable, TypeVar
 
 import anyio
 from fastapi import APIRouter, FastAPI, HTTPException, Request
@@ -54,6 +54,13 @@ class EventRequest(BaseModel):
 def _call(fn: Callable[[], T]) -> T:
     try:
         return fn()
+    except StudyError as e:
+        raise HTTPException(status_code=e.status, detail=e.message) from None
+
+
+async def _awaited(answer: Awaitable[T]) -> T:
+    try:
+        return await answer
     except StudyError as e:
         raise HTTPException(status_code=e.status, detail=e.message) from None
 
@@ -167,13 +174,18 @@ def build_router(service: StudyService) -> APIRouter:
     if service.engine.dialect.name == "sqlite":
         # SQLite writes one vote at a time anyway, in well under a millisecond: answering on the
         # event loop saves a thread hop per vote and the GIL contention of many waiting threads.
-        # Other databases work on votes in parallel, so there the vote waits in a worker thread.
         async def vote_on_loop(token: str, body: VoteRequest) -> Response:
             return vote(token, body)
-        vote_on_loop.__doc__ = vote.__doc__
-        router.post("/sessions/{token}/votes")(vote_on_loop)
     else:
-        router.post("/sessions/{token}/votes")(vote)
+        # PostgreSQL: the common vote is one statement awaited on the event loop (no thread, no
+        # GIL hand-off per round trip); the others wait in a worker thread.
+        async def vote_on_loop(token: str, body: VoteRequest) -> Response:
+            result = await _awaited(service.vote_on_loop(token, body.trial_id, body.choice, body.client_ms, body.client))
+            if result is not None:
+                return Response(orjson.dumps(result.to_dict()), media_type="application/json")
+            return await anyio.to_thread.run_sync(vote, token, body)
+    vote_on_loop.__doc__ = vote.__doc__
+    router.post("/sessions/{token}/votes")(vote_on_loop)
 
     @router.post("/sessions/{token}/events", status_code=204)
     def event(token: str, body: EventRequest) -> None:

@@ -27,6 +27,7 @@ from sqlalchemy.orm import aliased
 from threadpoolctl import ThreadpoolController
 
 from study import db as dbmod
+from study import loop_db
 from study import scheduler
 from study.config import StudyConfig, load
 from study.stimuli import read_manifest
@@ -266,6 +267,9 @@ class StudyService:
         # retries with a read.
         self._ahead: dict[int, _VoteRow] = {}
         self._ahead_lock = threading.Lock()
+        # PostgreSQL: the common vote is awaited on the event loop instead (vote_on_loop).
+        self._loop_record = loop_db.CompiledStatement(_RECORD, engine) if self._postgres else None
+        self._loop_connections = loop_db.LoopConnections(engine) if self._postgres else None
         # The planner's matrices are a few conditions wide: threaded OpenBLAS spends far more
         # waking and spinning its threads than it saves (in a server, ~20 ms of CPU per consent,
         # taken from the votes), so planning uses one BLAS thread (as study.ratings' solvers).
@@ -642,19 +646,64 @@ class StudyService:
     def _vote(self, db, token, trial_id, choice, client_ms, client) -> VoteResult:
         # The hot path: a read (from _ahead where it can), the decision here, then one write (_record).
         row = self._take_ahead(trial_id) or db.execute(_VOTE_ROW, {"trial_id": trial_id}).first()
-        if row is None or row.study_id != self.cfg.id or not hmac.compare_digest(row.token.encode(), token.encode()):
+        try:
+            fresh = self._check(row, token, choice)
+        except Forbidden:
             self._session_id(db, token)     # 404 for an unknown token, else:
-            raise Forbidden("this trial does not belong to your session")
-        s = _Row(id=row.sid, token=row.token, status=row.status, next_index=row.next_index, n_trials=row.n_trials)
-        if row.stored is not None:
+            raise
+        if not fresh:
+            s = _Row(id=row.sid, token=row.token, status=row.status, next_index=row.next_index, n_trials=row.n_trials)
             self._client_event(db, s.id, "vote_replayed", {"trial_id": row.id, "choice": choice})
             return VoteResult(row.id, row.stored, True, self._state(db, s, mark_shown=True))
+        params, event = self._writes(row, choice, client_ms, client)
+        return self._voted(db, row, params, self._record(db, params, event))
+
+    async def vote_on_loop(self, token: str, trial_id: int, choice: str, client_ms: float | None = None,
+                           client: dict | None = None) -> VoteResult | None:
+        """vote() on the event loop, for the common PostgreSQL vote: the trial's row is in
+        _ahead, the vote is fresh and the session goes on, so it is one statement (_RECORD) awaited
+        on a loop connection (study.loop_db). None for every other vote, and whenever that
+        statement cannot be sent or loses a race: then vote() in a worker thread answers it (the
+        row was put back where it was not used; a lost race makes vote() read the database)."""
+        token, trial_id, choice, client_ms, client = self._vote_args(token, trial_id, choice, client_ms, client)
+        row = self._take_ahead(trial_id) if self._loop_record is not None else None
+        if row is None:
+            return None
+        try:
+            fresh = self._check(row, token, choice)
+        except StudyError:
+            fresh = False
+        params = self._writes(row, choice, client_ms, client)[0] if fresh else None
+        if params is None or params["new_status"] != "active":  # a refusal, a replay, an end: they read the database
+            self._keep_ahead(row)
+            return None
+        try:
+            shown = await self._loop_connections.fetch_one(
+                self._loop_record, {**params, "study": self.cfg.id, "event": None, "event_payload": None})
+        except loop_db.Unavailable:
+            self._keep_ahead(row)    # safe even if the statement ran: the write's guard catches a stale row
+            return None
+        if shown is None or shown.id is None:    # lost to a concurrent vote; or no next trial (never planned so)
+            return None
+        return self._voted(None, row, params, shown)
+
+    def _check(self, row, token: str, choice: str) -> bool:
+        """Whether `token` may vote `choice` on the trial of `row` (a _VOTE_ROW) now; False when it
+        was voted on already (the stored vote is the answer). Raises the refusals."""
+        if row is None or row.study_id != self.cfg.id or not hmac.compare_digest(row.token.encode(), token.encode()):
+            raise Forbidden("this trial does not belong to your session")
+        if row.stored is not None:
+            return False
         if row.status != "active":
             raise Conflict("this session is finished")  # (a session waiting for consent has no trials)
         if row.index != row.next_index:
             raise Conflict(f"this is not the current trial (you are at trial {row.next_index + 1})")
         if choice == "tie" and row.kind == "catch":     # a check trial has a right answer
             raise Invalid("this trial has no \"can't tell\" answer: choose left or right")
+        return True
+
+    def _writes(self, row, choice, client_ms, client) -> tuple[dict, tuple[str, dict | None] | None]:
+        """What a fresh vote on `row` writes (_record's parameters), and the session's end event if it ends."""
         now = utcnow()
         server_ms = None
         if row.first_shown_at is not None:
@@ -668,17 +717,20 @@ class StudyService:
             status, finished, event = "screened_out", now, ("screened_out", {"catch_failures": failures})
         elif row.next_index + 1 >= row.n_trials:
             status, finished, event = "completed", now, ("completed", None)
-        shown = self._record(db, {"trial_id": row.id, "choice": choice, "server_ms": server_ms,
-                                  "client_ms": client_ms, "client": client, "now": now, "sid": s.id,
-                                  "at": row.next_index, "to": row.next_index + 1, "new_status": status,
-                                  "failures": failures, "finished": finished}, event)
-        after = _Row(id=s.id, token=s.token, status=status, next_index=row.next_index + 1, n_trials=row.n_trials)
+        return {"trial_id": row.id, "choice": choice, "server_ms": server_ms, "client_ms": client_ms,
+                "client": client, "now": now, "sid": row.sid, "at": row.next_index, "to": row.next_index + 1,
+                "new_status": status, "failures": failures, "finished": finished}, event
+
+    def _voted(self, db, row, p: dict, shown) -> VoteResult:
+        """The answer to a vote that _record wrote with parameters `p`; `shown`: the next trial's
+        row it returned (None when the session ended; `db` is then read for the end's code)."""
+        after = _Row(id=row.sid, token=row.token, status=p["new_status"], next_index=p["to"], n_trials=row.n_trials)
         if shown is not None:
             self._keep_ahead(_VoteRow(
                 id=shown.id, index=after.next_index, kind=shown.kind, correct_side=shown.correct_side,
-                first_shown_at=now, sid=s.id, study_id=row.study_id, token=s.token, status=status,
-                next_index=after.next_index, n_trials=row.n_trials, catch_failures=failures))
-        return VoteResult(row.id, choice, False, self._state(db, after, mark_shown=True, shown=shown))
+                first_shown_at=p["now"], sid=row.sid, study_id=row.study_id, token=row.token, status=after.status,
+                next_index=after.next_index, n_trials=row.n_trials, catch_failures=p["failures"]))
+        return VoteResult(row.id, p["choice"], False, self._state(db, after, mark_shown=True, shown=shown))
 
     def _take_ahead(self, trial_id: int) -> "_VoteRow | None":
         with self._ahead_lock:

@@ -7,7 +7,8 @@ coded). Both are functions of log lambda only (no image features yet).
     python scripts/prototype_band_steps.py --backbone demo --data runs/demo-v2/data2 --minutes 8
 
 Trains for --minutes CPU minutes (one thread), then prints the mean PSNR of both on the six
-validation photos at 0.03-0.3 bpp (interpolated in log bpp) and a few points of each curve.
+validation photos at 0.03-0.3 bpp (interpolated in log bpp), the same with t = 0 (what each one's
+t gains over no denoising: issue 13, item 3), and a few points of each curve.
 """
 import argparse
 import math
@@ -145,23 +146,27 @@ with torch.no_grad():
         std = float((y - y.mean(dim=(2, 3), keepdim=True)).pow(2).mean().sqrt())
         pix = arr.shape[0] * arr.shape[1]
         xs = x
-        learned, analytic = [], []
+        learned, analytic, learned_t0, analytic_t0 = [], [], [], []
         for ll in np.linspace(math.log(LAM[0]), math.log(LAM[1]), 14):
             log_step, log_m, t = net(torch.tensor([ll], dtype=torch.float32))
-            bits, mse, tt = rd(c, R, mean, xs, log_step[0], log_m[0], t, std, noisy=False)
-            learned.append((float(bits) / pix, -10 * math.log10(float(mse)), tt))
+            for t_used, curve in ((t, learned), (torch.zeros(1), learned_t0)):
+                bits, mse, tt = rd(c, R, mean, xs, log_step[0], log_m[0], t_used, std, noisy=False)
+                curve.append((float(bits) / pix, -10 * math.log10(float(mse)), tt))
         for ls in np.linspace(math.log(0.02), math.log(8), 16):
-            bits, mse, tt = rd(c, R, mean, xs, torch.tensor(ls), torch.zeros(C, NB), None, std, noisy=False)
-            analytic.append((float(bits) / pix, -10 * math.log10(float(mse)), tt))
-        rows[name] = (learned, analytic)
+            for t_used, curve in ((None, analytic), (torch.zeros(1), analytic_t0)):
+                bits, mse, tt = rd(c, R, mean, xs, torch.tensor(ls), torch.zeros(C, NB), t_used, std, noisy=False)
+                curve.append((float(bits) / pix, -10 * math.log10(float(mse)), tt))
+        rows[name] = (learned, analytic, learned_t0, analytic_t0)
 
     def at(curve, bpp):
         curve = sorted(curve)
         b = np.log([p[0] for p in curve]); q = [p[1] for p in curve]
         return float(np.interp(math.log(bpp), b, q))
     for bpp in (0.03, 0.05, 0.1, 0.2, 0.3):
-        L = [at(v[0], bpp) for v in rows.values()]; A = [at(v[1], bpp) for v in rows.values()]
-        print(f"bpp {bpp}: learned {np.mean(L):.2f} dB, analytic {np.mean(A):.2f} dB, diff {np.mean(L)-np.mean(A):+.2f}")
-    for name, (l, a) in rows.items():
+        L, A, L0, A0 = ([at(v[k], bpp) for v in rows.values()] for k in range(4))
+        print(f"bpp {bpp}: learned {np.mean(L):.2f} dB, analytic {np.mean(A):.2f} dB, diff {np.mean(L)-np.mean(A):+.2f}; "
+              f"at t = 0: learned steps {np.mean(L0):.2f}, analytic {np.mean(A0):.2f} (gain of t: learned "
+              f"{np.mean(L)-np.mean(L0):+.2f}, noise-matched {np.mean(A)-np.mean(A0):+.2f})")
+    for name, (l, a, _, _) in rows.items():
         print(name, "learned", [(round(b, 3), round(p, 1), round(t, 1)) for b, p, t in l[::3]])
         print(name, "analytic", [(round(b, 3), round(p, 1), round(t, 1)) for b, p, t in a[::3]])

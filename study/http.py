@@ -180,7 +180,8 @@ def build_router(service: StudyService) -> APIRouter:
         # PostgreSQL: the common vote is one statement awaited on the event loop (no thread, no
         # GIL hand-off per round trip); the others wait in a worker thread.
         async def vote_on_loop(token: str, body: VoteRequest) -> Response:
-            result = await _awaited(service.vote_on_loop(token, body.trial_id, body.choice, body.client_ms, body.client))
+            result = await _awaited(service.vote_on_loop(token, body.trial_id, body.choice, body.client_ms,
+                                                         body.client))
             if result is not None:
                 return Response(orjson.dumps(result.to_dict()), media_type="application/json")
             return await anyio.to_thread.run_sync(vote, token, body)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+
 import psycopg
 from psycopg.rows import namedtuple_row
 from sqlalchemy import Engine
@@ -71,15 +72,13 @@ class LoopConnections:
         opened = self._opened.get(loop, 0)
         if not idle and opened >= self._size:
             raise Unavailable("every loop connection is in use")
+        conn = idle.pop() if idle else None    # last in, first out: the warm ones, with their prepared statements
         try:
-            if idle:
-                conn = idle.pop()    # last in, first out: the warm ones, with their prepared statements
-            else:
+            if conn is None:
                 self._opened[loop] = opened + 1
-                conn = None
-                conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True,
-                                                             row_factory=namedtuple_row, application_name=APPLICATION_NAME,
-                                                             **SERVER_CONNECT_ARGS)
+                conn = await psycopg.AsyncConnection.connect(
+                    self._conninfo, autocommit=True, row_factory=namedtuple_row, application_name=APPLICATION_NAME,
+                    **SERVER_CONNECT_ARGS)
             cursor = await conn.execute(statement.sql, statement.params(values))
             row = await cursor.fetchone()
         except BaseException as exc:

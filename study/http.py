@@ -51,18 +51,22 @@ class EventRequest(BaseModel):
     payload: dict | None = None
 
 
+def _http_error(e: StudyError) -> HTTPException:
+    return HTTPException(status_code=e.status, detail=e.message)
+
+
 def _call(fn: Callable[[], T]) -> T:
     try:
         return fn()
     except StudyError as e:
-        raise HTTPException(status_code=e.status, detail=e.message) from None
+        raise _http_error(e) from None
 
 
 async def _awaited(answer: Awaitable[T]) -> T:
     try:
         return await answer
     except StudyError as e:
-        raise HTTPException(status_code=e.status, detail=e.message) from None
+        raise _http_error(e) from None
 
 
 def _json(fn: Callable[[], dict]) -> Response:

@@ -17,11 +17,15 @@ def positive_int(text: str) -> int:
     return value
 
 
-def positive_float(text: str) -> float:
+def _number(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def positive_float(text: str) -> float:
+    value = _number(text)
     if not (0 < value < math.inf):
         raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
     return value
@@ -29,10 +33,7 @@ def positive_float(text: str) -> float:
 
 def non_negative_float(text: str) -> float:
     """A finite number >= 0 (e.g. 0 minutes: skip that training)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    value = _number(text)
     if not (0 <= value < math.inf):
         raise argparse.ArgumentTypeError(f"expected a finite number of at least 0, got {text!r}")
     return value

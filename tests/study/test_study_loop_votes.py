@@ -143,7 +143,7 @@ def test_busy_or_broken_loop_connections_fall_back_and_recover(postgres_url, stu
 def test_the_http_api_votes_on_the_loop(postgres_url, study_file):
     svc = StudyService.open(study_file, postgres_url, seed=1)
     with TestClient(build_api(svc, Limits(rate_limits=False)), base_url="http://localhost") as client:
-        st = client.post(f"/sessions", json={"params": {}}).json()
+        st = client.post("/sessions", json={"params": {}}).json()
         st = client.post(f"/sessions/{st['token']}/consent",
                          json={"agree": True, "version": st["consent_version"]}).json()
         sent = statements(svc)

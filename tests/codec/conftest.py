@@ -1,8 +1,8 @@
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from codec.core.adapters.learned import LearnedAdapter
@@ -18,14 +18,20 @@ def photo() -> Image.Image:
     return photo_named("kite").crop((100, 60, 100 + 150, 60 + 101))
 
 
-def make_tiny_codec() -> DiffusionCodec:
-    """Tiny random backbone + an untrained (but prepared) learned adapter: real bitstreams, meaningless pixels.
+# The untrained learned adapter, stored once (tests/codec/data/README.md): prepare() refits its
+# quantiles by bisection in float arithmetic, which lands on other floats on a CPU whose vector
+# kernels round otherwise, and the fingerprint that stored files carry hashes those floats.
+TINY_LEARNED_ADAPTER = Path(__file__).parent / "data" / "tiny-learned"
 
-    Seeded, so separate processes build identical models (the determinism test relies on it).
+
+def make_tiny_codec() -> DiffusionCodec:
+    """Tiny random backbone + the stored untrained (but prepared) learned adapter: real bitstreams,
+    meaningless pixels.
+
+    Seeded and stored, so separate processes and machines build identical models (the determinism
+    test and the stored files rely on it).
     """
-    backbone = build_tiny_backbone(seed=0)
-    torch.manual_seed(0)
-    return DiffusionCodec(backbone, LearnedAdapter(hyper_channels=32).prepare())
+    return DiffusionCodec(build_tiny_backbone(seed=0), LearnedAdapter.from_pretrained(TINY_LEARNED_ADAPTER))
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """Fixtures for the export tests: a small real study (tests/study's, with Prolific raters and an
-exclusion rule) filled through the study service on SQLite and PostgreSQL, and the real app
-server of tests/ui for the Admin tab."""
+exclusion rule) filled through the study service on SQLite and PostgreSQL; the real app server
+of tests/ui for the Admin tab is tests/conftest.py's `server`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +10,6 @@ import pytest
 from study.models import Trial
 from study.service import Participant, StudyService
 from tests.study.conftest import make_study, postgres_url  # noqa: F401  (fixture)
-from tests.ui.conftest import client, server, study_votes  # noqa: F401  (fixtures)
 from tests.ui.conftest import running_app
 
 PLATFORM = "{kind: prolific, completion_code: C0MPL3TE, screenout_code: SCR33N, no_consent_code: N0C0NS3NT}"

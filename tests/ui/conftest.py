@@ -1,6 +1,6 @@
 """The real app, started as `python app.py` in a subprocess on 127.0.0.1 with the tiny random
-backbone and the demo study (votes in a fresh SQLite file), shared by the API tests and the
-browser test of this folder."""
+backbone and the demo study (votes in a fresh SQLite file): how it is started and its settings.
+Its fixtures (`server`, `client`, `study_votes`) are in tests/conftest.py, shared with tests/export."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ MAX_UPLOAD_MB = 2
 QUEUE_SIZE = 4
 WORKER_MEMORY_MB = 4096  # the tiny backbone's model process needs about 1 GB
 ADMIN_TOKEN = "test-admin-token-3f9a"
-SERVER = {}  # of the running app: "pid" (the server process) and "results" (its RESULTS_DIR)
+SERVER = {}  # of the running app: "pid" (the server process), "results" (its RESULTS_DIR) and "url"
 
 
 def _free_port() -> int:
@@ -67,54 +67,9 @@ def running_app(tmp: Path, **env):
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory):
-    """Base URL of a running app serving the demo study (votes in a fresh SQLite file)."""
-    tmp = tmp_path_factory.mktemp("app")
-    with running_app(
-        tmp, APP_MAX_PIXELS=str(MAX_PIXELS), APP_MAX_UPLOAD_MB=str(MAX_UPLOAD_MB), APP_QUEUE_SIZE=str(QUEUE_SIZE),
-        APP_WORKER_MEMORY_MB=str(WORKER_MEMORY_MB), APP_STUDY_FILE="assets/studies/demo.yaml",
-        # These tests vote as fast as they can; the study API's rate limits have tests of their own.
-        STUDY_LIMIT_VOTE_PER_SESSION="1000/1000",
-    ) as (proc, url):
-        SERVER.update(pid=proc.pid, results=tmp / "results")
-        yield url
-
-
-@pytest.fixture(scope="session")
-def client(server):
-    from gradio_client import Client
-
-    return Client(server + "/", verbose=False)
-
-
-@pytest.fixture(scope="session")
 def small_png(tmp_path_factory) -> Path:
     """A 256x160 crop of a real photo: big enough for MS-SSIM, small enough to be quick."""
     path = tmp_path_factory.mktemp("img") / "small.png"
     with Image.open(EXAMPLE) as im:
         im.convert("RGB").crop((128, 80, 384, 240)).save(path)
     return path
-
-
-@pytest.fixture(scope="session")
-def study_votes(server) -> int:
-    """Three anonymous raters finish a demo-study session each through the mounted study API;
-    returns the number of votes acknowledged."""
-    import httpx
-
-    api = server + "/api/study"
-    acknowledged = 0
-    with httpx.Client(timeout=30) as http:
-        info = http.get(api + "/").raise_for_status().json()
-        for rater in range(3):
-            st = http.post(api + "/sessions", json={"params": {}}).raise_for_status().json()
-            token = st["token"]
-            http.post(f"{api}/sessions/{token}/consent",
-                      json={"agree": True, "version": info["consent_version"]}).raise_for_status()
-            while (trial := http.get(f"{api}/sessions/{token}/trial")).status_code == 200:
-                choice = "left" if (trial.json()["id"] + rater) % 3 else "right"
-                vote = http.post(f"{api}/sessions/{token}/votes", json={"trial_id": trial.json()["id"], "choice": choice})
-                vote.raise_for_status()
-                acknowledged += 1
-            assert trial.status_code == 409  # finished: no more trials
-    return acknowledged

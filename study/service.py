@@ -30,6 +30,7 @@ from study import db as dbmod
 from study import loop_db
 from study import scheduler
 from study.config import StudyConfig, load
+from study.history import PairHistory
 from study.stimuli import read_manifest
 from study.models import (CHOICES, Condition, Event, Image, Rater, Session, Stimulus, Study,
                           Trial, Vote, utcnow)
@@ -214,14 +215,6 @@ _SHOWN = (update(_T).where(_T.c.session_id == _MOVED.c.id, _T.c.index == bindpar
           .values(first_shown_at=bindparam("now")).returning(*_TRIAL_COLS).cte("shown"))
 _RECORD = (select(_RECORDED.c.id.label("vote_id"), *_SHOWN.c)
            .select_from(_RECORDED.outerjoin(_SHOWN, true())).add_cte(_ENDED))
-# Built once (the consent path): a study's planned regular trials per (image, left, right)
-# stimulus and vote (NULL: not voted yet), in one scan of the trials. Ids, not keys: the service
-# knows every stimulus's key; joining images and stimuli twice for them, in two queries, cost
-# PostgreSQL 3.5 ms per consent at 1000 trials and 6.5 ms at 2000 (this one: 1.0 and 2.0).
-_PAIR_HISTORY = (select(_T.c.image_id, _T.c.left_id, _T.c.right_id, _V.c.choice, func.count())
-                 .select_from(_T).join(_S, _T.c.session_id == _S.c.id).outerjoin(_V, _V.c.trial_id == _T.c.id)
-                 .where(_S.c.study_id == bindparam("study"), _T.c.kind == "regular")
-                 .group_by(_T.c.image_id, _T.c.left_id, _T.c.right_id, _V.c.choice))
 _SESSION = select(Session).where(Session.token == bindparam("token"), Session.study_id == bindparam("study"))
 _SESSION_LOCKED = _SESSION.with_for_update()
 _INSERT_TRIALS = insert(_T).returning(_T.c.index, _T.c.id)
@@ -275,6 +268,7 @@ class StudyService:
         # taken from the votes), so planning uses one BLAS thread (as study.ratings' solvers).
         self._blas = ThreadpoolController()
         self._sync_study()
+        self._pair_history = PairHistory(self._pair_keys, scheduler.pair_key)
 
     @contextlib.contextmanager
     def _tx(self):
@@ -514,20 +508,11 @@ class StudyService:
 
     def _history(self, db):
         """Planned regular comparisons per (image, pair), and wins per ordered condition pair."""
-        counts: dict = {}
-        wins: dict = {}
-        for image_id, left, right, choice, n in db.execute(_PAIR_HISTORY, {"study": self.cfg.id}):
-            im, a, b = self._image_key_of.get(image_id), self._stimulus_key_of.get(left), self._stimulus_key_of.get(right)
-            if None in (im, a, b):
-                continue    # registered since this process started (a newer study file): not a pair it plans
-            k = scheduler.pair_key(im, a, b)
-            counts[k] = counts.get(k, 0) + n
-            if choice is None:
-                continue
-            shares = {"left": [((a, b), n)], "right": [((b, a), n)], "tie": [((a, b), n / 2), ((b, a), n / 2)]}
-            for key, won in shares[choice]:     # a tie is half a win each way
-                wins[key] = wins.get(key, 0) + won
-        return counts, wins
+        return self._pair_history.read(db)
+
+    def _pair_keys(self, image_id: int, left: int, right: int) -> tuple[str, str, str] | None:
+        keys = self._image_key_of.get(image_id), self._stimulus_key_of.get(left), self._stimulus_key_of.get(right)
+        return None if None in keys else keys   # None: another study's, or registered since this process started
 
     def _session_id(self, db, token: str) -> int:
         """The id of the session `token` (a Core query: `db` may be a Connection)."""

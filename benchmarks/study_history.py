@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import statistics
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from sqlalchemy import text
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from study.service import Participant, StudyService, new_rater_key  # noqa: E402
+from study_load import fresh_db  # noqa: E402  (this script's folder is sys.path[0])
 
 DEMO = Path(__file__).resolve().parent.parent / "assets" / "studies" / "demo.yaml"
 
@@ -73,23 +73,6 @@ def run(name: str, url: str, sessions: list[int]) -> list[tuple]:
     return rows
 
 
-def fresh_postgres(admin: str):
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    url = make_url(admin)
-    name = f"bench_{secrets.token_hex(4)}"
-    info = dict(host=url.host, port=url.port, user=url.username, password=url.password, dbname=url.database,
-                autocommit=True)
-    with psycopg.connect(**info) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-
-    def drop():
-        with psycopg.connect(**info) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    return url.set(database=name).render_as_string(hide_password=False), drop
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sessions", type=int, nargs="+", default=[100, 1000, 5000])
@@ -97,13 +80,12 @@ def main() -> None:
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        rows += run("sqlite", f"sqlite:///{tmp}/study.db", sorted(args.sessions))
-    if args.postgres:
-        url, drop = fresh_postgres(args.postgres)
-        try:
-            rows += run("postgresql", url, sorted(args.sessions))
-        finally:
-            drop()
+        for backend in ("sqlite", "postgresql") if args.postgres else ("sqlite",):
+            url, cleanup = fresh_db(backend, Path(tmp), args.postgres, "history")
+            try:
+                rows += run(backend, url, sorted(args.sessions))
+            finally:
+                cleanup()
     print("database | sessions | trials | votes | consent ms (mean since the row above) | history read ms (nothing new)")
     print("---|---:|---:|---|---:|---:")
     for name, n, trials, votes, per, hist in rows:

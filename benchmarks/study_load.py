@@ -263,7 +263,7 @@ def main() -> None:
         for backend, workers in rows:
             for think in args.think_ms:
                 for n in args.raters:
-                    url, cleanup = _fresh_db(backend, Path(tmp), args.postgres, f"{workers}_{n}_{think:g}")
+                    url, cleanup = fresh_db(backend, Path(tmp), args.postgres, f"{workers}_{n}_{think:g}")
                     try:
                         with Server(study, url, env=NO_RATE_LIMITS, workers=workers) as server:
                             cpu0, db0, own0 = server.cpu_s(), _backends_cpu_s(args.postgres, url), _own_cpu_s()
@@ -314,7 +314,7 @@ def _backends_cpu_s(pg_url: str | None, url: str) -> dict[int, float] | None:
     return cpu
 
 
-def _fresh_db(backend: str, tmp: Path, pg_url: str | None, tag: str):
+def fresh_db(backend: str, tmp: Path, pg_url: str | None, tag: str):
     if backend == "sqlite":
         path = tmp / f"bench-{tag}.db"
         return f"sqlite:///{path}", lambda: None

@@ -9,6 +9,7 @@ from study.history import PairHistory
 from study.models import Session, Trial, Vote
 from study.service import StudyService
 
+from .conftest import make_study
 from .test_study_vote_path import start
 
 
@@ -103,3 +104,21 @@ def test_rows_committed_below_the_mark_are_counted_by_the_next_full_read(db_url,
         assert history.read(db) == ({}, {})
         now[0] += 1.0
         assert history.read(db) == full_read(svc) != ({}, {})
+
+
+def test_another_studys_rows_in_the_same_database_are_not_counted(db_url, study_file):
+    """The deltas are read by id over the whole database; a row is this study's by its image."""
+    other_file = make_study(study_file.parent, trials=12, catch=1, repeats=1, study_id="t2-history")
+    svc = StudyService.open(study_file, db_url, seed=5)
+    other = StudyService.open(other_file, db_url, seed=6)
+    vote_some(svc, start(svc, "mine"), 4, 0)
+    with svc.Reader() as db:
+        mine = svc._history(db)
+    theirs = vote_some(other, start(other, "theirs"), 6, 1)
+    with svc.Reader() as db:
+        assert svc._history(db) == mine == full_read(svc)
+        planned = db.scalar(select(func.count()).select_from(Trial).join(Session)
+                            .where(Session.token == theirs.token, Trial.kind == "regular"))
+    with other.Reader() as db:
+        counts, wins = other._history(db)
+    assert sum(counts.values()) == planned > 0 and 0 < sum(wins.values()) <= 6

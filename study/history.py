@@ -10,7 +10,7 @@ What they read never changes once stored (a trial's image, stimuli and kind; vot
 append-only, database triggers refuse UPDATE and DELETE), and ids only grow, so on SQLite (one
 writer at a time: rows are committed in id order) the deltas are exact. On PostgreSQL concurrent
 transactions can commit out of id order, so a row committed below the highest id already seen
-would be missed: the whole history is read again every `full_every_s` seconds, which bounds that
+would be missed: there the whole history is read again every `full_every_s` seconds, which bounds that
 drift in time (the planner balances and aims its comparisons with these counts; no statistic is
 computed from them).
 """
@@ -24,6 +24,7 @@ from typing import Callable
 from sqlalchemy import bindparam, func, select
 
 from study.models import Trial, Vote
+from study.scheduler import pair_key
 
 _T, _V = Trial.__table__, Vote.__table__
 # By primary key range only: a study's rows are told apart in Python, by their image (images
@@ -46,10 +47,10 @@ KeyOf = Callable[[int, int, int], "tuple[str, str, str] | None"]
 
 
 class PairHistory:
-    def __init__(self, key_of: KeyOf, pair_key: Callable, full_every_s: float = 60.0,
+    def __init__(self, key_of: KeyOf, full_every_s: float | None = 60.0,
                  clock: Callable[[], float] = time.monotonic):
-        self._key_of, self._pair_key = key_of, pair_key
-        self._full_every_s, self._clock = full_every_s, clock
+        """`full_every_s` None: never read everything again (SQLite, where the deltas are exact)."""
+        self._key_of, self._full_every_s, self._clock = key_of, full_every_s, clock
         self._lock = threading.Lock()
         self._reset()
 
@@ -64,7 +65,7 @@ class PairHistory:
         pair; a tie is half a win each way), up to date with what `db` sees; copies, which the
         caller may change."""
         with self._lock:
-            if self._clock() - self._read_all_at >= self._full_every_s:
+            if self._full_every_s is not None and self._clock() - self._read_all_at >= self._full_every_s:
                 self._reset()
             self._add_trials(db)
             self._add_votes(db)
@@ -74,7 +75,7 @@ class PairHistory:
         for image_id, left, right, n, last in db.execute(_NEW_TRIALS, {"after": self._last_trial}):
             self._last_trial = max(self._last_trial, last)
             if (keys := self._key_of(image_id, left, right)) is not None:
-                k = self._pair_key(*keys)
+                k = pair_key(*keys)
                 self._counts[k] = self._counts.get(k, 0) + n
 
     def _add_votes(self, db) -> None:

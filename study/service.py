@@ -268,7 +268,8 @@ class StudyService:
         # taken from the votes), so planning uses one BLAS thread (as study.ratings' solvers).
         self._blas = ThreadpoolController()
         self._sync_study()
-        self._pair_history = PairHistory(self._pair_keys, scheduler.pair_key)
+        # SQLite commits in id order, so its deltas miss nothing; PostgreSQL's can (study/history.py).
+        self._pair_history = PairHistory(self._pair_keys, full_every_s=60.0 if self._postgres else None)
 
     @contextlib.contextmanager
     def _tx(self):

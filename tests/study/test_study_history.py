@@ -4,7 +4,6 @@ size, and healed by the periodic full read where rows commit below the ids alrea
 
 from sqlalchemy import func, select
 
-from study import scheduler
 from study.history import PairHistory
 from study.models import Session, Trial, Vote
 from study.service import StudyService
@@ -16,7 +15,7 @@ from .test_study_vote_path import start
 def full_read(svc):
     """The history from scratch (a new PairHistory reads every row)."""
     with svc.Reader() as db:
-        return PairHistory(svc._pair_keys, scheduler.pair_key).read(db)
+        return PairHistory(svc._pair_keys).read(db)
 
 
 def vote_some(svc, st, n, offset):
@@ -61,7 +60,7 @@ class Recording:
 
 def test_a_read_gets_only_the_rows_stored_since_the_last_one(db_url, study_file):
     svc = StudyService.open(study_file, db_url, seed=3)
-    history = PairHistory(svc._pair_keys, scheduler.pair_key)
+    history = PairHistory(svc._pair_keys)
     for i in range(4):
         vote_some(svc, start(svc, f"warm-{i}"), 5, i)
     with svc.Reader() as db:
@@ -91,7 +90,7 @@ def test_rows_committed_below_the_mark_are_counted_by_the_next_full_read(db_url,
     the deltas miss it, the full read every `full_every_s` seconds counts it."""
     svc = StudyService.open(study_file, db_url, seed=4)
     now = [0.0]
-    history = PairHistory(svc._pair_keys, scheduler.pair_key, full_every_s=60.0, clock=lambda: now[0])
+    history = PairHistory(svc._pair_keys, full_every_s=60.0, clock=lambda: now[0])
     with svc.Reader() as db:
         history.read(db)
     vote_some(svc, start(svc, "late"), 6, 0)

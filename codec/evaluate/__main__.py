@@ -33,7 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", required=True, help="folder of test images, or a glob such as 'clic/**/*.png'")
     parser.add_argument("--images", default=None,
                         help="a .txt file listing images inside --data (one a line), or comma-separated names")
-    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {','.join(METHODS)}")
+    parser.add_argument("--methods", default=None, help=f"comma-separated, from {','.join(METHODS)} (default: all "
+                        "of them, 'ours' only where the backbone has a learned adapter)")
     parser.add_argument("--bpp", default="0.05,0.1,0.2,0.4", help="target bitrates")
     parser.add_argument("--out", required=True, help="output folder (re-running into it resumes)")
     parser.add_argument("--backbone", default="demo", help="demo, tiny, a diffusers folder or a hub id")
@@ -58,7 +59,8 @@ def main(argv=None) -> int:
         if args.resize is not None and args.resize < 1:
             raise DataError("--resize must be a positive number of pixels")
         settings = run.Settings(
-            methods=run.parse_methods(args.methods), targets=run.parse_targets(args.bpp), backbone=args.backbone,
+            methods=run.parse_methods(args.methods or ",".join(run.METHODS)), ours_if_trained=args.methods is None,
+            targets=run.parse_targets(args.bpp), backbone=args.backbone,
             adapter=args.adapter, resize=args.resize, crop=datasets.parse_size(args.crop) if args.crop else None,
             naive_train=args.naive_train, save_reconstructions=args.save_reconstructions, max_pixels=args.max_pixels)
         files = datasets.list_images(args.data, args.images, args.max_images)

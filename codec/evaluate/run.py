@@ -48,6 +48,7 @@ class Settings:
     naive_train: str | None = None
     save_reconstructions: bool = False
     max_pixels: int | None = None  # the codec's limit on the padded area (None: its default)
+    ours_if_trained: bool = False  # drop "ours" (the learned mode) when the backbone has no learned adapter
 
     def identity(self) -> dict:
         """What makes two runs' rows comparable: rows of another backbone or crop are never reused."""
@@ -166,7 +167,9 @@ def _load_codec(settings: Settings, device):
                                     device=None if device.type == "cpu" else str(device), **limit)
     except (BackboneUnavailable, OSError, ValueError) as err:
         raise EvaluationError(str(err)) from None
-    if "ours" in settings.methods and "learned" not in codec.adapters:
+    if "ours" in settings.methods and "learned" not in codec.adapters and settings.ours_if_trained:
+        settings.methods.remove("ours")  # the default list: every method this backbone can run
+    elif "ours" in settings.methods and "learned" not in codec.adapters:
         raise EvaluationError(f"'ours' needs a trained adapter for backbone {settings.backbone!r} "
                               "(give --adapter PATH, or evaluate 'ours-analytic')")
     return codec

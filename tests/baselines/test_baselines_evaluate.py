@@ -148,3 +148,19 @@ def test_bad_arguments_give_one_line_errors(tmp_path, capsys):
         assert evaluate_main(["--out", str(tmp_path / "o"), *args]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+
+
+def test_the_default_methods_leave_out_ours_where_the_backbone_has_no_learned_adapter(tmp_path, capsys):
+    """Without --methods every method runs that the backbone can run: the demo ships no learned
+    adapter, so 'ours' (the learned mode) is left out; asked for by name it is a one-line error."""
+    photo("kite").crop((300, 200, 364, 264)).save(tmp_path / "kite.png")
+    asked = ["--data", str(tmp_path), "--backbone", "tiny", "--bpp", "0.5", "--out", str(tmp_path / "o")]
+    assert evaluate_main([*asked, "--methods", "ours,jpeg"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: 'ours' needs a trained adapter") and err.count("\n") == 1, err
+
+    settings = evaluate_run.Settings(methods=evaluate_run.parse_methods(",".join(evaluate_run.METHODS)),
+                                     targets=[0.5], backbone="tiny", ours_if_trained=True)
+    codec = evaluate_run._load_codec(settings, torch.device("cpu"))
+    assert "learned" not in codec.adapters
+    assert settings.methods == [m for m in evaluate_run.METHODS if m != "ours"]

@@ -17,7 +17,7 @@ METHODS = ("diffusion", "jpeg", "webp", "avif", "heic")
 BASELINES = ("jpeg", "webp", "avif", "heic")
 SCHEDULERS = ("balanced", "active")
 PLATFORMS = ("none", "prolific", "mturk")
-CODEC_MODES = ("learned", "analytic")
+CODEC_MODES = ("auto", "learned", "analytic")  # auto: learned when an adapter is given
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 PROLIFIC_REDIRECT = "https://app.prolific.com/submissions/complete?cc={code}"
 PARTICIPANT_NAMES = {"prolific": "Prolific", "mturk": "Mechanical Turk", "anonymous": "a plain web link"}
@@ -396,7 +396,7 @@ def load(path: str | Path, check_files: bool = True) -> StudyConfig:
     c.unknown(codec or {}, ("codec",), {"backbone", "adapter", "mode"})
     backbone = c.get(codec or {}, ("codec",), "backbone", str, default="demo")
     adapter = c.get(codec or {}, ("codec",), "adapter", str, default=None)
-    mode = c.get(codec or {}, ("codec",), "mode", str, default="learned", check=_one_of(CODEC_MODES))
+    mode = c.get(codec or {}, ("codec",), "mode", str, default="auto", check=_one_of(CODEC_MODES))
     stimuli_dir = c.get(data, (), "stimuli_dir", str, default=f"{study_id or 'study'}_stimuli")
     c.get(data, (), "exclusion", dict, default=None)   # rater-exclusion rules: read by `scores --exclusions`
 

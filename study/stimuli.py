@@ -66,12 +66,13 @@ class _Coders:
         if self._codec is None:
             from codec.core.diffusion_codec import DiffusionCodec
             self._codec = DiffusionCodec.load(backbone=self.cfg.codec_backbone,
-                                              adapter=self.cfg.codec_adapter, mode=self.cfg.codec_mode)
+                                              adapter=self.cfg.codec_adapter,
+                                              mode=None if self.cfg.codec_mode == "auto" else self.cfg.codec_mode)
         return self._codec
 
     def fingerprints(self) -> dict:
-        """The backbone and adapter the diffusion stimuli are coded with, as the files name them."""
-        return {"backbone_fingerprint": self.codec.backbone.fingerprint.hex(),
+        """The backbone, adapter and mode ("auto" resolved) the diffusion stimuli are coded with."""
+        return {"mode": self.codec.mode, "backbone_fingerprint": self.codec.backbone.fingerprint.hex(),
                 "adapter_fingerprint": self.codec.adapters[self.codec.mode].fingerprint.hex()}
 
     def __call__(self, image: Image.Image, method: str, bpp: float) -> tuple[Image.Image, bytes, float]:

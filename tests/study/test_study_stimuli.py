@@ -137,3 +137,20 @@ def test_a_retrained_backbone_under_the_same_name_rebuilds_the_diffusion_stimuli
     assert logs[-1].startswith("2 stimuli built")      # astro's and creek's diffusion stimulus
     assert again["diffusion@0.9"]["codec"]["backbone_fingerprint"] != first["diffusion@0.9"]["codec"]["backbone_fingerprint"]
     assert again["jpeg@0.8"] == first["jpeg@0.8"]
+
+
+def test_the_codec_mode_defaults_to_learned_with_an_adapter_and_analytic_without(tmp_path):
+    """`mode` left out is "auto", as in the app: the manifest records the mode the files were coded in."""
+    from codec.core.random_backbones import save_random_backbone
+
+    shutil.copytree(PHOTOS, tmp_path / "images")
+    backbone = save_random_backbone("tiny", tmp_path / "backbone", seed=0)
+    adapter = ROOT / "tests" / "codec" / "data" / "tiny-learned"
+    for codec, mode in ((f"{{backbone: '{backbone}'}}", "analytic"),
+                        (f"{{backbone: '{backbone}', adapter: '{adapter}'}}", "learned")):
+        path = tmp_path / f"{mode}.yaml"
+        path.write_text(YAML.format(crop="[0, 0, 128, 128]").replace(
+            "conditions:\n", "conditions:\n  - {method: diffusion, bpp: 0.9}\n").replace(
+            "id: stim", f"id: {mode}").replace("consent:", f"codec: {codec}\nconsent:"))
+        built = stimuli.build(config.load(path), log=lambda m: None)["astro"]["stimuli"]["diffusion@0.9"]
+        assert built["codec"]["mode"] == mode, built

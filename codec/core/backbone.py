@@ -126,7 +126,8 @@ def load_backbone(source: str = "demo", device=None, dtype=None) -> Backbone:
         if not (DEMO_DIR / "vae" / "config.json").is_file():
             raise BackboneUnavailable(
                 f"The bundled demo backbone is missing from {DEMO_DIR}. Train it with "
-                "`python -m codec.train backbone --data ../shared/data/photos --out assets/models/demo`."
+                "`python -m codec.train data --out runs/data` and then "
+                "`python -m codec.train backbone --data runs/data --out assets/models/demo` (assets/models/demo/MODEL_CARD.md)."
             )
         return _load_diffusers(str(DEMO_DIR), DEMO_DIR, "demo", device, dtype)
     path = Path(source).expanduser()

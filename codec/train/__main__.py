@@ -2,7 +2,7 @@
 
     python -m codec.train data --out DIR [--photos ../shared/data/photos] [--debs FOLDER]
     python -m codec.train backbone --data DIR --out assets/models/demo [--size v2] [--resume]
-    python -m codec.train adapter --backbone demo --data ../shared/data/photos --out OUT [--minutes M]
+    python -m codec.train adapter --backbone demo --data DIR --out OUT [--minutes M]
 
 See codec/data/wallpapers.py, codec/train/demo_backbone.py and codec/train/adapter.py for what each does.
 """
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     bb.add_argument("--unet-minutes", type=positive_float, default=40.0, help="total UNet training time, CPU minutes per thread (across resumes)")
     bb.add_argument("--size", choices=sorted(MODEL_SIZES), default="v2", help="model sizes (demo_backbone.MODEL_SIZES)")
     bb.add_argument("--resume", action="store_true", help="continue from the checkpoints in --work")
-    bb.add_argument("--init", type=Path, help="an exported backbone folder (e.g. assets/models/demo-v2) whose weights "
+    bb.add_argument("--init", type=Path, help="an exported backbone folder (e.g. assets/models/demo) whose weights "
                     "the models without a checkpoint in --work start from (fresh optimizer, minutes from 0)")
     bb.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads")
     args = parser.parse_args(argv)

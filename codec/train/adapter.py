@@ -1,7 +1,7 @@
 """Training the paper's adapter (parameter network + hyperprior) on a frozen backbone.
 
-    python -m codec.train adapter --backbone assets/models/demo --data ../shared/data/photos \
-        --out assets/models/demo/adapter [--minutes 40] [--resume] [--device cuda]
+    python -m codec.train adapter --backbone demo --data runs/demo-v2/data2 \
+        --out runs/adapter/export [--minutes 40] [--resume] [--device cuda]
 
 One model for all rates: lambda is sampled log-uniformly per example and fed to P(y, lambda).
 Loss per example (paper-spec §2 and §7.4; a batch averages its logarithm, see adapter_loss):

@@ -54,11 +54,11 @@ UNET_LAYOUT = dict(layers_per_block=1, down_block_types=("DownBlock2D",) * 3, up
 # Named model sizes (DemoAutoencoder and UNet2DModel kwargs); a run records its sizes in its checkpoints.
 # Times at 768x512 on 2 threads, best of 8 (docs/demo-backbone-v2.md): VAE encode / decode, one UNet call.
 MODEL_SIZES = {
-    # The shipped demo (assets/models/demo): 2.36 M + 4.24 M parameters; 21 / 137 / 44 ms.
+    # The first demo (shipped until 2 Dec 2026): 2.36 M + 4.24 M parameters; 21 / 137 / 44 ms.
     "v1": dict(vae={}, unet=dict(block_out_channels=(64, 128, 128), **UNET_LAYOUT)),
     # Capacity where it is cheap: the VAE's 1/8 scale (160 channels, 6 decoder blocks) and the UNet's
     # lowest resolution (192 channels): 4.36 M + 6.76 M; 35 / 188 / 50 ms, i.e. 0.42 s of model time
-    # for an encode + 4-step decode.
+    # for an encode + 4-step decode. The shipped demo (assets/models/demo).
     "v2": dict(
         vae=dict(encoder_channels=160, encoder_blocks=2, decoder_channels=(160, 64, 32, 16), decoder_blocks=(6, 2, 1, 0)),
         unet=dict(block_out_channels=(64, 128, 192), **UNET_LAYOUT),

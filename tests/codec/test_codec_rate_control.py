@@ -8,6 +8,7 @@ stated tolerance: at least (1 - TOLERANCE) of the target, or else the next knob 
 
 import math
 import statistics
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -17,7 +18,8 @@ import torch
 from codec.core import bitstream, images, rate_control
 from codec.core.rate_control import MAX_PROBES, RESOLUTION, TOLERANCE
 
-KNOB_RANGE = (math.log(0.5), math.log(2e5))  # the demo adapter's lambda range
+KNOB_RANGE = (math.log(0.5), math.log(2e5))  # the first demo adapter's lambda range
+DEMO_LEARNED = Path(__file__).parent / "data" / "demo-learned"
 HEADER_BITS = 400.0
 
 
@@ -187,17 +189,21 @@ def test_real_encodes_give_the_largest_file_that_fits_on_a_knob_grid(tiny_codec,
 
 @pytest.fixture(scope="module")
 def demo_learned():
+    """The demo backbone with a briefly trained learned adapter (the demo ships none; this one is
+    stored for the tests: tests/codec/data/README.md)."""
     from codec.core.diffusion_codec import DiffusionCodec
 
-    return DiffusionCodec.load("demo", mode="learned", device="cpu", dtype="float32")
+    return DiffusionCodec.load("demo", adapter=str(DEMO_LEARNED), mode="learned", device="cpu", dtype="float32")
 
 
 @pytest.mark.parametrize("name", ["kite", "bee"])
 def test_the_learned_adapters_predicted_lambda_lands_near_the_target(demo_learned, name):
     """Rate control starts at LearnedAdapter.predicted_knob: the entropy model's estimate of the
-    payload at the predicted lambda is within a factor 2.5 of the payload asked for at 0.02-0.3
-    bpp (it is 1.6-2.0x on the test photos: the hyperprior's means and hyper-latent are not in the
-    prediction), rises with the payload asked for, and stays inside the knob range."""
+    payload at the predicted lambda is within a factor 3.5 of the payload asked for at 0.02-0.3
+    bpp (1.8-3.0x with this briefly trained adapter on the test photos, 1.6-2.0x with the first
+    demo's long-trained one: the hyperprior's means and hyper-latent are not in the prediction; an
+    untrained adapter is 6-13x off), rises with the payload asked for, and stays inside the knob
+    range."""
     from tests.photos import photo as photo_named
 
     image = photo_named(name, width=384)
@@ -212,7 +218,7 @@ def test_the_learned_adapters_predicted_lambda_lands_near_the_target(demo_learne
         knobs.append(adapter.predicted_knob(features, payload_bits))
         q = adapter.quantization(y, knobs[-1], features)
         estimate = adapter.analyse(q.apply(y), q).estimated_bits
-        assert 1 / 2.5 < estimate / payload_bits < 2.5, (bpp, estimate / payload_bits)
+        assert 1 / 3.5 < estimate / payload_bits < 3.5, (bpp, estimate / payload_bits)
     assert knobs == sorted(knobs) and len(set(knobs)) == len(knobs)
     low, high = (math.exp(v) for v in adapter.knob_range)
     assert adapter.predicted_knob(features, 1.0) == pytest.approx(low)

@@ -24,14 +24,15 @@ GOLDEN = Path(__file__).parent / "data" / "golden-v2.json"
 GOLDEN_CASES = [
     *[("tiny", image, "learned", "lam", lam) for image in ("kite", "bee", "moss") for lam in (0.01, 1.0, 1000.0)],
     *[("tiny", image, "analytic", "step", step) for image in ("kite", "bee", "moss") for step in (0.5, 8.0)],
-    *[("demo", "storm", "learned", "lam", lam) for lam in (0.001, 0.1, 10.0, 1000.0)],
     ("demo", "storm", "analytic", "step", 1.0),
-    *[("demo", "storm", mode, "target_bpp", bpp) for mode in ("learned", "analytic") for bpp in (0.05, 0.3)],
+    *[("tiny", "storm", "learned", "target_bpp", bpp) for bpp in (0.5, 2.0)],  # the untrained adapter starts at 0.31
+    *[("demo", "storm", "analytic", "target_bpp", bpp) for bpp in (0.05, 0.3)],
 ]
 
 
 def golden_codecs() -> dict[str, DiffusionCodec]:
-    return {"tiny": make_tiny_codec(), "demo": DiffusionCodec.load("demo", "auto", "learned")}
+    # the demo ships no learned adapter (assets/models/demo/MODEL_CARD.md): the learned cases are the tiny codec's
+    return {"tiny": make_tiny_codec(), "demo": DiffusionCodec.load("demo", None, "analytic")}
 
 
 def golden_image(name: str):
@@ -90,9 +91,9 @@ def _decompress_from_scratch(adapter, payloads: list[bytes], latent_shape) -> to
 
 @pytest.mark.parametrize("lam", [1e-3, 0.03, 1.0, 30.0, 1e3])
 def test_the_learned_probe_keeps_what_coding_from_scratch_computes(codecs, lam):
-    adapter = codecs["demo"].adapters["learned"]
+    adapter = codecs["tiny"].adapters["learned"]
     with torch.no_grad():
-        y = codecs["demo"].backbone.encode(torch.rand(1, 3, 72, 136) * 2 - 1)
+        y = codecs["tiny"].backbone.encode(torch.rand(1, 3, 72, 136) * 2 - 1)
         q = adapter.quantization(y, lam, adapter.features(y))
         z = q.apply(y)
         analysis = adapter.analyse(z, q)

@@ -66,8 +66,7 @@ class _Coders:
         if self._codec is None:
             from codec.core.diffusion_codec import DiffusionCodec
             self._codec = DiffusionCodec.load(backbone=self.cfg.codec_backbone,
-                                              adapter=self.cfg.codec_adapter,
-                                              mode=None if self.cfg.codec_mode == "auto" else self.cfg.codec_mode)
+                                              adapter=self.cfg.codec_adapter, mode=self.cfg.codec_mode)
         return self._codec
 
     def fingerprints(self) -> dict:

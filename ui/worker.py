@@ -24,7 +24,7 @@ def load_codec(backbone: str | None, adapter: str | None, mode: str, device: str
     from codec.core.diffusion_codec import DiffusionCodec
 
     return DiffusionCodec.load(
-        backbone=backbone, adapter=adapter, mode=None if mode == "auto" else mode, device=device,
+        backbone=backbone, adapter=adapter, mode=mode, device=device,
         dtype=None if dtype == "auto" else dtype,  # None: float16 on CUDA, float32 on the CPU
         max_pixels=max_pixels,
         allow_tiny=True,  # never refuse to start; the notice on every result says the model is random

@@ -97,7 +97,9 @@ class DiffusionCodec:
 
         adapter="auto" uses the adapter shipped in the backbone folder when there is one; without a
         trained adapter the codec runs in analytic mode, and `backbone_notice` says which adapter codes.
+        mode None or "auto": learned when a learned adapter is loaded, else analytic.
         """
+        mode = None if mode == "auto" else mode
         if backbone == "auto":
             bb, notice = load_default_backbone(device, dtype, allow_tiny=allow_tiny)
         else:

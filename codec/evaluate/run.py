@@ -167,11 +167,11 @@ def _load_codec(settings: Settings, device):
                                     device=None if device.type == "cpu" else str(device), **limit)
     except (BackboneUnavailable, OSError, ValueError) as err:
         raise EvaluationError(str(err)) from None
-    if "ours" in settings.methods and "learned" not in codec.adapters and settings.ours_if_trained:
+    if "ours" in settings.methods and "learned" not in codec.adapters:
+        if not settings.ours_if_trained:
+            raise EvaluationError(f"'ours' needs a trained adapter for backbone {settings.backbone!r} "
+                                  "(give --adapter PATH, or evaluate 'ours-analytic')")
         settings.methods.remove("ours")  # the default list: every method this backbone can run
-    elif "ours" in settings.methods and "learned" not in codec.adapters:
-        raise EvaluationError(f"'ours' needs a trained adapter for backbone {settings.backbone!r} "
-                              "(give --adapter PATH, or evaluate 'ours-analytic')")
     return codec
 
 

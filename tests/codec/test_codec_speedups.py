@@ -12,8 +12,8 @@ import torch
 
 from codec.core import bitstream
 from codec.core.adapters import transform
-from codec.core.adapters.analytic import _band_scales
-from codec.core.adapters.base import scale_indexes
+from codec.core.adapters.analytic import _band_scales, _scale_slots
+from codec.core.adapters.base import coded_scales, scale_indexes
 from codec.core.diffusion_codec import DiffusionCodec
 from codec.evaluate.metrics import psnr
 from tests.codec.conftest import make_tiny_codec
@@ -110,7 +110,7 @@ def test_the_analytic_coder_writes_and_reads_what_compressai_does(codecs, step):
     q = adapter.quantization(y, step, adapter.features(y))
     z = q.apply(y)
     symbols = adapter.analyse(z, q).tensors["symbols"]  # the rounded transform coefficients
-    scales = _band_scales(q, z.shape)
+    scales = _band_scales(q, 4)[_scale_slots(*z.shape[1:])].unsqueeze(0)
     indexes, zeros = gc.build_indexes(scales), torch.zeros_like(z)
     expected = gc.compress(symbols, indexes, means=zeros)
     assert adapter.compress(z, q, adapter.analyse(z, q)) == adapter.compress(z, q) == expected
@@ -142,3 +142,21 @@ def test_the_coder_given_only_the_scales_a_latent_uses_writes_compressais_bytes(
     expected = gc.compress(z, indexes.int(), means=means)[0]
     assert coder.compress(z, indexes, means) == expected
     assert torch.equal(coder.decompress(expected, indexes, means), gc.decompress([expected], indexes.int(), means=means))
+
+
+@pytest.mark.parametrize("step", [0.05, 1.0, 30.0])
+def test_the_analytic_estimate_sums_compressais_likelihoods(codecs, step):
+    """analyse prices each band in closed form from its symbols' counts; compressai prices every
+    coefficient with its likelihood under the scale-table entry it is coded with."""
+    adapter = codecs["demo"].adapters["analytic"]
+    gc = adapter.conditional
+    y = torch.randn(1, 4, 24, 40) * 3
+    q = adapter.quantization(y, step, adapter.features(y))
+    analysis = adapter.analyse(q.apply(y), q)
+    symbols = analysis.tensors["symbols"]
+    scales = _band_scales(q, 4)[_scale_slots(*y.shape[1:])].unsqueeze(0)
+    coded = coded_scales(gc, scale_indexes(gc, scales), symbols)
+    _, likelihoods = gc(symbols, coded, means=torch.zeros_like(symbols), training=False)
+    expected = float(-torch.log2(likelihoods.double()).sum())
+    assert analysis.estimated_bits == pytest.approx(expected, rel=1e-4, abs=0.5)
+    assert torch.equal(analysis.tensors["indexes"], scale_indexes(gc, scales))

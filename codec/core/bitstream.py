@@ -232,20 +232,21 @@ def describe(data: bytes, max_pixels: int | None = None, max_steps: int | None =
 # For a 1536x1536 image (S = 147,456 per payload) R is 12 MB for a typical string, 31 MB at most.
 _RANS_WORD = 4
 _RANS_PAD_WORD = struct.pack("<I", 0x80000000)
+RANS_STATE_BYTES = 2 * _RANS_WORD  # the final state every payload ends with: its size for no symbols
 
 
 def max_rans_payload_bytes(symbols: int) -> int:
     """The longest string compressai's encoder can write for `symbols` symbols (2 + 2 S words)."""
-    return _RANS_WORD * (2 + 2 * symbols)
+    return RANS_STATE_BYTES + _RANS_WORD * 2 * symbols
 
 
 def check_rans_payload(payload: bytes, symbols: int) -> None:
     """Refuse a payload that compressai's encoder cannot have written for `symbols` symbols."""
     longest = max_rans_payload_bytes(symbols)
-    if len(payload) % _RANS_WORD or not 2 * _RANS_WORD <= len(payload) <= longest:
+    if len(payload) % _RANS_WORD or not RANS_STATE_BYTES <= len(payload) <= longest:
         raise BitstreamError(
             f"An entropy-coded payload of {len(payload):,} bytes cannot hold {symbols:,} symbols (it must be a "
-            f"multiple of {_RANS_WORD} bytes between {2 * _RANS_WORD} and {longest:,}): the file is damaged or forged."
+            f"multiple of {_RANS_WORD} bytes between {RANS_STATE_BYTES} and {longest:,}): the file is damaged or forged."
         )
 
 

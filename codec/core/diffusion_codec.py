@@ -183,16 +183,20 @@ class DiffusionCodec:
             chosen = candidate(named[given[0]])
             data = pack(chosen)
         else:
-            # The container without payloads: its size depends on the side information, not on the knob.
+            # The container and the rANS coder's final states: what a file takes besides the symbols'
+            # bits (the estimate); it depends on the side information's length, not on the knob.
             q = adapter.quantization(y, math.exp(adapter.knob_range[0]), features)
             header_bits = 8 * len(bitstream.pack(self._header(adapter, q, width, height, steps),
-                                                 [b""] * bitstream.payload_count(mode)))
+                                                 [bytes(bitstream.RANS_STATE_BYTES)] * bitstream.payload_count(mode)))
             target_bits = target_bpp * width * height
             tick = time.perf_counter()
-            guess = adapter.predicted_knob(features, max((1 - rate_control.TOLERANCE / 2) * target_bits - header_bits, 1.0))
+            payload_bits = max((1 - rate_control.TOLERANCE / 2) * target_bits - header_bits, 1.0)
+            guess = adapter.predicted_knob(features, payload_bits)
             timings["adapter"] += time.perf_counter() - tick
+            # rate control follows log(payload + header): the header flattens the payload's slope
+            slope = guess and guess.slope and guess.slope * payload_bits / (payload_bits + header_bits)
             chosen, data = rate_control.search(candidate, pack, adapter.knob_range, target_bits, header_bits,
-                                               start=guess, slope=adapter.rate_slope)
+                                               start=None if guess is None else guess.knob, slope=slope)
         timings["total"] = time.perf_counter() - start
         report("done", 1.0)
         header, _ = bitstream.parse(data)

@@ -125,6 +125,23 @@ def test_the_closed_form_entropy_of_a_rounded_laplacian_equals_its_sum(scale):
     assert float(laplacian_entropy_bits(torch.tensor([scale]))) == pytest.approx(float(-(p * torch.log2(p)).sum()), rel=1e-6)
 
 
+@pytest.mark.parametrize("exponent", [-1.2, -0.2, 0.3])
+def test_the_knob_guess_solves_a_power_law_and_gives_its_slope(exponent):
+    """bits = 1e5 knob^exponent on a grid (falling with the knob like a quantizer step, or rising
+    like lambda): the guess meets the payload asked for, with the exponent as its slope, and stays
+    on the grid's ends (with their slope) beyond them."""
+    from codec.core.adapters.base import knob_for_bits
+
+    log_knobs = torch.linspace(math.log(1e-3), math.log(1e2), 257, dtype=torch.float64)
+    bits = 1e5 * (exponent * log_knobs).exp()
+    guess = knob_for_bits(log_knobs, bits, 2e5)
+    assert guess.knob == pytest.approx(2.0 ** (1 / exponent), rel=1e-3)
+    assert guess.slope == pytest.approx(exponent, rel=1e-6)
+    beyond = knob_for_bits(log_knobs, bits, 1e30)
+    assert beyond.knob == pytest.approx(1e-3 if exponent < 0 else 1e2) and beyond.slope == pytest.approx(exponent)
+    assert knob_for_bits(log_knobs, torch.full_like(bits, 1e5), 2e5).slope is None  # flat: no slope to follow
+
+
 @pytest.mark.parametrize("bpp", [0.02, 0.05, 0.1, 0.3])
 def test_the_predicted_step_lands_near_the_target_and_saves_probes(demo_codec, bpp):
     """Rate control starts at predicted_knob: the entropy model's estimate of the payload there is
@@ -137,8 +154,16 @@ def test_the_predicted_step_lands_near_the_target_and_saves_probes(demo_codec, b
     adapter = demo_codec.adapters["analytic"]
     payload_bits = bpp * image.width * image.height * 0.9    # the header takes the rest
     features = adapter.features(y)
-    q = adapter.quantization(y, adapter.predicted_knob(features, payload_bits), features)
-    estimate = adapter.analyse(q.apply(y), q).estimated_bits
-    assert 1 / 1.5 < estimate / payload_bits < 1.5, estimate / payload_bits
+    guess = adapter.predicted_knob(features, payload_bits)
+
+    def estimate(step: float) -> float:
+        q = adapter.quantization(y, step, features)
+        return adapter.analyse(q.apply(y), q).estimated_bits
+
+    assert 1 / 1.5 < estimate(guess.knob) / payload_bits < 1.5, estimate(guess.knob) / payload_bits
+    # the guessed slope of log bits in log step is the estimate's own, within a third
+    spread = 0.1
+    slope = math.log(estimate(guess.knob * math.exp(spread)) / estimate(guess.knob / math.exp(spread))) / (2 * spread)
+    assert guess.slope < 0 and abs(guess.slope / slope - 1) < 1 / 3, (guess.slope, slope)
     result = demo_codec.encode(image, target_bpp=bpp, mode="analytic")
     assert result.bpp <= bpp and result.timings["rate_control_probes"] <= 3

@@ -215,11 +215,11 @@ def test_the_learned_adapters_predicted_lambda_lands_near_the_target(demo_learne
     knobs = []
     for bpp in (0.02, 0.05, 0.1, 0.3):
         payload_bits = bpp * image.width * image.height * 0.9
-        knobs.append(adapter.predicted_knob(features, payload_bits))
+        knobs.append(adapter.predicted_knob(features, payload_bits).knob)
         q = adapter.quantization(y, knobs[-1], features)
         estimate = adapter.analyse(q.apply(y), q).estimated_bits
         assert 1 / 3.5 < estimate / payload_bits < 3.5, (bpp, estimate / payload_bits)
     assert knobs == sorted(knobs) and len(set(knobs)) == len(knobs)
     low, high = (math.exp(v) for v in adapter.knob_range)
-    assert adapter.predicted_knob(features, 1.0) == pytest.approx(low)
-    assert adapter.predicted_knob(features, 1e12) == pytest.approx(high)
+    assert adapter.predicted_knob(features, 1.0).knob == pytest.approx(low)
+    assert adapter.predicted_knob(features, 1e12).knob == pytest.approx(high)

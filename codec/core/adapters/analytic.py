@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 import torch
 from codec.core.adapters import transform
-from codec.core.adapters.base import (PREDICTION_GRID, Adapter, Analysis, GaussianCoder, Quantization, check_codable,
-                                     coded_scales, default_t_max, knob_for_bits, laplacian_entropy_bits, per_channel,
-                                     scale_indexes)
+from codec.core.adapters.base import (PREDICTION_GRID, Adapter, Analysis, GaussianCoder, KnobGuess, Quantization,
+                                     check_codable, coded_scales, default_t_max, knob_for_bits, laplacian_entropy_bits,
+                                     per_channel, scale_indexes)
 from codec.core.bitstream import FINGERPRINT_BYTES, quantize_side_info, rans_decoder_input
 from codec.core.entropy_coding import GaussianConditional, get_scale_table
 
@@ -87,12 +87,6 @@ class AnalyticAdapter(Adapter):
         return math.log(self.config["step_max"]), math.log(self.config["step_min"])  # a larger step: a lower rate
 
     @property
-    def rate_slope(self) -> float:
-        # d log(bits) / d log(step) runs from -0.3 at 0.3 bpp to -1.2 at 0.02 bpp on the demo backbone's
-        # validation photos; -0.7 gave the fewest rate-control probes there (median 4, at most 5, 0.03-0.4 bpp)
-        return -0.7
-
-    @property
     def device(self) -> torch.device:
         return torch.device("cpu")  # small transforms and a factorized prior: no work for a GPU
 
@@ -117,7 +111,7 @@ class AnalyticAdapter(Adapter):
         return _Features(mean, max(float(centred.pow(2).mean().sqrt()), 1e-3), angles, coefficients, bands,
                          population)
 
-    def predicted_knob(self, features: _Features, payload_bits: float) -> float:
+    def predicted_knob(self, features: _Features, payload_bits: float) -> KnobGuess:
         """The step at which every band, taken as a Laplacian of its coefficients' RMS and quantized by
         rounding (an entropy with a closed form, laplacian_entropy_bits), sums to payload_bits:
         evaluated on a grid of steps over the knob range at once and interpolated in log bits (a

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save
 from torch import nn
 
-from codec.core.adapters.base import (WEIGHTS_FILE, Adapter, Analysis, GaussianCoder, Quantization,
+from codec.core.adapters.base import (WEIGHTS_FILE, Adapter, Analysis, GaussianCoder, KnobGuess, Quantization,
                                      check_codable, coded_scales, knob_for_bits, laplacian_entropy_bits, scale_indexes)
 from codec.core.bitstream import FINGERPRINT_BYTES, quantize_side_info, rans_decoder_input
 from codec.core.entropy_coding import CompressionModel, EntropyBottleneck, GaussianConditional, get_scale_table
@@ -128,10 +128,6 @@ class LearnedAdapter(Adapter, CompressionModel):
         return math.log(self.config["lam_min"]), math.log(self.config["lam_max"])
 
     @property
-    def rate_slope(self) -> float:
-        return 0.3  # bits ~ lambda^0.3, measured on the demo backbone's validation photos
-
-    @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
@@ -150,7 +146,7 @@ class LearnedAdapter(Adapter, CompressionModel):
             variance = (cells(y.float().pow(2)) - cells(y.float()).pow(2)).clamp(min=0)
             return _Features(self.param_net.features(y), variance[0].flatten(1).sqrt().cpu())
 
-    def predicted_knob(self, features: _Features, payload_bits: float) -> float:
+    def predicted_knob(self, features: _Features, payload_bits: float) -> KnobGuess:
         """The lambda at which round(a y + b), every value taken as a Laplacian of its cell's spread
         (the hyperprior's scales follow the local spread of z), would take payload_bits, with a
         from the parameter network at each lambda of a log grid over the knob range (one batched

@@ -184,8 +184,9 @@ class DiffusionCodec:
             data = pack(chosen)
         else:
             # The container and the rANS coder's final states: what a file takes besides the symbols'
-            # bits (the estimate); it depends on the side information's length, not on the knob.
-            q = adapter.quantization(y, math.exp(adapter.knob_range[0]), features)
+            # bits (the estimate). Its size depends on how many values it holds, not on what they are.
+            channels = y.shape[1]
+            q = Quantization((1.0,) * channels, (0.0,) * channels, 0, (0.0,) * adapter.side_info_count(y.shape))
             header_bits = 8 * len(bitstream.pack(self._header(adapter, q, width, height, steps),
                                                  [bytes(bitstream.RANS_STATE_BYTES)] * bitstream.payload_count(mode)))
             target_bits = target_bpp * width * height

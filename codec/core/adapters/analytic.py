@@ -50,7 +50,8 @@ class _Features:
     angles: tuple[float, ...]  # the KLT as Givens angles, float16-rounded as stored
     coefficients: torch.Tensor  # block DCT of the rotated, centred y (y units)
     bands: torch.Tensor  # (C, h, w) index of each coefficient's (channel, band) scale in the side information
-    population: torch.Tensor  # (C x bands,) how many coefficients each (channel, band) scale covers
+    population: torch.Tensor  # (C x bands,) float64: how many coefficients each (channel, band) scale covers
+    band_rms: torch.Tensor  # (C x bands,) float64: the RMS of each (channel, band)'s coefficients (y units)
 
 
 class AnalyticAdapter(Adapter):
@@ -107,9 +108,11 @@ class AnalyticAdapter(Adapter):
         centred = y - mean.view(1, -1, 1, 1)
         coefficients = transform.block_dct(transform.rotate(centred, _rotation(angles, channels).T))
         bands = _scale_slots(channels, height, width)
-        population = torch.bincount(bands.reshape(-1), minlength=int(bands.max()) + 1)
+        population = _slot_population(channels, height, width)
+        energy = torch.zeros(len(population), dtype=torch.float64).index_add_(
+            0, bands.reshape(-1), coefficients.reshape(-1).double().pow(2))
         return _Features(mean, max(float(centred.pow(2).mean().sqrt()), 1e-3), angles, coefficients, bands,
-                         population)
+                         population, (energy / population.clamp(min=1)).sqrt())
 
     def predicted_knob(self, features: _Features, payload_bits: float) -> KnobGuess:
         """The step at which every band, taken as a Laplacian of its coefficients' RMS and quantized by
@@ -117,12 +120,9 @@ class AnalyticAdapter(Adapter):
         evaluated on a grid of steps over the knob range at once and interpolated in log bits (a
         bisection of as many torch calls cost ~11 ms). The coder's adaptive scales and switched-off
         bands make the real size differ by a few to some tens of percent, which the probes correct."""
-        population = features.population.double()
-        energy = torch.zeros(len(population), dtype=torch.float64).index_add_(
-            0, features.bands.reshape(-1), features.coefficients.reshape(-1).double().pow(2))
-        rms = (energy / population.clamp(min=1)).sqrt()
         log_steps = torch.linspace(*sorted(self.knob_range), PREDICTION_GRID, dtype=torch.float64)
-        bits = (population[:, None] * laplacian_entropy_bits(rms[:, None] / (log_steps.exp() * features.std))).sum(0)
+        scales = features.band_rms[:, None] / (log_steps.exp() * features.std)
+        bits = (features.population[:, None] * laplacian_entropy_bits(scales)).sum(0)
         return knob_for_bits(log_steps, bits, payload_bits)
 
     def quantization(self, y: torch.Tensor, knob: float, features: _Features | None = None) -> Quantization:
@@ -135,8 +135,7 @@ class AnalyticAdapter(Adapter):
         slots = f.bands.unsqueeze(0)
         count = len(f.population)  # C x bands
         nonzero = torch.zeros(count).index_add_(0, slots.reshape(-1), (symbols != 0).float().reshape(-1))
-        energy = torch.zeros(count).index_add_(0, slots.reshape(-1), (f.coefficients / step).pow(2).reshape(-1))
-        scales = self._switch_off((energy / f.population).sqrt(), nonzero)
+        scales = self._switch_off((f.band_rms / step).float(), nonzero)
         # The error this quantizer leaves, in y units (the transforms are orthonormal): what DDIM removes.
         error = (f.coefficients - step * symbols * (scales[slots] > 0)).pow(2).mean()
         t = noise_matched_timestep(self.alphas_cumprod, float(error), self.t_max)
@@ -172,6 +171,9 @@ class AnalyticAdapter(Adapter):
         symbols = analysis.tensors["symbols"]
         check_codable(symbols)  # a block DCT gains up to 8x
         return [self.coder.compress(symbols, analysis.tensors["indexes"], torch.zeros_like(symbols))]
+
+    def side_info_count(self, latent_shape) -> int:
+        return _side_count(latent_shape)
 
     # -- decoder ------------------------------------------------------------------------------
     def symbol_counts(self, latent_shape) -> list[int]:

@@ -9,6 +9,7 @@ control searches it in log space between `knob_range`'s ends.
 
 from __future__ import annotations
 
+import array
 import json
 import math
 from abc import ABC, abstractmethod
@@ -117,6 +118,10 @@ class Adapter(ABC):
     def compress(self, z: torch.Tensor, quantization: Quantization, analysis: Analysis | None = None) -> list[bytes]:
         """Entropy-code round(z): one rANS string per payload (as many as bitstream.payload_count).
         `analysis` is `analyse(z, quantization)` where the caller has it (the same bytes, sooner)."""
+
+    @abstractmethod
+    def side_info_count(self, latent_shape) -> int:
+        """How many side-information values `quantization` writes for a latent of this shape."""
 
     @abstractmethod
     def symbol_counts(self, latent_shape) -> list[int]:
@@ -240,8 +245,9 @@ class GaussianCoder:
 
     def decompress(self, string: bytes, indexes: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
         values = self.gaussian_conditional.entropy_coder.decode_with_indexes(string, *self._used(indexes))
-        # via numpy: torch.tensor on a list of ints takes 2.5x as long (~1 ms for 24576 symbols)
-        symbols = torch.from_numpy(np.array(values, dtype=np.int32)).to(indexes.device).reshape(indexes.shape)
+        # via a C int array: torch.tensor on a list of ints takes 3.5x as long (~1.2 ms for 24576
+        # symbols), np.array 1.3x
+        symbols = torch.frombuffer(array.array("i", values), dtype=torch.int32).to(indexes.device).reshape(indexes.shape)
         return self.gaussian_conditional.dequantize(symbols, means)
 
 

@@ -225,6 +225,9 @@ class LearnedAdapter(Adapter, CompressionModel):
             raise RuntimeError("Call prepare() before coding: the adapter has no CDF tables yet.")
         return self._gaussian_coder
 
+    def side_info_count(self, latent_shape) -> int:
+        return 0  # the hyper-latent carries what the decoder needs
+
     def symbol_counts(self, latent_shape) -> list[int]:
         h, w = _hyper_size(latent_shape)
         return [self.config["hyper_channels"] * h * w, math.prod(latent_shape)]

@@ -1,6 +1,6 @@
 """Rate control on real photos: probes, how close the file comes to the target, and its time.
 
-    python benchmarks/rate_control.py [--backbone demo] [--modes learned,analytic]
+    python benchmarks/rate_control.py [--backbone demo] [--adapter auto|FOLDER] [--modes learned,analytic]
                                       [--bpp 0.02,0.03,0.05,0.1,0.2,0.3,0.5] [--threads 1]
 
 Encodes every photo of tests/data/photos and the validation photos of ../shared/data/photos (when
@@ -49,24 +49,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="demo")
     parser.add_argument("--adapter", default="auto")
-    parser.add_argument("--modes", default="learned,analytic")
+    parser.add_argument("--modes", default=None, help="comma-separated (default: every mode the codec has)")
     parser.add_argument("--bpp", default="0.02,0.03,0.05,0.1,0.2,0.3,0.5")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     codec = DiffusionCodec.load(args.backbone, args.adapter)
+    modes = args.modes.split(",") if args.modes else sorted(codec.adapters)
     paths = photo_paths()
     photos = {p.name: Image.open(p).convert("RGB") for p in paths}
     targets = [float(v) for v in args.bpp.split(",")]
     print(f"{codec.backbone_notice} {len(photos)} photos ({', '.join(photos)}) at their own size, "
           f"{args.threads} thread(s).\n")
-    codec.encode(next(iter(photos.values())), target_bpp=0.1, mode=args.modes.split(",")[0])  # warm-up
+    codec.encode(next(iter(photos.values())), target_bpp=0.1, mode=modes[0])  # warm-up
 
     header = ("mode", "target bpp", "median probes", "max probes", "min bpp/target", "median bpp/target",
               "max bpp/target", "over", "median RC ms", "max RC ms")
     rows = []
-    for mode in args.modes.split(","):
+    for mode in modes:
         for target in targets:
             runs = []
             for name, image in photos.items():

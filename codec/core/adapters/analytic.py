@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import torch
 from codec.core.adapters import transform
 from codec.core.adapters.base import (PREDICTION_GRID, Adapter, Analysis, GaussianCoder, KnobGuess, Quantization,
-                                     check_codable, coded_scales, default_t_max, knob_for_bits, laplacian_entropy_bits,
-                                     per_channel, scale_indexes)
+                                     check_codable, coded_scales, default_t_max, knob_for_bits, laplacian_bits,
+                                     laplacian_entropy_bits, per_channel, scale_indexes)
 from codec.core.bitstream import FINGERPRINT_BYTES, quantize_side_info, rans_decoder_input
 from codec.core.entropy_coding import GaussianConditional, get_scale_table
 
@@ -148,7 +148,7 @@ class AnalyticAdapter(Adapter):
 
     def analyse(self, z: torch.Tensor, quantization: Quantization) -> Analysis:
         """The coefficients' symbols, their scale indexes, and their size under the coded Laplacians,
-        summed per (channel, band) in closed form (band_bits): every coefficient of a band has the
+        summed per (channel, band) in closed form (laplacian_bits): every coefficient of a band has the
         same coded scale, so its bits depend only on |symbol|. That equals the sum of -log2 of
         compressai's likelihoods (tested) at a quarter of the cost, once per rate-control probe."""
         channels, height, width = z.shape[1:]
@@ -161,8 +161,8 @@ class AnalyticAdapter(Adapter):
         count = len(band_scales)
         nonzero = torch.zeros(count, dtype=torch.float64).index_add_(0, flat, (magnitude > 0).double())
         total = torch.zeros(count, dtype=torch.float64).index_add_(0, flat, magnitude)
-        bits = band_bits(coded_scales(self.conditional, band_indexes, band_scales).double(),
-                         _slot_population(channels, height, width), nonzero, total)
+        bits = laplacian_bits(coded_scales(self.conditional, band_indexes, band_scales).double(),
+                              _slot_population(channels, height, width), nonzero, total)
         return Analysis(float(bits.sum()), {"symbols": symbols, "indexes": band_indexes[slots]})
 
     def compress(self, z: torch.Tensor, quantization: Quantization, analysis: Analysis | None = None) -> list[bytes]:
@@ -285,22 +285,6 @@ def _slot_population(channels: int, height: int, width: int) -> torch.Tensor:
     """(C x bands,) float64: how many coefficients each (channel, band) scale covers."""
     slots = _scale_slots(channels, height, width)
     return torch.bincount(slots.reshape(-1), minlength=channels * transform.band_count(height, width)).double()
-
-
-def band_bits(scales: torch.Tensor, population: torch.Tensor, nonzero: torch.Tensor,
-              magnitude: torch.Tensor) -> torch.Tensor:
-    """The bits of each band's symbols under a zero-mean Laplacian of standard deviation `scales` (in
-    quantizer steps), as compressai's likelihood prices them, from counts alone: `population`
-    symbols, `nonzero` of them not 0, whose |symbol| sum to `magnitude`. With r = exp(-sqrt(2) /
-    scale), P(0) = 1 - sqrt(r) and P(+-k) = r^(k - 1/2) (1 - r) / 2 (laplacian_entropy_bits'
-    model), so -log2 P sums to n0 (-log2 P(0)) + nonzero (-log2((1 - r) / 2)) - (magnitude -
-    nonzero / 2) log2 r. (compressai floors a likelihood at 1e-9, which only a symbol far out in a
-    table's tail reaches: there this prices it higher.)"""
-    log_r = -math.sqrt(2.0) / scales
-    zero_bits = -torch.log2(-torch.expm1(log_r / 2))
-    nonzero_bits = -torch.log2(-torch.expm1(log_r) / 2)
-    return ((population - nonzero) * zero_bits + nonzero * nonzero_bits
-            - (magnitude - nonzero / 2) * log_r / math.log(2.0))
 
 
 def _band_scales(quantization: Quantization, channels: int) -> torch.Tensor:

@@ -263,16 +263,30 @@ def default_t_max(num_train_timesteps: int) -> int:
     return max(1, num_train_timesteps // 10)
 
 
+def laplacian_bits(scales: torch.Tensor, population: torch.Tensor, nonzero: torch.Tensor,
+                   magnitude: torch.Tensor) -> torch.Tensor:
+    """The bits of `population` integers coded with a zero-mean Laplacian of standard deviation
+    `scales` (in quantizer steps), as compressai's likelihood prices them, from counts alone:
+    `nonzero` of them are not 0 and their |values| sum to `magnitude`. With r = exp(-sqrt(2) /
+    scale), P(0) = 1 - sqrt(r) and P(+-k) = r^(k - 1/2) (1 - r) / 2, so -log2 P sums to
+    n0 (-log2 P(0)) + nonzero (-log2((1 - r) / 2)) - (magnitude - nonzero / 2) log2 r.
+    (compressai floors a likelihood at 1e-9, which only a value far out in a table's tail reaches:
+    there this prices it higher.)"""
+    log_r = -math.sqrt(2.0) / scales
+    zero_bits = -torch.log2(-torch.expm1(log_r / 2))
+    nonzero_bits = -torch.log2(-torch.expm1(log_r) / 2)
+    return ((population - nonzero) * zero_bits + nonzero * nonzero_bits
+            - (magnitude - nonzero / 2) * log_r / math.log(2.0))
+
+
 def laplacian_entropy_bits(scale: torch.Tensor) -> torch.Tensor:
     """Bits per value of a zero-mean Laplacian of standard deviation `scale` (in quantizer steps)
-    rounded to integers: with r = exp(-sqrt(2) / scale), P(0) = 1 - sqrt(r) and P(+-k) =
-    r^(k - 1/2) (1 - r) / 2, whose entropy sums in closed form. 0 for a scale near 0."""
+    rounded to integers: laplacian_bits of one value at its expected counts, P(nonzero) = sqrt(r)
+    and E|k| = sqrt(r) / (1 - r). 0 for a scale near 0."""
     s = scale.double().clamp(min=1e-3)
     log_r = -math.sqrt(2.0) / s
-    r = torch.exp(log_r)
-    p0 = -torch.expm1(log_r / 2)
-    rest = 1 - p0
-    bits = -(p0 * torch.log2(p0) + rest * (torch.log2((1 - r) / 2) + (1 / (1 - r) - 0.5) * log_r / math.log(2)))
+    nonzero = torch.exp(log_r / 2)
+    bits = laplacian_bits(s, torch.ones_like(s), nonzero, nonzero / -torch.expm1(log_r))
     return torch.where(scale > 1e-3, bits, torch.zeros_like(bits))
 
 

@@ -15,7 +15,11 @@ of that in code the codec never runs (benchmarks/cli_startup.py, `-X importtime`
   model or hook of their kind (the transformers among them import the `transformers` library),
   and diffusers.quantizers imports `transformers` for a pipeline config class (1.1 s together);
 - diffusers.utils.torch_utils imports torch._dynamo (1.0 s with sympy) for a decorator that only
-  matters under torch.compile, which the codec never uses.
+  matters under torch.compile, which the codec never uses;
+- diffusers.utils.import_utils calls importlib.metadata.packages_distributions() at import (0.25 s:
+  it reads the file list of every installed distribution without a top_level.txt, ~30k paths here)
+  for a map it consults only when a package it checks for is installed and it needs that package's
+  distribution name (optimum, flashinfer, modelopt) or when a hub pipeline declares requirements.
 None of these packages documents a lighter import path (diffusers' top-level and diffusers.models
 are lazy, these subpackages are not). So, as a last resort:
 
@@ -26,7 +30,8 @@ compressai.zoo` therefore still gets the whole package, with the very classes im
 (tests/codec/test_cli_startup.py and test_codec_cli.py check both). For torch._dynamo, diffusers'
 own fallback is used: while diffusers.utils imports, `import torch._dynamo` fails, so diffusers
 makes `maybe_allow_in_graph` a no-op as it does where dynamo is missing; afterwards torch._dynamo
-imports normally. Each step is skipped when its package is already imported (then there is
+imports normally. diffusers' package map is the very result of packages_distributions(), computed
+on its first lookup instead of at import (`DeferredPackageMap`). Each step is skipped when its package is already imported (then there is
 nothing to save, and nothing is replaced).
 """
 
@@ -35,11 +40,14 @@ from __future__ import annotations
 import ast
 import importlib
 import importlib.util
+import importlib.metadata
 import sys
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 _lock = threading.Lock()  # the set-up below runs once, whichever thread imports first
+_packages_distributions = importlib.metadata.packages_distributions  # the original, for DeferredPackageMap
 
 
 def bare_package(name: str, names: dict[str, str] | None = None):
@@ -93,16 +101,20 @@ def _run_init_without_subpackage_imports(package) -> None:
 
 
 def prepare_diffusers() -> None:
-    """diffusers' model modules importable one by one, without the other models, `transformers`
-    or torch._dynamo."""
+    """diffusers' model modules importable one by one, without the other models, `transformers`,
+    torch._dynamo or the scan of every installed distribution's file list."""
     with _lock:
         if "diffusers.utils" in sys.modules:  # imported already, in full or here
             return
-        if "torch._dynamo" not in sys.modules:
+        without_dynamo = "torch._dynamo" not in sys.modules
+        if without_dynamo:
             sys.modules["torch._dynamo"] = None  # makes `import torch._dynamo` raise ImportError
-            try:
-                importlib.import_module("diffusers.utils")
-            finally:
+        importlib.metadata.packages_distributions = DeferredPackageMap
+        try:
+            importlib.import_module("diffusers.utils")
+        finally:
+            importlib.metadata.packages_distributions = _packages_distributions
+            if without_dynamo:
                 del sys.modules["torch._dynamo"]
         importlib.import_module("diffusers.models")  # lazy: the parent of the bare packages
         for name in ("autoencoders", "unets", "transformers"):
@@ -110,3 +122,27 @@ def prepare_diffusers() -> None:
         bare_package("diffusers.hooks")
         bare_package("diffusers.quantizers", {"DiffusersAutoQuantizer": "diffusers.quantizers.auto",
                                               "DiffusersQuantizer": "diffusers.quantizers.base"})
+
+
+class DeferredPackageMap(Mapping):
+    """importlib.metadata.packages_distributions() (top-level import name -> distribution names),
+    computed on the first lookup: what diffusers.utils.import_utils stores at import as
+    `_package_map` while prepare_diffusers imports it."""
+
+    def __init__(self):
+        self._lock, self._map = threading.Lock(), None
+
+    def _computed(self) -> dict:
+        with self._lock:
+            if self._map is None:
+                self._map = _packages_distributions()
+            return self._map
+
+    def __getitem__(self, name):
+        return self._computed()[name]
+
+    def __iter__(self):
+        return iter(self._computed())
+
+    def __len__(self):
+        return len(self._computed())

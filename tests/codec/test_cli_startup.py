@@ -103,3 +103,22 @@ def test_the_ddim_schedule_is_what_from_pretrained_builds(folder, tmp_path):
     assert {key: scheduler.config[key] for key in settings} == {key: reference.config[key] for key in settings}
     assert torch.equal(scheduler.alphas_cumprod, reference.alphas_cumprod)
     assert scheduler.config.prediction_type == ("v_prediction" if folder == "v-prediction" else "epsilon")
+
+
+def test_diffusers_package_map_is_packages_distributions():
+    """diffusers.utils, imported through prepare_diffusers, holds the deferred map: on lookup it is
+    what importlib.metadata.packages_distributions() returns, and the stdlib function is restored."""
+    run = _python(
+        "import importlib.metadata, json\n"
+        "original = importlib.metadata.packages_distributions\n"
+        "from codec.core import lean_imports\n"
+        "lean_imports.prepare_diffusers()\n"
+        "from diffusers.utils import import_utils\n"
+        "deferred = import_utils._package_map\n"
+        "print(json.dumps([type(deferred).__name__, deferred._map is None,\n"
+        "                  importlib.metadata.packages_distributions is original,\n"
+        "                  dict(deferred) == original(), deferred.get('torch'), 'no_such_package' in deferred,\n"
+        "                  import_utils._is_distribution_installed('PIL')[0]]))"
+    )
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == ["DeferredPackageMap", True, True, True, ["torch"], False, True]

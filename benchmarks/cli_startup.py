@@ -6,8 +6,9 @@ Times `info` on a real file, and `encode` / `decode` of a 768x512 photo with the
 N times each (median and min of wall time, and the child's CPU time), then runs each command once
 under `python -X importtime` and lists the packages that cost the most import time. It also reports
 every warning line a command wrote on stderr: normal output is one notice line (encode/decode) and
-nothing else. The `import torch` row (`python -c "import torch"`) is the floor under every command
-that runs a model.
+nothing else. The `import torch` row (`python -c "import torch, gc; gc.freeze()"`: importing torch,
+and exiting as `python -m codec` does, without the final garbage collections) is the floor under
+every command that runs a model.
 
 encode and decode run twice: with torch's threads (one per core) and with OMP_NUM_THREADS=1. On a
 machine whose cores other processes keep busy, the one-thread rows are the faster ones: each of
@@ -102,7 +103,7 @@ def main() -> None:
         model = ["--backbone", args.backbone]
         encode, decode = ["encode", photo, bits, "--bpp", args.bpp, *model], ["decode", bits, decoded, *model]
         commands = {  # name: (arguments, threads)
-            "import torch": (["-c", "import torch"], None),
+            "import torch": (["-c", "import torch, gc; gc.freeze()"], None),
             "info": (["info", bits], None),
             "encode": (encode, None),
             "decode": (decode, None),

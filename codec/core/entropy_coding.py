@@ -1,6 +1,7 @@
 """compressai's entropy models, without compressai's datasets: the one place the codec imports compressai.
 
-    from codec.core.entropy_coding import CompressionModel, EntropyBottleneck, GaussianConditional, get_scale_table
+    from codec.core.entropy_coding import (CompressionModel, EntropyBottleneck, GaussianConditional, get_scale_table,
+                                           pmf_to_quantized_cdf)
 
 Why not `from compressai.entropy_models import ...` alone: any import from compressai first runs
 compressai/__init__.py (1.2.8), which imports every subpackage -- datasets, zoo, the registries --
@@ -19,6 +20,7 @@ lean_imports.prepare_compressai()
 import scipy.special  # noqa: E402
 from compressai.entropy_models import EntropyBottleneck  # noqa: E402
 from compressai.entropy_models import GaussianConditional as CompressaiGaussianConditional  # noqa: E402
+from compressai.entropy_models.entropy_models import pmf_to_quantized_cdf  # noqa: E402
 from compressai.models.base import CompressionModel, get_scale_table  # noqa: E402
 
 
@@ -32,4 +34,4 @@ class GaussianConditional(CompressaiGaussianConditional):
         return scipy.special.ndtri(quantile)
 
 
-__all__ = ["CompressionModel", "EntropyBottleneck", "GaussianConditional", "get_scale_table"]
+__all__ = ["CompressionModel", "EntropyBottleneck", "GaussianConditional", "get_scale_table", "pmf_to_quantized_cdf"]

@@ -12,9 +12,10 @@ import torch
 
 from codec.core import bitstream
 from codec.core.adapters import transform
-from codec.core.adapters.analytic import _band_scales, _scale_slots
-from codec.core.adapters.base import coded_scales, scale_indexes
+from codec.core.adapters.analytic import LaplacianConditional, _band_scales, _scale_slots
+from codec.core.adapters.base import cdf_table, coded_scales, scale_indexes
 from codec.core.diffusion_codec import DiffusionCodec
+from codec.core.entropy_coding import GaussianConditional, get_scale_table
 from codec.evaluate.metrics import psnr
 from tests.codec.conftest import make_tiny_codec
 from tests.photos import photo
@@ -105,7 +106,7 @@ def test_the_learned_probe_keeps_what_coding_from_scratch_computes(codecs, lam):
 @pytest.mark.parametrize("step", [0.05, 1.0, 30.0])
 def test_the_analytic_coder_writes_and_reads_what_compressai_does(codecs, step):
     adapter = codecs["demo"].adapters["analytic"]
-    gc = adapter.conditional  # compressai's GaussianConditional with Laplacian tables
+    gc = _updated(LaplacianConditional)  # compressai's GaussianConditional with Laplacian tables
     y = torch.randn(1, 4, 16, 24) * 3
     q = adapter.quantization(y, step, adapter.features(y))
     z = q.apply(y)
@@ -129,20 +130,42 @@ def test_scale_indexes_equal_compressais_build_indexes():
     assert scale_indexes(gc, scales).dtype == gc.build_indexes(scales).dtype
 
 
+def _updated(conditional_class):
+    """A conditional with compressai's own tables, update() over the whole scale table."""
+    conditional = conditional_class(None)
+    conditional.update_scale_table(get_scale_table(), force=True)
+    return conditional
+
+
 @pytest.mark.parametrize("used", [[0], [5, 40, 63], list(range(64))])
 def test_the_coder_given_only_the_scales_a_latent_uses_writes_compressais_bytes(codecs, used):
-    """GaussianCoder hands rANS the CDFs of the scales used (renumbered), compressai all 64."""
+    """GaussianCoder hands rANS the CDFs of the scales used (renumbered, built as they are first
+    used), compressai all 64 of its own update()."""
     coder = codecs["demo"].adapters["analytic"].coder
-    gc = coder.gaussian_conditional
+    reference = _updated(LaplacianConditional)
     generator = torch.Generator().manual_seed(len(used))
     indexes = torch.tensor(used)[torch.randint(len(used), (1, 4, 12, 16), generator=generator)]
-    scales = gc.scale_table[indexes].float()
+    scales = reference.scale_table[indexes].float()
     z = torch.randn(indexes.shape, generator=generator) * scales
     means = torch.zeros_like(z)
-    expected = gc.compress(z, indexes.int(), means=means)[0]
+    expected = reference.compress(z, indexes.int(), means=means)[0]
     assert coder.compress(z, indexes, means) == expected
-    assert torch.equal(coder.decompress(expected, indexes, means), gc.decompress([expected], indexes.int(), means=means))
+    assert torch.equal(coder.decompress(expected, indexes, means), reference.decompress([expected], indexes.int(), means=means))
 
+
+@pytest.mark.parametrize("conditional_class", [LaplacianConditional, GaussianConditional])
+def test_tables_built_one_scale_at_a_time_are_updates(conditional_class):
+    """cdf_table builds, for one scale, the row compressai's update() builds for all, and reads the
+    row back from a conditional that has its tables (a learned adapter's)."""
+    reference = _updated(conditional_class)
+    lazy = conditional_class(None)
+    lazy.scale_table = lazy._prepare_scale_table(get_scale_table())
+    assert lazy._quantized_cdf.numel() == 0  # nothing built up front
+    lengths, offsets = reference._cdf_length.tolist(), reference._offset.tolist()
+    for index in range(len(reference.scale_table)):
+        expected = (reference._quantized_cdf[index, : lengths[index]].tolist(), lengths[index], offsets[index])
+        assert cdf_table(lazy, index) == expected, index
+        assert cdf_table(reference, index) == expected, index
 
 @pytest.mark.parametrize("step", [0.05, 1.0, 30.0])
 def test_the_analytic_estimate_sums_compressais_likelihoods(codecs, step):

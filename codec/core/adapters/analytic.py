@@ -68,8 +68,8 @@ class AnalyticAdapter(Adapter):
 
     @functools.cached_property
     def conditional(self) -> "LaplacianConditional":
-        """The entropy model, its tables built on first use (~0.3 s): a codec coding in learned mode never pays."""
-        return _prepared(LaplacianConditional(None))
+        """The entropy model; the coder builds each of its CDF tables when a latent first uses it."""
+        return _with_scale_table(LaplacianConditional(None))
 
     @functools.cached_property
     def coder(self) -> GaussianCoder:
@@ -223,7 +223,7 @@ class AnalyticAdapter(Adapter):
     @functools.cached_property
     def _per_channel_coder(self) -> GaussianCoder:
         """The first format's Gaussian tables, built when such a file is decoded."""
-        return GaussianCoder(_prepared(GaussianConditional(None)))
+        return GaussianCoder(_with_scale_table(GaussianConditional(None)))
 
 
 class LaplacianConditional(GaussianConditional):
@@ -242,8 +242,10 @@ class LaplacianConditional(GaussianConditional):
         return math.log(2.0 * quantile) / math.sqrt(2.0)  # for quantile <= 1/2, the only ones compressai asks
 
 
-def _prepared(conditional: GaussianConditional) -> GaussianConditional:
-    conditional.update_scale_table(get_scale_table(), force=True)
+def _with_scale_table(conditional: GaussianConditional) -> GaussianConditional:
+    """compressai's update_scale_table without its update(): the scales, no CDF tables (GaussianCoder
+    builds the ones a latent uses)."""
+    conditional.scale_table = conditional._prepare_scale_table(get_scale_table())
     return conditional
 
 

@@ -17,7 +17,6 @@ from codec.core import lean_imports
 
 lean_imports.prepare_compressai()
 
-import scipy.special  # noqa: E402
 from compressai.entropy_models import EntropyBottleneck  # noqa: E402
 from compressai.entropy_models import GaussianConditional as CompressaiGaussianConditional  # noqa: E402
 from compressai.entropy_models.entropy_models import pmf_to_quantized_cdf  # noqa: E402
@@ -27,10 +26,13 @@ from compressai.models.base import CompressionModel, get_scale_table  # noqa: E4
 class GaussianConditional(CompressaiGaussianConditional):
     """compressai's GaussianConditional, its tables' tail quantile computed by scipy.special.ndtri:
     the very function scipy.stats.norm.ppf (what compressai calls) evaluates, without importing
-    scipy.stats (0.5 s of a CLI call, for one number per table)."""
+    scipy.stats (0.5 s of a CLI call, for one number per table). scipy.special itself (0.05 s) is
+    imported when a Gaussian table is first built: never in analytic mode, whose tables are Laplacian."""
 
     @staticmethod
     def _standardized_quantile(quantile):
+        import scipy.special
+
         return scipy.special.ndtri(quantile)
 
 

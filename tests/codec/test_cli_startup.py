@@ -19,8 +19,9 @@ from codec.core.backbone import DEMO_DIR, SD_SCHEDULE, _ddim_scheduler
 from codec.core.entropy_coding import GaussianConditional, get_scale_table
 
 REPO = Path(__file__).resolve().parents[2]
-# Imported by compressai's, scipy's and diffusers' __init__ files, never used by the codec.
-NEVER_IMPORTED = ("torch._dynamo", "transformers", "torch_geometric", "torchvision", "sympy", "triton",
+# Imported by compressai's, scipy's and diffusers' __init__ files, never used by the codec (scipy.special:
+# only to build Gaussian tables, which the analytic mode the demo codes in never needs).
+NEVER_IMPORTED = ("torch._dynamo", "transformers", "torch_geometric", "torchvision", "sympy", "triton", "scipy.special",
                   "scipy.integrate", "scipy.optimize", "compressai.datasets", "compressai.zoo",
                   "diffusers.models.autoencoders.autoencoder_kl", "diffusers.models.transformers.ace_step_transformer")
 

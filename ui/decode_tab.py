@@ -6,6 +6,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from codec.data.files import FAST_PNG
 from ui import worker
 from ui.context import AppContext
 from ui.errors import friendly_errors
@@ -34,7 +35,7 @@ def build_decode_tab(ctx: AppContext) -> None:
         # In the model process: every header field (pixel limit included) is validated before decoding.
         fields, dec = ctx.run(worker.decode, data)
         png = ctx.scratch_dir() / f"{Path(bitstream).stem[:40] or 'decoded'}.png"
-        dec.image.save(png)
+        dec.image.save(png, compress_level=FAST_PNG)
         summary = (f"**{len(data):,} bytes, {fields['bpp']:.4f} bpp**, {fields['width']}x{fields['height']} pixels, "
                    f"decoded in {1000 * dec.timings['total']:.0f} ms.")
         return str(png), fields, summary, str(png)

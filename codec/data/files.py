@@ -7,6 +7,11 @@ import os
 import tempfile
 from pathlib import Path
 
+# zlib level of the PNGs the codec writes (decoded images, reconstructions) and the app hands out:
+# still lossless, ~4x faster than Pillow's default 6 (28 against 130 ms for a 768x512 photo, a
+# third of a CLI decode's own time) for ~15 % larger files.
+FAST_PNG = 1
+
 
 def write_atomically(path: Path, data: bytes) -> None:
     """`data` at `path`, all or nothing: written to a temporary file beside it, then renamed, so a
@@ -26,5 +31,5 @@ def write_atomically(path: Path, data: bytes) -> None:
 def write_png(path: Path, image) -> None:
     """A PIL image as a PNG file at `path`, written atomically (see write_atomically)."""
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format="PNG", compress_level=FAST_PNG)
     write_atomically(path, buffer.getvalue())

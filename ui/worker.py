@@ -23,13 +23,15 @@ def load_codec(backbone: str | None, adapter: str | None, mode: str, device: str
                max_pixels: int, max_steps: int):
     from codec.core.diffusion_codec import DiffusionCodec
 
-    return DiffusionCodec.load(
+    codec = DiffusionCodec.load(
         backbone=backbone, adapter=adapter, mode=mode, device=device,
         dtype=None if dtype == "auto" else dtype,  # None: float16 on CUDA, float32 on the CPU
         max_pixels=max_pixels,
         allow_tiny=True,  # never refuse to start; the notice on every result says the model is random
         max_steps=max_steps,
     )
+    codec.backbone.unet  # the app decodes what it encodes: load the denoiser now, not on a visitor's first request
+    return codec
 
 
 def notice(codec) -> str:

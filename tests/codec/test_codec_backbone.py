@@ -153,3 +153,31 @@ def test_demo_loads_the_bundled_folder():
     demo = load_backbone("demo", "cpu")
     assert backbone_module.DEMO_DIR == REPO / "assets" / "models" / "demo" and demo.name == "demo"
     assert type(demo.vae).__name__ == "DemoAutoencoder" and demo.conditioning is None
+
+
+def test_the_denoiser_is_read_when_a_decode_first_runs_it(tiny_folder, photo):
+    """Encoding never runs the UNet, so a folder's UNet is read on the first decode that denoises;
+    the backbone's identity and latent size come from its config and stored weights before that."""
+    loaded = load_backbone(str(tiny_folder))
+    assert "unet" not in vars(loaded)
+    assert loaded.fingerprint == build_tiny_backbone(seed=0).fingerprint and loaded.latent_channels == 4
+    codec = DiffusionCodec.load("demo", adapter=None, mode="analytic", device="cpu")
+    result = codec.encode(photo, target_bpp=0.03)  # a low rate: noise to remove, t > 0
+    assert result.t > 0 and "unet" not in vars(codec.backbone)
+    codec.decode(result.data)
+    assert "unet" in vars(codec.backbone) and not codec.backbone.unet.training
+    assert not any(p.requires_grad for p in codec.backbone.unet.parameters())
+
+
+def test_a_damaged_denoiser_is_explained_when_it_is_read(tiny_folder, tmp_path, photo):
+    """A UNet whose weights do not fit its config fails when it is read, with the message a damaged
+    folder gets at load time."""
+    import shutil
+
+    folder = tmp_path / "damaged"
+    shutil.copytree(tiny_folder, folder)
+    config = json.loads((folder / "unet" / "config.json").read_text())
+    (folder / "unet" / "config.json").write_text(json.dumps({**config, "block_out_channels": [64, 64]}))
+    loaded = load_backbone(str(folder))
+    with pytest.raises(BackboneUnavailable, match="incomplete or damaged"):
+        loaded.unet

@@ -35,10 +35,15 @@ def preference_vs_bitrate(board: pd.DataFrame, score: str = "bt", title: str | N
     ax = fig.add_subplot()
     markers = "osD^v<>ph*"
     for k, (method, rows) in enumerate(data.sort_values("bpp").groupby("method", sort=True)):
-        y = rows[score].to_numpy()
-        err = np.vstack([y - rows[f"{score}_lo"].to_numpy(), rows[f"{score}_hi"].to_numpy() - y])
-        ax.errorbar(rows["bpp"], y, yerr=None if np.isnan(err).all() else err, marker=markers[k % len(markers)],
-                    capsize=3, linewidth=1.5, markersize=5, label=str(method))
+        (line,) = ax.plot(rows["bpp"], rows[score], marker=markers[k % len(markers)], linewidth=1.5, markersize=5,
+                          label=str(method))
+        lo, hi = rows[f"{score}_lo"].to_numpy(float), rows[f"{score}_hi"].to_numpy(float)
+        if np.isfinite(lo).any():
+            # The bar spans the interval itself, centred on it: a bootstrap percentile interval need
+            # not contain the full-data estimate (a skewed resampling distribution), and errorbar's
+            # offsets from the point would then be negative, which matplotlib refuses.
+            ax.errorbar(rows["bpp"], (lo + hi) / 2, yerr=(hi - lo) / 2, fmt="none", ecolor=line.get_color(),
+                        capsize=3, linewidth=1.5)
     ax.set_xscale("log")
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.xaxis.set_minor_locator(NullLocator())

@@ -114,3 +114,18 @@ def test_bitrate_tick_labels_are_grouped_rounded_and_never_overlap(targets):
         for a in range(len(boxes)):
             for b in range(a + 1, len(boxes)):
                 assert not boxes[a].overlaps(boxes[b]), (texts[a], texts[b])
+
+
+def test_an_interval_that_leaves_out_its_estimate_is_drawn_as_it_is(tmp_path):
+    """A bootstrap percentile interval need not contain the full-data estimate (here the second
+    point lies above its interval): the bar spans exactly lo..hi and the marker sits at the estimate."""
+    board = pd.DataFrame({"condition": ["a1", "a2", "b1"], "method": ["a", "a", "b"], "bpp": [0.05, 0.1, 0.05],
+                          "bt": [1000.0, 1100.0, 950.0], "bt_lo": [980.0, 1020.0, np.nan],
+                          "bt_hi": [1030.0, 1080.0, np.nan]})
+    fig = plots.preference_vs_bitrate(board)
+    ax = fig.axes[0]
+    markers = {line.get_label(): line.get_ydata().tolist() for line in ax.lines if not line.get_label().startswith("_")}
+    assert markers == {"a": [1000.0, 1100.0], "b": [950.0]}
+    (bars,) = [c for c in ax.collections if len(c.get_segments())]
+    assert sorted((seg[0][1], seg[1][1]) for seg in bars.get_segments()) == [(980.0, 1030.0), (1020.0, 1080.0)]
+    assert plots.save_figure(fig, tmp_path / "pref")  # the export writes it (it raised before)

@@ -12,7 +12,7 @@ import torch
 
 from codec.core import bitstream
 from codec.core.adapters import transform
-from codec.core.adapters.analytic import LaplacianConditional, _band_scales, _scale_slots
+from codec.core.adapters.analytic import LaplacianConditional, _band_scales, _scale_slots, _with_scale_table
 from codec.core.adapters.base import cdf_table, coded_scales, scale_indexes
 from codec.core.diffusion_codec import DiffusionCodec
 from codec.core.entropy_coding import GaussianConditional, get_scale_table
@@ -158,8 +158,7 @@ def test_tables_built_one_scale_at_a_time_are_updates(conditional_class):
     """cdf_table builds, for one scale, the row compressai's update() builds for all, and reads the
     row back from a conditional that has its tables (a learned adapter's)."""
     reference = _updated(conditional_class)
-    lazy = conditional_class(None)
-    lazy.scale_table = lazy._prepare_scale_table(get_scale_table())
+    lazy = _with_scale_table(conditional_class(None))  # as the analytic adapter prepares its conditionals
     assert lazy._quantized_cdf.numel() == 0  # nothing built up front
     lengths, offsets = reference._cdf_length.tolist(), reference._offset.tolist()
     for index in range(len(reference.scale_table)):

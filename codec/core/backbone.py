@@ -88,7 +88,8 @@ class Backbone:
     def unet(self) -> torch.nn.Module:
         """The denoiser, loaded on first use: encoding never runs it, and on Stable Diffusion's size
         reading it is 1.7 s and 3.5 GB of a CPU encode (the fingerprint reads its config and a
-        sample of its stored weights without it). cached_property locks: two threads load it once."""
+        sample of its stored weights without it). Python 3.11's cached_property locks: two threads
+        load it once (3.12 dropped that lock; the app loads it at start-up, before any request)."""
         return self.load_unet().eval().requires_grad_(False)
 
     @property

@@ -31,8 +31,8 @@ compressai.zoo` therefore still gets the whole package, with the very classes im
 own fallback is used: while diffusers.utils imports, `import torch._dynamo` fails, so diffusers
 makes `maybe_allow_in_graph` a no-op as it does where dynamo is missing; afterwards torch._dynamo
 imports normally. diffusers' package map is the very result of packages_distributions(), computed
-on its first lookup instead of at import (`DeferredPackageMap`). Each step is skipped when its package is already imported (then there is
-nothing to save, and nothing is replaced).
+on its first lookup instead of at import (`DeferredPackageMap`). Each step is skipped when its
+package is already imported (then there is nothing to save, and nothing is replaced).
 """
 
 from __future__ import annotations

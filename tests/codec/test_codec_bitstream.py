@@ -118,17 +118,17 @@ HEADER = dict(mode="analytic", backbone_fingerprint=bytes(FINGERPRINT_BYTES), ad
     (lambda h: {**h, "height": 0}, "size"),
     (lambda h: {**h, "side_info": (float("inf"),)}, "side information"),
     (lambda h: {**h, "side_info": (1.0,) * (MAX_SIDE_VALUES + 1)}, "side information"),
-    (lambda h: {**h, "version": 1}, "writes bitstream version 2 only"),
+    (lambda h: {**h, "version": 2}, "writes bitstream version 3 only"),
 ])
 def test_pack_refuses_invalid_headers(change, message):
     with pytest.raises(ValueError, match=message):
         pack(Header(**change(HEADER)), [b"x"])
 
 
-def test_version_2_says_no_denoising_with_t_0():
+def test_t_0_says_no_denoising():
     header, payloads = parse(pack(Header(**{**HEADER, "t": 0, "steps": 0}), [b"x" * 8]))
-    assert (header.t, header.steps, header.version, payloads) == (0, 0, 2, [b"x" * 8])
-    assert header.side_info == (1.0,) * 4 and header.as_dict()["format_version"] == 2
+    assert (header.t, header.steps, header.version, payloads) == (0, 0, 3, [b"x" * 8])
+    assert header.side_info == (1.0,) * 4 and header.as_dict()["format_version"] == 3
 
 
 def test_side_information_count_is_bounded_before_it_is_read():

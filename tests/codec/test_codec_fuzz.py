@@ -121,8 +121,9 @@ def _transform_side_info(draw, channels: int, height: int, width: int) -> bytes:
 @st.composite
 def forged_files(draw, backbone_fp: bytes, adapter_fp: bytes):
     """Header fields drawn from anything to sane, payloads from empty to random, behind a valid CRC;
-    mostly version 2 (with t = 0 and any side-information count), also version 1 (stored/v1 layout)."""
-    version = draw(st.sampled_from([2, 2, 2, 1]))
+    mostly version 3 (zigzag symbols), also 2 (value order; both with t = 0 and any side-information
+    count) and 1 (stored/v1 layout)."""
+    version = draw(st.sampled_from([3, 3, 3, 2, 2, 1]))
     mode_id = draw(st.one_of(st.integers(0, 1), st.integers(0, 1), st.integers(0, 255)))
     mode = MODES[mode_id] if mode_id < len(MODES) else "learned"
     right_adapter = adapter_fp if mode == "learned" else bytes(4)
@@ -139,10 +140,10 @@ def forged_files(draw, backbone_fp: bytes, adapter_fp: bytes):
     floats = draw(_half_floats(n, 2.0**-10, 1024.0)) + draw(_half_floats(n, -128.0, 128.0))
     side = n if mode == "analytic" else 0  # what the adapter expects (analytic: its per-channel format)
     values = None
-    if version == 2 and mode == "analytic" and n and draw(st.booleans()):
+    if version >= 2 and mode == "analytic" and n and draw(st.booleans()):
         values = draw(_transform_side_info(n, height, width))  # or its transform format, for this shape
         side = len(values) // 2
-    if version == 2:
+    if version >= 2:
         side = draw(st.one_of(st.just(side), st.just(side), st.integers(0, 8), st.sampled_from([MAX_SIDE_VALUES, 2**21])))
         floats += _varint(side)
     floats += values if values is not None and len(values) == 2 * side else draw(_half_floats(min(side, 64), 2.0**-7, 128.0))
@@ -193,9 +194,9 @@ def test_large_declared_sizes_with_tiny_payloads_decode_within_limits(worker, da
 @pytest.fixture(scope="module")
 def valid(tiny_codec, photo):
     noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 70, 3), dtype=np.uint8))
-    stored_v1 = [path.read_bytes() for path in sorted((Path(__file__).parent / "data").glob("v1-*.dfc"))]
-    assert len(stored_v1) == 2
-    return stored_v1 + [tiny_codec.encode(image, mode=mode, **knob).data
+    stored = [(Path(__file__).parent / "data" / f"{name}.dfc").read_bytes()  # the tiny codec's
+              for name in ("v1-learned", "v1-analytic", "v2-learned", "v2-analytic")]
+    return stored + [tiny_codec.encode(image, mode=mode, **knob).data
                         for image in (photo, noise)
                         for mode, knob in (("learned", {"lam": 10.0}), ("analytic", {"step": 1.0}), ("analytic", {"step": 8.0}))]
 
@@ -204,7 +205,7 @@ def valid(tiny_codec, photo):
 @settings(max_examples=MUTATED_CASES, **FUZZ)
 @given(data=st.data())
 def test_mutated_valid_files_decode_or_are_refused_within_limits(worker, valid, data):
-    """Real files (version 2, and the stored version-1 files) with header fields, payload bytes or
+    """Real files (version 3, and the stored version-1 and version-2 files) with header fields, payload bytes or
     payload lengths rewritten, and the CRC fixed."""
     blob = data.draw(st.sampled_from(valid))
     header, payloads = parse(blob)

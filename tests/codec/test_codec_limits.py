@@ -15,7 +15,7 @@ from compressai.ans import RansDecoder
 from PIL import Image
 
 from codec.core import bitstream
-from codec.core.adapters.base import MAX_SYMBOL_MAGNITUDE, Quantization
+from codec.core.adapters.base import MAX_SYMBOL_MAGNITUDE, GaussianCoder, Quantization
 from codec.core.bitstream import (DEFAULT_MAX_PIXELS, DEFAULT_MAX_STEPS, BitstreamError, Header, check_rans_payload,
                              max_rans_payload_bytes, pack, parse, rans_decoder_input)
 from codec.core.images import ImageError
@@ -119,7 +119,8 @@ def test_timesteps_above_the_adapters_t_max_are_refused(tiny_codec, mode):
 
 
 def test_the_longest_payload_the_encoder_can_write_is_allowed():
-    """Every symbol an escape with the largest value the adapters code: 16 + 4 x 8 bits per symbol."""
+    """Every symbol an escape with the largest value the adapters code: 16 + 4 x 8 bits per symbol,
+    in value order (versions 1 and 2) and zigzag order (version 3)."""
     from compressai.entropy_models import GaussianConditional
     from compressai.models import get_scale_table
 
@@ -133,6 +134,12 @@ def test_the_longest_payload_the_encoder_can_write_is_allowed():
         check_rans_payload(string, symbols)
         decoded = gc.decompress([rans_decoder_input(string, symbols)], gc.build_indexes(scales), means=torch.zeros_like(z))
         assert torch.equal(decoded, z)  # padding never changes what a real string decodes to
+        zigzag = GaussianCoder(gc).compress(z, gc.build_indexes(scales), torch.zeros_like(z), zigzag=True)  # version 3
+        assert len(zigzag) == len(string)  # its escapes have value order's bypass bits
+        check_rans_payload(zigzag, symbols)
+        decoded = GaussianCoder(gc).decompress(rans_decoder_input(zigzag, symbols), gc.build_indexes(scales),
+                                               torch.zeros_like(z), zigzag=True)
+        assert torch.equal(decoded, z)
 
 
 @pytest.mark.parametrize("fill", [b"\xff\xff\xff\xff", b"\xff\xff\xff\x7f", b"random"])

@@ -1,9 +1,12 @@
-"""The encoder's shortcuts write the very bytes of the straightforward code: files stored by the
-codec before the shortcuts (tests/codec/data/golden-v2.json) re-encode byte for byte (on a CPU
-whose float kernels round otherwise, up to the float16 side information that follows), and the
-learned adapter's coding from a probe's kept analysis equals coding from scratch."""
+"""The encoder's shortcuts write the very bytes of the straightforward code: stored files
+(tests/codec/data/golden-v3.json; data/README.md says how they descend from the files of the codec
+before its shortcuts) re-encode byte for byte (on a CPU whose float kernels round otherwise, up to
+the float16 side information that follows), and the learned adapter's coding from a probe's kept
+analysis equals coding from scratch. In value order (bitstream versions 1 and 2) the coder writes
+compressai's own bytes; in zigzag order (version 3) the same symbols with the same frequencies."""
 
 import base64
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,16 +14,18 @@ import pytest
 import torch
 
 from codec.core import bitstream
+from codec.core.bitstream import rans_decoder_input
 from codec.core.adapters import transform
 from codec.core.adapters.analytic import LaplacianConditional, _band_scales, _scale_slots, _with_scale_table
-from codec.core.adapters.base import cdf_table, coded_scales, scale_indexes
+from codec.core.adapters.base import (MAX_SYMBOL_MAGNITUDE, GaussianCoder, cdf_table, coded_scales, from_zigzag,
+                                     scale_indexes, to_zigzag, zigzag_table)
 from codec.core.diffusion_codec import DiffusionCodec
 from codec.core.entropy_coding import GaussianConditional, get_scale_table
 from codec.evaluate.metrics import psnr
 from tests.codec.conftest import make_tiny_codec
 from tests.photos import photo
 
-GOLDEN = Path(__file__).parent / "data" / "golden-v2.json"
+GOLDEN = Path(__file__).parent / "data" / "golden-v3.json"
 # (backbone, image, mode, knob name, knob): fixed knobs in both modes, and targets through rate control
 GOLDEN_CASES = [
     *[("tiny", image, "learned", "lam", lam) for image in ("kite", "bee", "moss") for lam in (0.01, 1.0, 1000.0)],
@@ -98,9 +103,14 @@ def test_the_learned_probe_keeps_what_coding_from_scratch_computes(codecs, lam):
         q = adapter.quantization(y, lam, adapter.features(y))
         z = q.apply(y)
         analysis = adapter.analyse(z, q)
-        payloads = adapter.compress(z, q, analysis)
-        assert payloads == adapter.compress(z, q) == _compress_from_scratch(adapter, z)
-        assert torch.equal(adapter.decompress(payloads, y.shape, q), _decompress_from_scratch(adapter, payloads, y.shape))
+        version_2 = dataclasses.replace(q, version=2)
+        payloads = adapter.compress(z, version_2, analysis)
+        assert payloads == adapter.compress(z, version_2) == _compress_from_scratch(adapter, z)
+        z_hat = adapter.decompress(payloads, y.shape, version_2)
+        assert torch.equal(z_hat, _decompress_from_scratch(adapter, payloads, y.shape))
+        zigzag = adapter.compress(z, q, analysis)  # version 3: the same hyper-latent, the latent in zigzag order
+        assert zigzag == adapter.compress(z, q) and zigzag[0] == payloads[0]
+        assert torch.equal(adapter.decompress(zigzag, y.shape, q), z_hat)
 
 
 @pytest.mark.parametrize("step", [0.05, 1.0, 30.0])
@@ -114,11 +124,14 @@ def test_the_analytic_coder_writes_and_reads_what_compressai_does(codecs, step):
     scales = _band_scales(q, 4)[_scale_slots(*z.shape[1:])].unsqueeze(0)
     indexes, zeros = gc.build_indexes(scales), torch.zeros_like(z)
     expected = gc.compress(symbols, indexes, means=zeros)
-    assert adapter.compress(z, q, adapter.analyse(z, q)) == adapter.compress(z, q) == expected
+    version_2 = dataclasses.replace(q, version=2)
+    assert adapter.compress(z, version_2, adapter.analyse(z, q)) == adapter.compress(z, version_2) == expected
     coefficients = gc.decompress(expected, indexes, means=zeros) * (scales > 0)
     rotation = transform.rotation_from_angles(q.side_info[:transform.angle_count(4)], 4)
-    assert torch.equal(adapter.decompress(expected, z.shape, q),
-                       transform.rotate(transform.block_dct(coefficients.double(), inverse=True), rotation).float())
+    z_hat = transform.rotate(transform.block_dct(coefficients.double(), inverse=True), rotation).float()
+    assert torch.equal(adapter.decompress(expected, z.shape, version_2), z_hat)
+    zigzag = adapter.compress(z, q)  # version 3
+    assert zigzag == adapter.compress(z, q, adapter.analyse(z, q)) and torch.equal(adapter.decompress(zigzag, z.shape, q), z_hat)
 
 
 def test_scale_indexes_equal_compressais_build_indexes():
@@ -149,8 +162,12 @@ def test_the_coder_given_only_the_scales_a_latent_uses_writes_compressais_bytes(
     z = torch.randn(indexes.shape, generator=generator) * scales
     means = torch.zeros_like(z)
     expected = reference.compress(z, indexes.int(), means=means)[0]
-    assert coder.compress(z, indexes, means) == expected
-    assert torch.equal(coder.decompress(expected, indexes, means), reference.decompress([expected], indexes.int(), means=means))
+    assert coder.compress(z, indexes, means, zigzag=False) == expected
+    decoded = reference.decompress([expected], indexes.int(), means=means)
+    assert torch.equal(coder.decompress(expected, indexes, means, zigzag=False), decoded)
+    zigzag = coder.compress(z, indexes, means, zigzag=True)
+    assert torch.equal(coder.decompress(zigzag, indexes, means, zigzag=True), decoded)
+    assert abs(len(zigzag) - len(expected)) <= 0.005 * len(expected) + 8  # the same frequencies: the same bits
 
 
 @pytest.mark.parametrize("conditional_class", [LaplacianConditional, GaussianConditional])
@@ -165,6 +182,49 @@ def test_tables_built_one_scale_at_a_time_are_updates(conditional_class):
         expected = (reference._quantized_cdf[index, : lengths[index]].tolist(), lengths[index], offsets[index])
         assert cdf_table(lazy, index) == expected, index
         assert cdf_table(reference, index) == expected, index
+
+@pytest.mark.parametrize("conditional_class", [LaplacianConditional, GaussianConditional])
+def test_zigzag_tables_give_every_symbol_its_value_order_frequency(conditional_class):
+    """Position u of a zigzag table holds the frequency value order gives from_zigzag(u), the
+    escape keeps its own, and the decoder's search for a symbol is shorter on average."""
+    reference = _updated(conditional_class)
+    for index in range(len(reference.scale_table)):
+        cdf, length, offset = cdf_table(reference, index)
+        zigzag, zigzag_length, zigzag_offset = zigzag_table(cdf, length, offset)
+        center = -offset
+        positions = torch.arange(2 * center + 1)
+        values = from_zigzag(positions, torch.tensor(center)).long()
+        assert sorted(values.tolist()) == list(range(-center, center + 1))
+        frequencies, reordered = torch.tensor(cdf).diff(), torch.tensor(zigzag).diff()
+        assert (zigzag_length, zigzag_offset, zigzag[0], zigzag[-1]) == (length, 0, 0, cdf[-1])
+        assert torch.equal(reordered[:-1], frequencies[values + center]) and reordered[-1] == frequencies[-1]
+        # the decoder's linear search: the expected position of a symbol, shorter in zigzag order
+        assert (reordered[:-1] * positions).sum() < (frequencies[:-1] * positions).sum() or center == 0, index
+
+
+def test_zigzag_positions_invert_and_keep_escapes_where_value_order_has_them():
+    centers = torch.tensor([0, 1, 3, 3753]).repeat_interleave(9)
+    values = torch.tensor([0, 1, -1, 2, -3, 4, -3754, 3754, -(MAX_SYMBOL_MAGNITUDE - 1)]).repeat(4)
+    positions = to_zigzag(values, centers)
+    assert torch.equal(from_zigzag(positions, centers), values.int())
+    inside = values.abs() <= centers
+    assert ((positions[inside] >= 0) & (positions[inside] <= 2 * centers[inside])).all()
+    assert torch.equal(positions[~inside], (values + centers)[~inside].int())  # value order's escapes
+
+
+def test_zigzag_coding_decodes_every_magnitude_the_coder_takes():
+    """Escapes beyond every table, up to the largest magnitude the adapters code, round-trip in
+    zigzag order with the padding the decoder is given, as in value order."""
+    coder = GaussianCoder(_with_scale_table(LaplacianConditional(None)))
+    generator = torch.Generator().manual_seed(0)
+    indexes = torch.randint(64, (1, 4, 8, 8), generator=generator)
+    z = torch.randn(indexes.shape, generator=generator) * coder.gaussian_conditional.scale_table[indexes].float()
+    z.view(-1)[:6] = torch.tensor([MAX_SYMBOL_MAGNITUDE - 1.0, -(MAX_SYMBOL_MAGNITUDE - 1.0), 1e5, -1e5, 0.0, 1.0])
+    zeros = torch.zeros_like(z)
+    for zigzag in (False, True):
+        string = coder.compress(z, indexes, zeros, zigzag)
+        assert torch.equal(coder.decompress(rans_decoder_input(string, z.numel()), indexes, zeros, zigzag), z.round())
+
 
 @pytest.mark.parametrize("step", [0.05, 1.0, 30.0])
 def test_the_analytic_estimate_sums_compressais_likelihoods(codecs, step):

@@ -170,7 +170,7 @@ class AnalyticAdapter(Adapter):
         analysis = analysis if analysis is not None else self.analyse(z, quantization)
         symbols = analysis.tensors["symbols"]
         check_codable(symbols)  # a block DCT gains up to 8x
-        return [self.coder.compress(symbols, analysis.tensors["indexes"], torch.zeros_like(symbols))]
+        return [self.coder.compress(symbols, analysis.tensors["indexes"], torch.zeros_like(symbols), quantization.zigzag)]
 
     def side_info_count(self, latent_shape) -> int:
         return _side_count(latent_shape)
@@ -208,7 +208,8 @@ class AnalyticAdapter(Adapter):
         band_scales = _band_scales(quantization, channels)
         slots = _scale_slots(channels, height, width).unsqueeze(0)
         indexes = scale_indexes(self.conditional, band_scales)[slots]
-        symbols = self.coder.decompress(string, indexes, torch.zeros(latent_shape)) * (band_scales > 0)[slots]
+        symbols = self.coder.decompress(string, indexes, torch.zeros(latent_shape), quantization.zigzag)
+        symbols = symbols * (band_scales > 0)[slots]
         rotation = _rotation(quantization.side_info, latent_shape[1])
         return transform.rotate(transform.block_dct(symbols.double(), inverse=True), rotation).float()
 
@@ -218,7 +219,7 @@ class AnalyticAdapter(Adapter):
         like = torch.zeros(latent_shape)
         coder = self._per_channel_coder
         indexes = scale_indexes(coder.gaussian_conditional, per_channel(quantization.side_info, like)).expand_as(like)
-        return coder.decompress(string, indexes, like)
+        return coder.decompress(string, indexes, like, zigzag=False)  # value order: version 3 never writes it
 
     @functools.cached_property
     def _per_channel_coder(self) -> GaussianCoder:

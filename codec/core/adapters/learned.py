@@ -217,7 +217,7 @@ class LearnedAdapter(Adapter, CompressionModel):
             check_codable(h - self.entropy_bottleneck._get_medians().view(1, -1, 1, 1))
             check_codable(z - means)
             h_strings = self.entropy_bottleneck.compress(h)
-            z_string = self._coder().compress(z, kept["indexes"], means)
+            z_string = self._coder().compress(z, kept["indexes"], means, _zigzag(quantization))
         return [h_strings[0], z_string]
 
     def _coder(self) -> GaussianCoder:
@@ -244,7 +244,7 @@ class LearnedAdapter(Adapter, CompressionModel):
             h_hat = self.entropy_bottleneck.decompress([rans_decoder_input(payloads[0], h_symbols)], _hyper_size(latent_shape))
             means, scales = self.prior(h_hat, latent_shape[-2:])
             return self._coder().decompress(rans_decoder_input(payloads[1], z_symbols),
-                                            scale_indexes(self.gaussian_conditional, scales), means)
+                                            scale_indexes(self.gaussian_conditional, scales), means, _zigzag(quantization))
 
     # -- persistence --------------------------------------------------------------------------
     def prepare(self, build_tables: bool = True) -> "LearnedAdapter":
@@ -279,6 +279,11 @@ class LearnedAdapter(Adapter, CompressionModel):
         has_tables = all(weights.get(f"{coder}._quantized_cdf", torch.empty(0)).numel() > 0
                          for coder in ("entropy_bottleneck", "gaussian_conditional"))
         return adapter.prepare(build_tables=not has_tables).to(device or "cpu")
+
+
+def _zigzag(quantization: Quantization | None) -> bool:
+    """The latent's symbol order: the quantization's bitstream version's, else this software's."""
+    return (quantization or Quantization((), (), 0)).zigzag
 
 
 def _hyper_size(latent_shape) -> tuple[int, int]:

@@ -17,8 +17,8 @@ from codec.core import bitstream
 from codec.core.bitstream import rans_decoder_input
 from codec.core.adapters import transform
 from codec.core.adapters.analytic import LaplacianConditional, _band_scales, _scale_slots, _with_scale_table
-from codec.core.adapters.base import (MAX_SYMBOL_MAGNITUDE, GaussianCoder, cdf_table, coded_scales, from_zigzag,
-                                     scale_indexes, to_zigzag, zigzag_table)
+from codec.core.adapters.base import (MAX_SYMBOL_MAGNITUDE, ZIGZAG_TAIL_MASS, GaussianCoder, cdf_table, coded_scales,
+                                     from_zigzag, scale_indexes, to_zigzag, zigzag_table)
 from codec.core.diffusion_codec import DiffusionCodec
 from codec.core.entropy_coding import GaussianConditional, get_scale_table
 from codec.evaluate.metrics import psnr
@@ -143,9 +143,9 @@ def test_scale_indexes_equal_compressais_build_indexes():
     assert scale_indexes(gc, scales).dtype == gc.build_indexes(scales).dtype
 
 
-def _updated(conditional_class):
+def _updated(conditional_class, tail_mass: float = 1e-9):
     """A conditional with compressai's own tables, update() over the whole scale table."""
-    conditional = conditional_class(None)
+    conditional = conditional_class(None, tail_mass=tail_mass)
     conditional.update_scale_table(get_scale_table(), force=True)
     return conditional
 
@@ -182,6 +182,13 @@ def test_tables_built_one_scale_at_a_time_are_updates(conditional_class):
         expected = (reference._quantized_cdf[index, : lengths[index]].tolist(), lengths[index], offsets[index])
         assert cdf_table(lazy, index) == expected, index
         assert cdf_table(reference, index) == expected, index
+    zigzag_reference = _updated(conditional_class, ZIGZAG_TAIL_MASS)  # the tables of version 3, before reordering
+    lengths, offsets = zigzag_reference._cdf_length.tolist(), zigzag_reference._offset.tolist()
+    for index in range(len(reference.scale_table)):
+        expected = (zigzag_reference._quantized_cdf[index, : lengths[index]].tolist(), lengths[index], offsets[index])
+        assert cdf_table(lazy, index, ZIGZAG_TAIL_MASS) == cdf_table(reference, index, ZIGZAG_TAIL_MASS) == expected
+        assert lengths[index] <= cdf_table(reference, index)[1]
+
 
 @pytest.mark.parametrize("conditional_class", [LaplacianConditional, GaussianConditional])
 def test_zigzag_tables_give_every_symbol_its_value_order_frequency(conditional_class):

@@ -27,6 +27,12 @@ CONFIG_FILE = "adapter.json"
 WEIGHTS_FILE = "adapter.safetensors"
 PREDICTION_GRID = 257  # knobs a predicted_knob evaluates over the knob range (log-spaced: ~4 % apart in step)
 MAX_SYMBOL_MAGNITUDE = 2**26  # the largest |symbol| the entropy coder is given (see check_codable)
+# The tables of zigzag order (bitstream version 3) cover the values up to this tail mass, not
+# compressai's 1e-9: 2/3 of the length (c = 9.8 instead of 14.7 standard deviations of a Laplacian),
+# so a third less to hand the rANS coder on every call, and fewer bits: the far tails' entries each
+# took compressai's least frequency, 1/65536 of the mass, though a value lands there once in 1e6
+# (0.1-0.3 % smaller files at 0.3-0.5 bpp on the demo, the same at low rates).
+ZIGZAG_TAIL_MASS = 1e-6
 
 
 @dataclass(frozen=True)
@@ -235,14 +241,14 @@ class GaussianCoder:
     Zigzag order (`zigzag=True`, bitstream version 3 on): the decoder finds each symbol by a linear
     search from the start of its table, and in value order the symbol v sits at v + c of a table
     spanning -c..c, with c ~15 standard deviations for compressai's tail mass: at 0.5 bpp on the
-    demo 36 million comparisons, 8 ms of a 12 ms decode. The zigzag table lists the same symbols'
-    frequencies in the order 0, -1, +1, -2, +2, ... (`zigzag_table`), so each symbol costs the
-    same bits and ~2|v| comparisons; the coded value is its position there (`to_zigzag`).
+    demo 36 million comparisons, 8 ms of a 12 ms decode. A zigzag table lists the frequencies of
+    compressai's table at ZIGZAG_TAIL_MASS in the order 0, -1, +1, -2, +2, ... (`zigzag_table`),
+    so a symbol costs ~2|v| comparisons; the coded value is its position there (`to_zigzag`).
 
-    A table comes from the conditional's own tables where it has them (a learned adapter's, built by
-    update() or loaded with its weights); a conditional whose update() never ran (the analytic
-    adapter's) has each table built on first use exactly as update() builds it (`cdf_table`): all 64
-    Laplacian tables took ~0.13 s of every cold CLI call."""
+    A value-order table comes from the conditional's own tables where it has them (a learned
+    adapter's, built by update() or loaded with its weights); a conditional whose update() never ran
+    (the analytic adapter's), and every zigzag table, has each table built on first use exactly as
+    update() builds it (`cdf_table`): all 64 Laplacian tables took ~0.13 s of every cold CLI call."""
 
     def __init__(self, gaussian_conditional):
         self.gaussian_conditional = gaussian_conditional
@@ -253,8 +259,11 @@ class GaussianCoder:
     def _table(self, index: int, zigzag: bool) -> tuple[list[int], int, int]:
         table = self._tables.get((index, zigzag))
         if table is None:
-            table = cdf_table(self.gaussian_conditional, index)
-            table = self._tables[index, zigzag] = zigzag_table(*table) if zigzag else table
+            if zigzag:
+                table = zigzag_table(*cdf_table(self.gaussian_conditional, index, ZIGZAG_TAIL_MASS))
+            else:
+                table = cdf_table(self.gaussian_conditional, index)
+            self._tables[index, zigzag] = table
         return table
 
     def _used(self, indexes: torch.Tensor, zigzag: bool) -> tuple[torch.Tensor, list, list, list]:
@@ -321,17 +330,18 @@ def zigzag_table(cdf: list[int], length: int, offset: int) -> tuple[list[int], i
     return [0, *reordered.cumsum(0).tolist()], length, 0
 
 
-def cdf_table(gaussian_conditional, index: int) -> tuple[list[int], int, int]:
+def cdf_table(gaussian_conditional, index: int, tail_mass: float | None = None) -> tuple[list[int], int, int]:
     """The quantized CDF (cut to its length), length and offset of scale-table entry `index`: the
     conditional's own table where update() built or loaded them, else computed for this one scale
     the way compressai's GaussianConditional.update() computes every row (the same float ops on the
-    same values: the same table, tested for all 64 scales of both the Gaussian and the Laplacian)."""
+    same values: the same table, tested for all 64 scales of both the Gaussian and the Laplacian).
+    `tail_mass` given: the table update() would build with that tail mass instead of the conditional's."""
     gc = gaussian_conditional
-    if gc._quantized_cdf.numel() > 0:
+    if gc._quantized_cdf.numel() > 0 and tail_mass is None:
         length = int(gc._cdf_length.reshape(-1)[index])
         return gc._quantized_cdf[index, :length].tolist(), length, int(gc._offset.reshape(-1)[index])
     scale = gc.scale_table[index : index + 1].float()
-    center = torch.ceil(scale * -gc._standardized_quantile(gc.tail_mass / 2)).int()
+    center = torch.ceil(scale * -gc._standardized_quantile((gc.tail_mass if tail_mass is None else tail_mass) / 2)).int()
     samples = torch.abs(torch.arange(2 * int(center) + 1).int() - center[:, None]).float()
     upper = gc._standardized_cumulative((0.5 - samples) / scale.unsqueeze(1))
     lower = gc._standardized_cumulative((-0.5 - samples) / scale.unsqueeze(1))

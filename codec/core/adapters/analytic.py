@@ -26,7 +26,7 @@ import torch
 from codec.core.adapters import transform
 from codec.core.adapters.base import (PREDICTION_GRID, Adapter, Analysis, GaussianCoder, KnobGuess, Quantization,
                                      check_codable, coded_scales, default_t_max, knob_for_bits, laplacian_bits,
-                                     laplacian_entropy_bits, per_channel, scale_indexes)
+                                     per_channel, scale_indexes)
 from codec.core.bitstream import FINGERPRINT_BYTES, quantize_side_info, rans_decoder_input
 from codec.core.entropy_coding import GaussianConditional, get_scale_table
 
@@ -52,6 +52,17 @@ class _Features:
     bands: torch.Tensor  # (C, h, w) index of each coefficient's (channel, band) scale in the side information
     population: torch.Tensor  # (C x bands,) float64: how many coefficients each (channel, band) scale covers
     band_rms: torch.Tensor  # (C x bands,) float64: the RMS of each (channel, band)'s coefficients (y units)
+    # (2, C x bands, HISTOGRAM_BINS + 1) float64: per (channel, band), how many coefficients have |c|
+    # at or above each bin's lower edge, and the sum of their |c| (a last column of zeros past the top)
+    above: torch.Tensor
+
+
+# The histogram of |coefficient| / std that predicts the step: bins of 1/8 octave from 2^-14 to 2^8
+# (below: in the first bin, above: in the last; no step the knob range allows rounds those differently)
+HISTOGRAM_OCTAVES = (-14, 8)
+HISTOGRAM_BINS_PER_OCTAVE = 8
+HISTOGRAM_BINS = (HISTOGRAM_OCTAVES[1] - HISTOGRAM_OCTAVES[0]) * HISTOGRAM_BINS_PER_OCTAVE
+EXACT_MAGNITUDES = 3  # symbols of |k| <= this counted exactly at each step (rounding matters most there)
 
 
 class AnalyticAdapter(Adapter):
@@ -111,18 +122,35 @@ class AnalyticAdapter(Adapter):
         population = _slot_population(channels, height, width)
         energy = torch.zeros(len(population), dtype=torch.float64).index_add_(
             0, bands.reshape(-1), coefficients.reshape(-1).double().pow(2))
-        return _Features(mean, max(float(centred.pow(2).mean().sqrt()), 1e-3), angles, coefficients, bands,
-                         population, (energy / population.clamp(min=1)).sqrt())
+        std = max(float(centred.pow(2).mean().sqrt()), 1e-3)
+        return _Features(mean, std, angles, coefficients, bands, population, (energy / population.clamp(min=1)).sqrt(),
+                         _magnitude_histogram(coefficients, bands, len(population), std))
 
     def predicted_knob(self, features: _Features, payload_bits: float) -> KnobGuess:
-        """The step at which every band, taken as a Laplacian of its coefficients' RMS and quantized by
-        rounding (an entropy with a closed form, laplacian_entropy_bits), sums to payload_bits:
-        evaluated on a grid of steps over the knob range at once and interpolated in log bits (a
-        bisection of as many torch calls cost ~11 ms). The coder's adaptive scales and switched-off
-        bands make the real size differ by a few to some tens of percent, which the probes correct."""
+        """The step at which analyse's estimate meets payload_bits, that estimate computed from the
+        coefficients' per-band histograms (`_magnitude_histogram`) on a grid of steps over the knob
+        range at once, and interpolated in log bits: at each step s, a band has N(|c| >= s/2) nonzero
+        symbols, and its symbols' |k| sum to N(>= s/2) + N(>= 3s/2) + N(>= 5s/2) (exactly, for
+        |k| <= EXACT_MAGNITUDES) plus sum(|c| / s - EXACT_MAGNITUDES) over the larger ones, each N
+        and sum interpolated within its 1/8-octave bin; those counts priced with the coded scale as
+        analyse prices them (laplacian_bits). Within 1 % of analyse's estimate on the test photos at
+        0.02-0.5 bpp, where a Laplacian of each band's RMS missed by up to 25 %, so rate control
+        codes the first probe more often (median probes 2 -> 1 on the demo at 0.05-0.5 bpp)."""
         log_steps = torch.linspace(*sorted(self.knob_range), PREDICTION_GRID, dtype=torch.float64)
-        scales = features.band_rms[:, None] / (log_steps.exp() * features.std)
-        bits = (features.population[:, None] * laplacian_entropy_bits(scales)).sum(0)
+        steps = log_steps.exp() * features.std  # in y units, as the coefficients
+        k = torch.arange(1, EXACT_MAGNITUDES + 2, dtype=torch.float64)
+        thresholds = (k - 0.5) * steps[:, None]  # (grid, EXACT + 1): where round(|c| / s) reaches k
+        position = ((torch.log2(thresholds / features.std) - HISTOGRAM_OCTAVES[0]) * HISTOGRAM_BINS_PER_OCTAVE)
+        position = position.clamp(0, HISTOGRAM_BINS)
+        below = position.floor().long().clamp(max=HISTOGRAM_BINS - 1)
+        low, high = features.above[..., below], features.above[..., below + 1]  # (2, bands, grid, EXACT + 1)
+        count, magnitude = low + (high - low) * (position - below)  # interpolated within the bin
+        nonzero = count[..., 0]
+        total = count[..., :-1].sum(-1) + magnitude[..., -1] / steps - EXACT_MAGNITUDES * count[..., -1]
+        rms = features.band_rms[:, None] / steps
+        scales = torch.where(nonzero >= 0.5, rms, torch.zeros_like(rms)).float()  # switched off as _switch_off
+        coded = coded_scales(self.conditional, scale_indexes(self.conditional, scales), scales).double()
+        bits = laplacian_bits(coded, features.population[:, None], nonzero, total).sum(0)
         return knob_for_bits(log_steps, bits, payload_bits)
 
     def quantization(self, y: torch.Tensor, knob: float, features: _Features | None = None) -> Quantization:
@@ -273,6 +301,20 @@ def _rotation_of(angles: tuple[float, ...], channels: int) -> torch.Tensor:
     """Cached: an encode asks for its image's rotation once per rate-control probe, and a product
     of C(C-1)/2 Givens matrices costs 0.6 ms (do not modify the result in place)."""
     return transform.rotation_from_angles(angles, channels)
+
+
+def _magnitude_histogram(coefficients: torch.Tensor, slots: torch.Tensor, count: int, std: float) -> torch.Tensor:
+    """(2, slots, HISTOGRAM_BINS + 1): per (channel, band) slot, the number of coefficients with |c|
+    at or above each histogram bin's lower edge (bins of log2(|c| / std)), and the sum of their |c|:
+    two bincounts, ~0.3 ms per 768x512 latent, where sorting every band's magnitudes took 1.6 ms."""
+    magnitudes = coefficients.abs().reshape(-1)
+    position = (torch.log2(magnitudes / std) - HISTOGRAM_OCTAVES[0]) * HISTOGRAM_BINS_PER_OCTAVE
+    cells = slots.reshape(-1) * HISTOGRAM_BINS + position.clamp(0, HISTOGRAM_BINS - 1).long()
+    size = count * HISTOGRAM_BINS
+    counts = torch.bincount(cells, minlength=size).view(count, HISTOGRAM_BINS).double()
+    sums = torch.bincount(cells, weights=magnitudes.double(), minlength=size).view(count, HISTOGRAM_BINS)
+    at_or_above = torch.stack((counts, sums)).flip(2).cumsum(2).flip(2)
+    return torch.cat((at_or_above, torch.zeros(2, count, 1, dtype=torch.float64)), 2)
 
 
 @functools.lru_cache(maxsize=8)

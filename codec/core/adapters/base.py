@@ -25,7 +25,7 @@ from codec.core.entropy_coding import pmf_to_quantized_cdf
 
 CONFIG_FILE = "adapter.json"
 WEIGHTS_FILE = "adapter.safetensors"
-PREDICTION_GRID = 257  # knobs a predicted_knob evaluates over the knob range (log-spaced: ~4 % apart in step)
+PREDICTION_GRID = 129  # knobs a predicted_knob evaluates over the knob range (log-spaced: ~8 % apart in step)
 MAX_SYMBOL_MAGNITUDE = 2**26  # the largest |symbol| the entropy coder is given (see check_codable)
 # The tables of zigzag order (bitstream version 3) cover the values up to this tail mass, not
 # compressai's 1e-9: 2/3 of the length (c = 9.8 instead of 14.7 standard deviations of a Laplacian),

@@ -9,9 +9,9 @@ control searches it in log space between `knob_range`'s ends.
 
 from __future__ import annotations
 
-import array
 import json
 import math
+import struct
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -287,9 +287,11 @@ class GaussianCoder:
         renumbered, cdfs, lengths, offsets = self._used(indexes, zigzag)
         values = self.gaussian_conditional.entropy_coder.decode_with_indexes(
             string, renumbered.tolist(), cdfs, lengths, offsets)
-        # via a C int array: torch.tensor on a list of ints takes 3.5x as long (~1.2 ms for 24576
-        # symbols), np.array 1.3x
-        symbols = torch.frombuffer(array.array("i", values), dtype=torch.int32)
+        # packed by struct into a buffer torch reads in place: torch.tensor on a list of ints takes 5x
+        # as long (1.4 ms for 24576 symbols), array.array 1.7x, np.array 1.9x
+        buffer = bytearray(4 * len(values))
+        struct.pack_into(f"={len(values)}i", buffer, 0, *values)
+        symbols = torch.frombuffer(buffer, dtype=torch.int32)
         if zigzag:
             symbols = from_zigzag(symbols, _centers(lengths)[renumbered])
         return self.gaussian_conditional.dequantize(symbols.to(indexes.device).reshape(indexes.shape), means)

@@ -131,7 +131,8 @@ def test_the_analytic_coder_writes_and_reads_what_compressai_does(codecs, step):
     z_hat = transform.rotate(transform.block_dct(coefficients.double(), inverse=True), rotation).float()
     assert torch.equal(adapter.decompress(expected, z.shape, version_2), z_hat)
     zigzag = adapter.compress(z, q)  # version 3
-    assert zigzag == adapter.compress(z, q, adapter.analyse(z, q)) and torch.equal(adapter.decompress(zigzag, z.shape, q), z_hat)
+    assert zigzag == adapter.compress(z, q, adapter.analyse(z, q))
+    assert torch.equal(adapter.decompress(zigzag, z.shape, q), z_hat)
 
 
 def test_scale_indexes_equal_compressais_build_indexes():

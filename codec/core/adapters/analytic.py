@@ -135,7 +135,7 @@ class AnalyticAdapter(Adapter):
         and sum interpolated within its 1/8-octave bin; those counts priced with the coded scale as
         analyse prices them (laplacian_bits). Within 1 % of analyse's estimate on the test photos at
         0.02-0.5 bpp, where a Laplacian of each band's RMS missed by up to 25 %, so rate control
-        codes the first probe more often (median probes 2 -> 1 on the demo at 0.05-0.5 bpp)."""
+        codes its first probe (median probes 2 -> 1 at 0.02-0.3 bpp, benchmarks/rate_control.py)."""
         log_steps = torch.linspace(*sorted(self.knob_range), PREDICTION_GRID, dtype=torch.float64)
         steps = log_steps.exp() * features.std  # in y units, as the coefficients
         k = torch.arange(1, EXACT_MAGNITUDES + 2, dtype=torch.float64)
@@ -198,7 +198,8 @@ class AnalyticAdapter(Adapter):
         analysis = analysis if analysis is not None else self.analyse(z, quantization)
         symbols = analysis.tensors["symbols"]
         check_codable(symbols)  # a block DCT gains up to 8x
-        return [self.coder.compress(symbols, analysis.tensors["indexes"], torch.zeros_like(symbols), quantization.zigzag)]
+        indexes = analysis.tensors["indexes"]
+        return [self.coder.compress(symbols, indexes, torch.zeros_like(symbols), quantization.zigzag)]
 
     def side_info_count(self, latent_shape) -> int:
         return _side_count(latent_shape)

@@ -15,7 +15,7 @@ from torch import nn
 
 from codec.core.adapters.base import (WEIGHTS_FILE, Adapter, Analysis, GaussianCoder, KnobGuess, Quantization,
                                      check_codable, coded_scales, knob_for_bits, laplacian_entropy_bits, scale_indexes)
-from codec.core.bitstream import FINGERPRINT_BYTES, quantize_side_info, rans_decoder_input
+from codec.core.bitstream import FINGERPRINT_BYTES, VERSION, quantize_side_info, rans_decoder_input, zigzag_order
 from codec.core.entropy_coding import CompressionModel, EntropyBottleneck, GaussianConditional, get_scale_table
 
 
@@ -243,8 +243,9 @@ class LearnedAdapter(Adapter, CompressionModel):
         with torch.no_grad():
             h_hat = self.entropy_bottleneck.decompress([rans_decoder_input(payloads[0], h_symbols)], _hyper_size(latent_shape))
             means, scales = self.prior(h_hat, latent_shape[-2:])
-            return self._coder().decompress(rans_decoder_input(payloads[1], z_symbols),
-                                            scale_indexes(self.gaussian_conditional, scales), means, _zigzag(quantization))
+            indexes = scale_indexes(self.gaussian_conditional, scales)
+            return self._coder().decompress(rans_decoder_input(payloads[1], z_symbols), indexes, means,
+                                            _zigzag(quantization))
 
     # -- persistence --------------------------------------------------------------------------
     def prepare(self, build_tables: bool = True) -> "LearnedAdapter":
@@ -283,7 +284,7 @@ class LearnedAdapter(Adapter, CompressionModel):
 
 def _zigzag(quantization: Quantization | None) -> bool:
     """The latent's symbol order: the quantization's bitstream version's, else this software's."""
-    return (quantization or Quantization((), (), 0)).zigzag
+    return quantization.zigzag if quantization is not None else zigzag_order(VERSION)
 
 
 def _hyper_size(latent_shape) -> tuple[int, int]:

@@ -142,12 +142,14 @@ def test_the_knob_guess_solves_a_power_law_and_gives_its_slope(exponent):
     assert knob_for_bits(log_knobs, torch.full_like(bits, 1e5), 2e5).slope is None  # flat: no slope to follow
 
 
-@pytest.mark.parametrize("bpp", [0.02, 0.05, 0.1, 0.3])
-def test_the_predicted_step_lands_near_the_target_and_saves_probes(demo_codec, bpp):
-    """Rate control starts at predicted_knob: the entropy model's estimate of the payload there is
-    within a factor 1.5 of the payload asked for, and the search from there takes at most 3 probes
-    (from the middle of the range: medians of 3-5 on the test photos, benchmarks/rate_control.py)."""
-    image = photo_named("kite", width=384)
+@pytest.mark.parametrize("name", ["kite", "storm"])
+@pytest.mark.parametrize("bpp", [0.02, 0.05, 0.1, 0.3, 0.5])
+def test_the_predicted_step_lands_on_the_target_and_saves_probes(demo_codec, name, bpp):
+    """Rate control starts at predicted_knob: analyse's estimate of the payload there is within 3 %
+    of the payload asked for (0.985-1.003 on the test photos; a Laplacian of each band's RMS, the
+    prediction before the histograms, missed by up to 25 %), and the search from there takes at
+    most 2 probes (one on every test and validation photo at 0.02-0.3 bpp, benchmarks/rate_control.py)."""
+    image = photo_named(name, width=384)
     x = images.pad_to_multiple(images.to_tensor(image), PAD_MULTIPLE)
     with torch.no_grad():
         y = demo_codec.backbone.encode(x)
@@ -160,10 +162,10 @@ def test_the_predicted_step_lands_near_the_target_and_saves_probes(demo_codec, b
         q = adapter.quantization(y, step, features)
         return adapter.analyse(q.apply(y), q).estimated_bits
 
-    assert 1 / 1.5 < estimate(guess.knob) / payload_bits < 1.5, estimate(guess.knob) / payload_bits
+    assert 0.97 < estimate(guess.knob) / payload_bits < 1.03, estimate(guess.knob) / payload_bits
     # the guessed slope of log bits in log step is the estimate's own, within a third
     spread = 0.1
     slope = math.log(estimate(guess.knob * math.exp(spread)) / estimate(guess.knob / math.exp(spread))) / (2 * spread)
     assert guess.slope < 0 and abs(guess.slope / slope - 1) < 1 / 3, (guess.slope, slope)
     result = demo_codec.encode(image, target_bpp=bpp, mode="analytic")
-    assert result.bpp <= bpp and result.timings["rate_control_probes"] <= 3
+    assert result.bpp <= bpp and result.timings["rate_control_probes"] <= 2

@@ -93,11 +93,15 @@ def _givens(channels: int, j: int, i: int, angle: float) -> torch.Tensor:
 def rotation_angles(rotation: torch.Tensor) -> list[float]:
     """C(C-1)/2 Givens angles in [-pi, pi] with rotation_from_angles(angles) == rotation, for a rotation
     (det +1): each zeroes one entry below the diagonal, column by column, leaving the identity."""
-    channels = rotation.shape[0]
-    rest, angles = rotation.double().clone(), []
-    for j, i in _pairs(channels):
-        angle = math.atan2(float(rest[i, j]), float(rest[j, j]))
-        rest = _givens(channels, j, i, angle) @ rest
+    rest, angles = rotation.double().tolist(), []
+    for j, i in _pairs(rotation.shape[0]):
+        angle = math.atan2(rest[i][j], rest[j][j])
+        c, s = math.cos(angle), math.sin(angle)
+        # rest = _givens(j, i, angle) @ rest on Python floats (rows j and i change): 0.02 ms instead
+        # of 0.2 ms of small torch calls
+        row_j, row_i = rest[j], rest[i]
+        rest[j] = [c * a + s * b for a, b in zip(row_j, row_i)]
+        rest[i] = [c * b - s * a for a, b in zip(row_j, row_i)]
         angles.append(angle)
     return angles
 

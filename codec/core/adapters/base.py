@@ -213,8 +213,10 @@ def _hub_snapshot(repo_id: str, subfolder: str | None) -> Path:
 def scale_indexes(gaussian_conditional, scales: torch.Tensor) -> torch.Tensor:
     """gaussian_conditional.build_indexes(scales), the index of the first scale-table entry at or
     above each (lower-bounded) scale, by one binary search: compressai's loop over the table's 64
-    entries took ~5 ms per 768x512 latent on one thread, once per rate-control probe and per coding."""
-    scales = gaussian_conditional.lower_bound_scale(scales)
+    entries took ~5 ms per 768x512 latent on one thread, once per rate-control probe and per coding.
+    The lower bound is compressai's LowerBound's forward, torch.max(scales, bound), without its
+    autograd Function (which costs more than the search on the analytic adapter's 24 band scales)."""
+    scales = torch.max(scales, gaussian_conditional.lower_bound_scale.bound)
     table = gaussian_conditional.scale_table[:-1].to(scales)  # build_indexes compares in the scales' dtype
     return torch.searchsorted(table, scales.contiguous()).int()
 

@@ -83,7 +83,7 @@ def quantize_side_info(values) -> tuple[float, ...]:
 
 def zigzag_order(version: int) -> bool:
     """Whether a file of this version codes latent symbols in zigzag order (0, -1, +1, -2, +2, ...,
-    docs/bitstream.md "Version 2"): compressai's rANS decoder finds each symbol by a linear search
+    docs/bitstream.md "Symbol order"): compressai's rANS decoder finds each symbol by a linear search
     from the start of its CDF table, so in value order a symbol near the middle of a wide table cost
     ~15 standard deviations of comparisons, in zigzag order ~1.5."""
     return version >= ZIGZAG_VERSION

@@ -87,10 +87,14 @@ def main(argv=None) -> int:
             return _folder(args)
         codec = _load_codec(args)
         if args.command == "encode":
-            result = codec.encode(args.input, **_encode_options(args))
+            options = _encode_options(args)
+            result = codec.encode(args.input, **options)
             write_atomically(args.output, result.data)
             print(f"{args.output}: {len(result.data)} bytes, {result.bpp:.4f} bpp, t={result.t}, "
                   f"{result.steps} steps, {result.mode} mode, {result.timings['total']:.2f} s")
+            if _above_target(result.bpp, options):
+                print(f"note: the target {options['target_bpp']:g} bpp is not reachable for this image: "
+                      "this is its smallest file", file=sys.stderr)
         else:
             result = codec.decode(read_bitstream(args.input))
             write_png(args.output, result.image)
@@ -114,15 +118,17 @@ def _folder(args) -> int:
     batch = (EncodeBatch if args.command == "encode" else DecodeBatch)(args.input, args.output)
     codec = _load_codec(args)
     options = _encode_options(args) if args.command == "encode" else {}
-    failed = skipped = 0
+    failed = skipped = above = 0
     with tqdm(total=len(batch), desc=args.command, unit="file", file=sys.stderr, dynamic_ncols=True) as bar:
         for row in batch.run(codec, **options):
             if row.error:
                 failed += 1
                 bar.write(f"error: {row.file}: {row.error}", file=sys.stderr)
             skipped += row.skipped
+            above += not row.error and _above_target(row.bpp, options)
             bar.update()
-    print(f"{batch.summary}: {len(batch) - skipped - failed} {args.command}d, {skipped} already done, {failed} failed")
+    print(f"{batch.summary}: {len(batch) - skipped - failed} {args.command}d, {skipped} already done, {failed} failed"
+          + (f"; {above} above the target bpp (not reachable for them: their smallest files)" if above else ""))
     return 1 if failed else 0
 
 
@@ -140,6 +146,13 @@ def _encode_options(args) -> dict:
     if all(value is None for value in rate.values()):
         rate["target_bpp"] = 0.1
     return dict(rate, mode=args.mode, steps=args.steps)
+
+
+def _above_target(bpp: float | None, options: dict) -> bool:
+    """A file above its --bpp target: rate control returns the lowest rate's file when even that
+    overshoots (a tiny image, whose container alone is more bits than the target allows)."""
+    target = options.get("target_bpp")
+    return target is not None and bpp is not None and bpp > target
 
 
 def _bad_input(exc: Exception) -> bool:

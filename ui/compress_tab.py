@@ -304,7 +304,8 @@ def _summary(notice: str, ours, res, target_bpp: float) -> str:
     if "WARNING" in notice or "tiny" in notice.lower():
         notice = f"⚠️ **{notice}**"
     return (
-        f"{notice}\n\n**Ours:** {len(ours.data):,} bytes = **{ours.bpp:.4f} bpp** (target {target_bpp:.3f}); "
+        f"{notice}\n\n**Ours:** {len(ours.data):,} bytes = **{ours.bpp:.4f} bpp** (target {target_bpp:.3f}"
+        + ("" if ours.reached else ": not reachable for this image, this is its smallest file") + "); "
         f"predicted timestep **t = {res.t}**, {res.steps} denoising step{'s' if res.steps != 1 else ''}; encode {1000 * ours.encode_s:.0f} ms, "
         f"decode {1000 * ours.decode_s:.0f} ms."
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 # zlib level of the PNGs the codec writes (decoded images, reconstructions) and the app hands out:
@@ -18,7 +18,10 @@ def write_atomically(path: Path, data: bytes) -> None:
     run killed midway never leaves a half-written file that a resumed run would take as done."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    # os.open, not tempfile.mkstemp: mkstemp creates its file 0600 and the rename keeps that, which
+    # left every output unreadable to other users; 0666 is masked by the umask, as for any new file.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

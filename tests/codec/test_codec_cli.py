@@ -63,6 +63,23 @@ def test_encode_info_decode_round_trip(photo, tmp_path):
     assert Image.open(out).size == photo.size
 
 
+def test_an_unreachable_target_is_said(tmp_path):
+    """A 16x16 image's smallest file is its container, far above 0.1 bpp: the file is written and
+    a note on stderr says the target is not reachable; a folder run counts such files."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.new("RGB", (16, 16), (40, 120, 200)).save(folder / "tiny.png")
+    run = _cli("encode", folder / "tiny.png", tmp_path / "tiny.dfcx", "--backbone", "tiny", "--bpp", "0.1")
+    assert run.returncode == 0, run.stderr
+    size = (tmp_path / "tiny.dfcx").stat().st_size
+    assert 8 * size / 256 > 0.1
+    notes = [line for line in run.stderr.splitlines() if line.startswith("note:")]
+    assert notes == ["note: the target 0.1 bpp is not reachable for this image: this is its smallest file"], run.stderr
+    run = _cli("encode", folder, tmp_path / "out", "--backbone", "tiny", "--bpp", "0.1")
+    assert run.returncode == 0, run.stderr
+    assert "1 encoded, 0 already done, 0 failed; 1 above the target bpp" in run.stdout, run.stdout
+
+
 def test_info_imports_neither_torch_nor_diffusers(tiny_codec, photo, tmp_path):
     bits = tmp_path / "photo.dfcx"
     bits.write_bytes(tiny_codec.encode(photo, target_bpp=0.5).data)

@@ -50,6 +50,8 @@ def test_tiny_and_thin_images_compress_with_na_metrics(client, tmp_path, size):
     assert [row[0] for row in rows] == ["Ours (diffusion)", "JPEG", "WebP"]
     assert all(row[4] == "n/a" and np.isfinite(row[3]) for row in rows), rows
     assert len(gallery) == 2 and "bpp" in summary
+    # A 1x1 image's smallest file (its container) is far above 0.5 bpp: the summary says so.
+    assert ("not reachable for this image" in summary) == (rows[0][2] > 0.5), (rows[0], summary)
 
 
 def test_trajectory_strip_is_bounded_for_a_4096x1_image(client, tmp_path):
@@ -99,7 +101,7 @@ def test_compress_returns_every_output_losslessly(compressed, small_png):
     assert table["headers"] == ["method", "bytes", "bpp", *shown, "encode ms", "decode ms", "note"]
     swd = table["headers"].index(metrics.PER_IMAGE["swd"].label)
     assert all(np.isfinite(row[swd]) and row[swd] >= 0 for row in rows)
-    assert "bpp" in summary and "t =" in summary
+    assert "bpp" in summary and "t =" in summary and "not reachable" not in summary
 
 
 def test_trajectory_of_a_bitstream(client, compressed):

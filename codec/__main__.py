@@ -12,10 +12,11 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import sys
 from pathlib import Path
 
-from codec.batch import DecodeBatch, EncodeBatch, read_bitstream
+from codec.batch import BITSTREAM_SUFFIX, DecodeBatch, EncodeBatch, read_bitstream
 from codec.data.files import write_atomically, write_png
 from codec.core.bitstream import DEFAULT_MAX_PIXELS, DEFAULT_MAX_STEPS, MAX_STEPS_FIELD, describe
 
@@ -85,6 +86,7 @@ def main(argv=None) -> int:
             return 0
         if args.input.is_dir():
             return _folder(args)
+        _check_output(args.command, args.input, args.output)
         codec = _load_codec(args)
         if args.command == "encode":
             options = _encode_options(args)
@@ -146,6 +148,21 @@ def _encode_options(args) -> dict:
     if all(value is None for value in rate.values()):
         rate["target_bpp"] = 0.1
     return dict(rate, mode=args.mode, steps=args.steps)
+
+
+def _check_output(command: str, source: Path, output: Path) -> None:
+    """Refuse, before any model loads, an output that would overwrite the input (`encode photo.png
+    photo.png` replaced the photo by its bitstream) or that is named for another kind of file."""
+    if source.is_file() and output.is_file() and os.path.samefile(source, output):
+        raise ValueError(f"The output {output} is the input file, which it would overwrite; give another output name.")
+    if command == "encode":
+        from codec.data.datasets import IMAGE_SUFFIXES
+
+        if output.suffix.lower() in IMAGE_SUFFIXES:
+            raise ValueError(f"{output.name} is named like an image, but encode writes a bitstream: "
+                             f"name it {output.stem}{BITSTREAM_SUFFIX}.")
+    elif output.suffix.lower() != ".png":
+        raise ValueError(f"decode writes a lossless PNG: name the output {output.stem}.png, not {output.name}.")
 
 
 def _above_target(bpp: float | None, options: dict) -> bool:

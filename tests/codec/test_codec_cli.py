@@ -140,6 +140,24 @@ def test_errors_are_one_line(tmp_path):
 
 
 @pytest.mark.slow
+def test_outputs_that_would_destroy_the_input_or_mislabel_a_file_are_refused(tmp_path):
+    """Before any model loads: `encode photo.png photo.png` replaced the photo by its bitstream,
+    `decode x.dfcx x.dfcx` the bitstream by a PNG, and `decode x.dfcx out.jpg` wrote a PNG named .jpg."""
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (64, 48), (200, 100, 50)).save(photo)
+    original = photo.read_bytes()
+    _assert_one_line_error(_cli("encode", photo, photo, "--backbone", "tiny"), "is the input file")
+    _assert_one_line_error(_cli("encode", photo, tmp_path / "." / "photo.png", "--backbone", "tiny"), "is the input file")
+    _assert_one_line_error(_cli("encode", photo, tmp_path / "out.JPG", "--backbone", "tiny"), "name it out.dfcx")
+    assert photo.read_bytes() == original and sorted(p.name for p in tmp_path.iterdir()) == ["photo.png"]
+    bits = tmp_path / "photo.dfcx"
+    assert _cli("encode", photo, bits, "--backbone", "tiny").returncode == 0
+    data = bits.read_bytes()
+    _assert_one_line_error(_cli("decode", bits, bits, "--backbone", "tiny"), "is the input file")
+    _assert_one_line_error(_cli("decode", bits, tmp_path / "out.jpg", "--backbone", "tiny"), "name the output out.png")
+    assert bits.read_bytes() == data and not (tmp_path / "out.jpg").exists()
+
+
 def test_folders_encode_decode_resume_and_bad_files(tmp_path):
     photos, bits, decoded = tmp_path / "photos", tmp_path / "bits", tmp_path / "decoded"
     photos.mkdir()

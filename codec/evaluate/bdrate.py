@@ -207,13 +207,27 @@ def _markdown(title: str, header: list[str], rows: list[tuple[str, list[str]]], 
     return lines + [""]
 
 
+def _quality_text(cell: dict | None, unit: str) -> str:
+    if cell is None:
+        return "unavailable"
+    if cell["bd_quality"] is None:
+        return cell["note"] or "no common rate range"
+    return f"{cell['bd_quality']:+.2f}{unit}"
+
+
 def bd_markdown(tables: dict) -> str:
+    """Per axis, the BD-rate table and the BD-quality table (BD-PSNR in dB, ...): row method against
+    column anchor."""
     lines = []
     for axis, table in tables.items():
         anchors = list(table)
+        _, _, label, unit = AXES[axis]
         rows = [(test, ["" if test == a else _text(row[a]) for a in anchors]) for test, row in table.items()]
-        lines += _markdown(f"### BD-rate (%) on {AXES[axis][2]}: row method against column anchor (negative = fewer bits)",
+        lines += _markdown(f"### BD-rate (%) on {label}: row method against column anchor (negative = fewer bits)",
                            ["method", *anchors], rows, _dropped(table))
+        rows = [(test, ["" if test == a else _quality_text(row[a], unit) for a in anchors]) for test, row in table.items()]
+        lines += _markdown(f"### BD-{label}: row method against column anchor (positive = better at the same rate)",
+                           ["method", *anchors], rows, [])
     return "\n".join(lines)
 
 

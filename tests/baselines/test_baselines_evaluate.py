@@ -90,7 +90,12 @@ def test_plots_and_bd_tables(run):
     tables = json.loads((out / "bd_rate.json").read_text())
     assert set(tables) == {"psnr", "ms-ssim"}
     assert tables["psnr"]["jpeg"]["jpeg"] is None
-    assert "BD-rate (%) on PSNR" in (out / "bd_rate.md").read_text()
+    markdown = (out / "bd_rate.md").read_text()
+    assert "BD-rate (%) on PSNR" in markdown
+    # BD-PSNR, what papers quote beside BD-rate, is a table too, with the JSON's value in each cell
+    quality = tables["psnr"]["webp"]["jpeg"]["bd_quality"]
+    bd_psnr = markdown.split("### BD-PSNR")[1].split("###")[0]
+    assert quality is not None and f"{quality:+.2f} dB" in bd_psnr.split("\n| webp |")[1].splitlines()[0], bd_psnr
     assert "unavailable (no local weights): LPIPS, DISTS, FID, KID" in proc.stdout
     # The weight-free realism metric of the registry reaches the CSV, the JSON and a plot with no edit here.
     with Image.open(out / "rd-swd.png") as im:

@@ -52,6 +52,7 @@ def test_tiny_and_thin_images_compress_with_na_metrics(client, tmp_path, size):
     assert len(gallery) == 2 and "bpp" in summary
     # A 1x1 image's smallest file (its container) is far above 0.5 bpp: the summary says so.
     assert ("not reachable for this image" in summary) == (rows[0][2] > 0.5), (rows[0], summary)
+    assert ("its smallest file" in rows[0][-1]) == (rows[0][2] > 0.5), rows[0]
 
 
 def test_trajectory_strip_is_bounded_for_a_4096x1_image(client, tmp_path):

@@ -215,3 +215,17 @@ def test_folders_encode_decode_resume_and_bad_files(tmp_path):
     run = _cli("decode", bits, decoded, "--backbone", "tiny")
     assert run.returncode == 0 and "0 decoded, 3 already done, 0 failed" in run.stdout, run.stdout + run.stderr
     assert sorted(row["file"] for row in _summary(decoded)) == ["cups.dfcx", "kite.dfcx", "moss.dfcx"]
+
+
+def test_the_readmes_python_example_runs(tmp_path):
+    """The README's "From Python" example, as written, on a photo: it encodes, decodes and prints the header."""
+    readme = (REPO / "README.md").read_text()
+    example = readme.split("From Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    photo_named("kite").save(tmp_path / "photo.png")
+    run = subprocess.run([sys.executable, "-c", example], capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)})
+    assert run.returncode == 0, run.stderr
+    assert "'format_version': 3" in run.stdout and "analytic" in run.stdout, run.stdout
+    with Image.open(tmp_path / "photo-decoded.png") as im:
+        assert im.size == Image.open(tmp_path / "photo.png").size
+

@@ -86,6 +86,8 @@ def main(argv=None) -> int:
             return 0
         if args.input.is_dir():
             return _folder(args)
+        if args.output.is_dir():  # as `cp FILE DIR`: DIR/<name>.dfcx (encode) or DIR/<name>.png (decode)
+            args.output = args.output / (args.input.stem + (BITSTREAM_SUFFIX if args.command == "encode" else ".png"))
         _check_output(args.command, args.input, args.output)
         codec = _load_codec(args)
         if args.command == "encode":

@@ -63,6 +63,8 @@ class Batch:
     def __init__(self, source_dir: Path, out_dir: Path):
         if not source_dir.is_dir():
             raise BatchError(f"No such folder: {source_dir}")
+        if out_dir.exists() and not out_dir.is_dir():
+            raise BatchError(f"{out_dir} is a file; a folder of inputs needs an output folder.")
         sources = sorted(p for p in source_dir.iterdir()
                          if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in self.suffixes)
         if not sources:

@@ -140,7 +140,7 @@ def test_errors_are_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_outputs_that_would_destroy_the_input_or_mislabel_a_file_are_refused(tmp_path):
+def test_outputs_that_would_destroy_the_input_or_mislabel_a_file_are_refused_and_folders_are_filled(tmp_path):
     """Before any model loads: `encode photo.png photo.png` replaced the photo by its bitstream,
     `decode x.dfcx x.dfcx` the bitstream by a PNG, and `decode x.dfcx out.jpg` wrote a PNG named .jpg."""
     photo = tmp_path / "photo.png"
@@ -156,6 +156,15 @@ def test_outputs_that_would_destroy_the_input_or_mislabel_a_file_are_refused(tmp
     _assert_one_line_error(_cli("decode", bits, bits, "--backbone", "tiny"), "is the input file")
     _assert_one_line_error(_cli("decode", bits, tmp_path / "out.jpg", "--backbone", "tiny"), "name the output out.png")
     assert bits.read_bytes() == data and not (tmp_path / "out.jpg").exists()
+    # An existing folder as the output of one file is where the file goes, as with `cp FILE DIR`
+    folder = tmp_path / "into"
+    folder.mkdir()
+    run = _cli("encode", photo, folder, "--backbone", "tiny")
+    assert run.returncode == 0 and (folder / "photo.dfcx").read_bytes()[:4] == data[:4], run.stderr
+    assert _cli("decode", folder / "photo.dfcx", folder, "--backbone", "tiny").returncode == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["photo.dfcx", "photo.png"]
+    # and a folder of inputs cannot go into a file
+    _assert_one_line_error(_cli("encode", folder, bits, "--backbone", "tiny"), "is a file; a folder of inputs needs an output folder")
 
 
 def test_folders_encode_decode_resume_and_bad_files(tmp_path):

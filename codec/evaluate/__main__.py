@@ -65,6 +65,8 @@ def main(argv=None) -> int:
             naive_train=args.naive_train, save_reconstructions=args.save_reconstructions, max_pixels=args.max_pixels)
         files = datasets.list_images(args.data, args.images, args.max_images)
         out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise DataError(f"--out {out} is a file; it names the output folder")
         out.mkdir(parents=True, exist_ok=True)
         result = run.evaluate(files, settings, out, log=_log, progress_bar=_bar)
     except (run.EvaluationError, DataError, OSError) as err:

@@ -20,7 +20,7 @@ from codec.evaluate.__main__ import main as evaluate_main
 from codec.core.adapters.learned import LearnedAdapter
 from codec.core.backbone import build_tiny_backbone
 
-from tests.photos import photo
+from tests.photos import PHOTOS, photo
 
 REPO = Path(__file__).resolve().parents[2]
 TARGETS = (0.3, 0.6)
@@ -149,7 +149,8 @@ def test_bad_arguments_give_one_line_errors(tmp_path, capsys):
                           (["--data", str(tmp_path), "--bpp", "x"], "--bpp"),
                           (["--data", str(tmp_path), "--crop", "3x"], "size like 256"),
                           (["--data", str(tmp_path), "--images", str(tmp_path / "list.txt")], "without '..'"),
-                          (["--data", str(tmp_path)], "no images")):
+                          (["--data", str(tmp_path)], "no images"),
+                          (["--data", str(PHOTOS), "--out", str(tmp_path / "list.txt")], "is a file; it names the output folder")):
         assert evaluate_main(["--out", str(tmp_path / "o"), *args]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and err.count("\n") == 1, err

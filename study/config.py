@@ -300,10 +300,14 @@ def load(path: str | Path, check_files: bool = True) -> StudyConfig:
         if check_files and not full.is_file():
             c.bad(p + ("path",), f"file not found: {full}")
         elif check_files and crop is not None:
-            from PIL import Image  # only needed to check the crop against the real size
+            from PIL import ExifTags, Image  # only needed to check the crop against the real size
             with Image.open(full) as im:
-                if crop[0] + crop[2] > im.width or crop[1] + crop[3] > im.height:
-                    c.bad(p + ("crop",), f"crop {crop} exceeds the image size {im.width}x{im.height}")
+                width, height = im.size
+                # the crop is in upright pixels, as the stimuli are built (EXIF orientations 5-8 turn by 90 degrees)
+                if im.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8):
+                    width, height = height, width
+                if crop[0] + crop[2] > width or crop[1] + crop[3] > height:
+                    c.bad(p + ("crop",), f"crop {crop} exceeds the image size {width}x{height}")
         if key is not None:
             images.append(ImageSpec(key, full, tuple(crop) if crop else None, credit))
             image_keys.append((i, key))

@@ -46,12 +46,17 @@ def _write_manifest(cfg: StudyConfig, images: dict) -> None:
 
 
 def source_image(spec) -> Image.Image:
-    with Image.open(spec.path) as im:
-        im = im.convert("RGB")
-        if spec.crop:
-            x, y, w, h = spec.crop
-            im = im.crop((x, y, x + w, y + h))
-        return im
+    """The image as the codec reads it (codec.core.images.load_image: EXIF orientation applied,
+    alpha on white, 16-bit to 8-bit), then the crop, in upright pixels. Pillow's convert("RGB")
+    showed raters a 16-bit PNG as white, a transparent area in whatever colour its pixels hold,
+    and a phone photo on its side."""
+    from codec.core.images import load_image
+
+    im = load_image(spec.path)
+    if spec.crop:
+        x, y, w, h = spec.crop
+        im = im.crop((x, y, x + w, y + h))
+    return im
 
 
 class _Coders:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -154,3 +155,43 @@ def test_the_codec_mode_defaults_to_learned_with_an_adapter_and_analytic_without
             "id: stim", f"id: {mode}").replace("consent:", f"codec: {codec}\nconsent:"))
         built = stimuli.build(config.load(path), log=lambda m: None)["astro"]["stimuli"]["diffusion@0.9"]
         assert built["codec"]["mode"] == mode, built
+
+
+def test_references_are_read_as_the_codec_reads_images(tmp_path):
+    """A 16-bit PNG, a transparent PNG and a phone JPEG on its side (EXIF orientation 6) become the
+    references the codec itself would code (codec.core.images.load_image): Pillow's convert("RGB")
+    made the first white, the second the colour its transparent pixels hold, the third sideways.
+    The crop is in upright pixels, and validation checks it against the upright size."""
+    from codec.core.images import load_image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    gradient = np.linspace(0, 65535, 96 * 64).reshape(64, 96).astype(np.uint16)
+    Image.fromarray(gradient).save(images / "deep.png")  # mode I;16
+    rgba = np.zeros((64, 96, 4), np.uint8)
+    rgba[..., 0], rgba[:32, :, 3] = 200, 255  # red; the lower half transparent
+    Image.fromarray(rgba, "RGBA").save(images / "alpha.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 96 wide and 64 high, shown 64 wide and 96 high
+    Image.open(PHOTOS / "astronaut.png").convert("RGB").resize((96, 64)).save(images / "phone.jpg", exif=exif.tobytes())
+    path = tmp_path / "stim.yaml"
+    text = YAML.replace("  - {{key: astro, path: images/astronaut.png, crop: {crop}}}\n"
+                        "  - {{key: creek, path: images/creek.png, crop: [0, 0, 64, 64]}}\n",
+                        "  - {key: deep, path: images/deep.png}\n  - {key: alpha, path: images/alpha.png}\n"
+                        "  - {key: phone, path: images/phone.jpg, crop: [0, 16, 64, 80]}\n").replace("{{", "{").replace("}}", "}")
+    path.write_text(text)
+    cfg = config.load(path)
+    for spec in cfg.images:
+        reference = np.asarray(stimuli.source_image(spec))
+        expected = np.asarray(load_image(spec.path))
+        if spec.crop:
+            x, y, w, h = spec.crop
+            expected = expected[y:y + h, x:x + w]
+        assert np.array_equal(reference, expected), spec.key
+    deep, alpha, phone = (np.asarray(stimuli.source_image(s)).astype(float) for s in cfg.images)
+    assert 120 < deep.mean() < 135  # a gradient, not white
+    assert np.array_equal(alpha[40, 10], [255, 255, 255]) and np.array_equal(alpha[10, 10], [200, 0, 0])
+    assert phone.shape == (80, 64, 3)
+    path.write_text(text.replace("[0, 16, 64, 80]", "[0, 16, 96, 80]"))  # fits the stored 96x64, not the shown 64x96
+    with pytest.raises(config.ConfigError, match=r"exceeds the image size 64x96"):
+        config.load(path)

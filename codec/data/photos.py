@@ -22,7 +22,11 @@ class DataError(ValueError):
 
 
 def load_photos(folder: Path) -> dict[str, np.ndarray]:
-    """All PNG/JPEG photos of a folder as RGB uint8 arrays cropped to multiples of 8."""
+    """All PNG/JPEG photos of a folder as RGB uint8 arrays cropped to multiples of 8, each read as
+    the codec reads an image (codec.core.images.to_rgb: EXIF orientation, alpha on white, 16-bit to
+    8-bit; no size limit, a training folder is the trainer's own)."""
+    from codec.core.images import to_rgb  # torch with it: not for the modules that only need the split
+
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder} is not a folder")
@@ -30,7 +34,8 @@ def load_photos(folder: Path) -> dict[str, np.ndarray]:
     for path in sorted(folder.iterdir()):
         if path.suffix.lower() not in TRAINING_SUFFIXES:
             continue
-        arr = np.asarray(Image.open(path).convert("RGB"))
+        with Image.open(path) as image:
+            arr = np.asarray(to_rgb(image))
         h, w = arr.shape[0] // MULTIPLE * MULTIPLE, arr.shape[1] // MULTIPLE * MULTIPLE
         photos[path.name] = arr[:h, :w]
     return photos

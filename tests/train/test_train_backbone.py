@@ -154,6 +154,18 @@ def test_validation_photos_must_be_present(tmp_path):
         split_photos(load_photos(tmp_path))
 
 
+def test_training_photos_are_read_as_the_codec_reads_images(tmp_path):
+    """A 16-bit PNG is a gradient (not white, as convert("RGB") made it) and a JPEG with EXIF
+    orientation 6 is upright, cropped to multiples of 8."""
+    Image.fromarray(np.linspace(0, 65535, 64 * 96).reshape(64, 96).astype(np.uint16)).save(tmp_path / "deep.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(photo(0)[:60, :90]).save(tmp_path / "phone.jpg", exif=exif.tobytes())
+    photos = load_photos(tmp_path)
+    assert 120 < photos["deep.png"].mean() < 135
+    assert photos["phone.jpg"].shape == (88, 56, 3)
+
+
 # Checkpoints every half second; the VAE warm-up lasts 3 s of training.
 KILLABLE = dataclasses.replace(TINY, eval_every_s=0.5, warmup_minutes=(0.05, 0.01))
 

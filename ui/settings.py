@@ -123,7 +123,8 @@ def _convert(name: str, value, type_name: str, source: Path):
         elif value is not None:
             value = str(value)
     except (KeyError, TypeError, ValueError):
-        raise SettingsError(f"{where}: {value!r} is not a {type_name.split(' ')[0]}") from None
+        kind = {"int": "an integer", "float": "a number", "bool": "true or false"}.get(type_name.split(" ")[0], "a string")
+        raise SettingsError(f"{where}: {value!r} is not {kind}") from None
     # Port 0 means "any free port" (tests); every other number must be positive.
     if isinstance(value, (int, float)) and not isinstance(value, bool) and (value < 0 or (value == 0 and name != "server_port")):
         raise SettingsError(f"{where}: must be positive, got {value}")

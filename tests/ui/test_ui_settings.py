@@ -54,7 +54,8 @@ def test_the_dtype_setting_reaches_the_codec():
 
 
 @pytest.mark.parametrize("text, env, words", [
-    ("concurrency: many\n", {}, "concurrency"),
+    ("concurrency: many\n", {}, "'many' is not an integer"),
+    ("", {"APP_MAX_UPLOAD_MB": "abc"}, "'abc' is not a number"),
     ("", {"APP_MAX_PIXELS": "-5"}, "APP_MAX_PIXELS"),
     ("", {"APP_MODE": "magic"}, "auto, learned, analytic"),
     ("", {"APP_DTYPE": "float8"}, "auto, float32, float16, bfloat16"),
@@ -68,6 +69,24 @@ def test_bad_settings_are_named(tmp_path, text, env, words):
     path.write_text(text)
     with pytest.raises(SettingsError, match=words):
         load_settings(path, env=env)
+
+
+@pytest.mark.parametrize("variable, value, words", [
+    ("APP_QUEUE_SIZE", "1e9", "queue_size"),
+    ("APP_STUDY_FILE", "{tmp}/study.yaml", "images: is required"),
+])
+def test_a_bad_setting_or_study_file_stops_the_app_with_its_message(tmp_path, variable, value, words):
+    """`python app.py` says what is wrong in the first line, on stderr, and exits 1: no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "study.yaml").write_text("id: x\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_SERVER_PORT": "0", variable: value.format(tmp=tmp_path)}
+    run = subprocess.run([sys.executable, "app.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and words in run.stderr, run.stderr
 
 
 def test_relative_paths_resolve_against_the_repository():

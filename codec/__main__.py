@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from codec.batch import BITSTREAM_SUFFIX, DecodeBatch, EncodeBatch, read_bitstream
+from codec.batch import DecodeBatch, EncodeBatch, read_bitstream
 from codec.data.files import write_atomically, write_png
 from codec.core.bitstream import DEFAULT_MAX_PIXELS, DEFAULT_MAX_STEPS, MAX_STEPS_FIELD, describe
 
@@ -86,8 +86,8 @@ def main(argv=None) -> int:
             return 0
         if args.input.is_dir():
             return _folder(args)
-        if args.output.is_dir():  # as `cp FILE DIR`: DIR/<name>.dfcx (encode) or DIR/<name>.png (decode)
-            args.output = args.output / (args.input.stem + (BITSTREAM_SUFFIX if args.command == "encode" else ".png"))
+        if args.output.is_dir():  # as `cp FILE DIR`: the name a folder run would give it there
+            args.output = args.output / (args.input.stem + _batch(args.command).output_suffix)
         _check_output(args.command, args.input, args.output)
         codec = _load_codec(args)
         if args.command == "encode":
@@ -119,7 +119,7 @@ def _folder(args) -> int:
     """encode/decode DIR OUT_DIR: every file of DIR not done yet, a progress bar, one line per bad file."""
     from tqdm import tqdm
 
-    batch = (EncodeBatch if args.command == "encode" else DecodeBatch)(args.input, args.output)
+    batch = _batch(args.command)(args.input, args.output)
     codec = _load_codec(args)
     options = _encode_options(args) if args.command == "encode" else {}
     failed = skipped = above = 0
@@ -152,6 +152,11 @@ def _encode_options(args) -> dict:
     return dict(rate, mode=args.mode, steps=args.steps)
 
 
+def _batch(command: str) -> type:
+    """The folder run of a command, which also names its outputs (output_suffix)."""
+    return EncodeBatch if command == "encode" else DecodeBatch
+
+
 def _check_output(command: str, source: Path, output: Path) -> None:
     """Refuse, before any model loads, an output that would overwrite the input (`encode photo.png
     photo.png` replaced the photo by its bitstream) or that is named for another kind of file."""
@@ -162,9 +167,10 @@ def _check_output(command: str, source: Path, output: Path) -> None:
 
         if output.suffix.lower() in IMAGE_SUFFIXES:
             raise ValueError(f"{output.name} is named like an image, but encode writes a bitstream: "
-                             f"name it {output.stem}{BITSTREAM_SUFFIX}.")
-    elif output.suffix.lower() != ".png":
-        raise ValueError(f"decode writes a lossless PNG: name the output {output.stem}.png, not {output.name}.")
+                             f"name it {output.stem}{EncodeBatch.output_suffix}.")
+    elif output.suffix.lower() != DecodeBatch.output_suffix:
+        raise ValueError(f"decode writes a lossless PNG: name the output {output.stem}{DecodeBatch.output_suffix}, "
+                         f"not {output.name}.")
 
 
 def _above_target(bpp: float | None, options: dict) -> bool:
